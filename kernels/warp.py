@@ -1,0 +1,345 @@
+"""Fused affine / projective warp: grid generation + sampling in one kernel each way.
+
+Forward, one program per (image n, block of BLOCK_P output pixels):
+
+    output pixel p = (i, j)  ->  (x_t, y_t) normalised output coordinate     (sampling.output_coords)
+                             ->  (x_s, y_s) = theta_n @ [x_t, y_t, 1]          (divided by w if projective)
+                             ->  (ix, iy) pixel coordinate after padding       (sampling.source_pixel)
+                             ->  2x2 taps (bilinear) or 1 tap (nearest), shared by every channel,
+    then the channels are walked in blocks of BLOCK_C: tile [BLOCK_P, BLOCK_C] of each tap is
+    gathered from ``x + n*sxn + c*sxc + y*sxh + x*sxw``. With channels_last (sxc == 1) each tap
+    reads BLOCK_C contiguous values (vectorised); with NCHW the output store is contiguous in p.
+    No grid tensor is ever written: coordinates live in registers, in ACC precision (fp32, or
+    fp64 for fp64 data) whatever the storage dtype.
+
+Backward, same tiling: grad_out is read once per tile; grad_x is scattered with atomic adds into
+an fp32 (fp64) buffer; the gradient w.r.t. (x_s, y_s) is reduced over channels in registers,
+chained through padding / unnormalisation / the projective division, multiplied by the basis
+[x_t, y_t, 1] and summed over the tile into one row of an fp32 partial buffer
+(N * NUM_PBLOCKS, 9) that the launcher sums afterwards: no (N, H, W, 2) grad-grid tensor and
+no contended atomics on theta.
+
+theta is passed as (N, 9) in ACC precision: rows of the 3x3 matrix, [0, 0, 1] for affine.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .sampling import MODE_BILINEAR, output_coords, round_half_even, source_pixel
+
+
+@triton.jit
+def _source_coords(theta_ptr, n, x_t, y_t, PROJECTIVE: tl.constexpr):
+    """(x_s, y_s, 1 / w) for output coordinates (x_t, y_t) of image n (w == 1 when affine)."""
+    t = theta_ptr + n * 9
+    u = tl.load(t + 0) * x_t + tl.load(t + 1) * y_t + tl.load(t + 2)
+    v = tl.load(t + 3) * x_t + tl.load(t + 4) * y_t + tl.load(t + 5)
+    if PROJECTIVE:
+        inv_w = 1.0 / (tl.load(t + 6) * x_t + tl.load(t + 7) * y_t + tl.load(t + 8))
+        u = u * inv_w
+        v = v * inv_w
+    else:
+        inv_w = tl.full(x_t.shape, 1.0, x_t.dtype)
+    return u, v, inv_w
+
+
+@triton.jit
+def _warp_fwd_kernel(
+    # pointers
+    x_ptr, theta_ptr, out_ptr,
+    # sizes
+    C, H, W, H_OUT, W_OUT, NUM_PBLOCKS,
+    # strides (elements)
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_on, stride_oc, stride_oh, stride_ow,
+    # meta-parameters
+    PROJECTIVE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = pid // NUM_PBLOCKS
+    p = (pid - n * NUM_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < H_OUT * W_OUT
+
+    x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
+    x_s, y_s, inv_w = _source_coords(theta_ptr, n, x_t, y_t, PROJECTIVE)
+    ix, gx_unused = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+    iy, gy_unused = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
+
+    if INDEX_64:  # tensors of >= 2**31 elements: every offset product in int64
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+    ho = p // W_OUT
+    out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
+    x_img = x_ptr + n * stride_xn
+    c_range = tl.arange(0, BLOCK_C)
+
+    if MODE == MODE_BILINEAR:
+        x0f = tl.floor(ix)
+        y0f = tl.floor(iy)
+        fx = ix - x0f
+        fy = iy - y0f
+        x0 = x0f.to(tl.int32)
+        y0 = y0f.to(tl.int32)
+        if INDEX_64:
+            x0 = x0.to(tl.int64)
+            y0 = y0.to(tl.int64)
+        mx0 = (x0 >= 0) & (x0 < W)
+        mx1 = (x0 + 1 >= 0) & (x0 + 1 < W)
+        my0 = p_mask & (y0 >= 0) & (y0 < H)
+        my1 = p_mask & (y0 + 1 >= 0) & (y0 + 1 < H)
+        w_nw = ((1.0 - fx) * (1.0 - fy))[:, None]
+        w_ne = (fx * (1.0 - fy))[:, None]
+        w_sw = ((1.0 - fx) * fy)[:, None]
+        w_se = (fx * fy)[:, None]
+        off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
+        off_ne = off_nw + stride_xw
+        off_sw = off_nw + stride_xh
+        off_se = off_sw + stride_xw
+        m_nw = (my0 & mx0)[:, None]
+        m_ne = (my0 & mx1)[:, None]
+        m_sw = (my1 & mx0)[:, None]
+        m_se = (my1 & mx1)[:, None]
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + c_range
+            c_mask = (c < C)[None, :]
+            x_c = x_img + (c * stride_xc)[None, :]
+            acc = w_nw * tl.load(x_c + off_nw, mask=m_nw & c_mask, other=0.0).to(ACC)
+            acc += w_ne * tl.load(x_c + off_ne, mask=m_ne & c_mask, other=0.0).to(ACC)
+            acc += w_sw * tl.load(x_c + off_sw, mask=m_sw & c_mask, other=0.0).to(ACC)
+            acc += w_se * tl.load(x_c + off_se, mask=m_se & c_mask, other=0.0).to(ACC)
+            o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
+            tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+    else:
+        xn = round_half_even(ix).to(tl.int32)
+        yn = round_half_even(iy).to(tl.int32)
+        if INDEX_64:
+            xn = xn.to(tl.int64)
+            yn = yn.to(tl.int64)
+        m = (p_mask & (xn >= 0) & (xn < W) & (yn >= 0) & (yn < H))[:, None]
+        off = (yn * stride_xh + xn * stride_xw)[:, None]
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + c_range
+            c_mask = (c < C)[None, :]
+            v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
+            o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
+            tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+
+
+@triton.jit
+def _warp_bwd_kernel(
+    # pointers
+    grad_out_ptr, x_ptr, theta_ptr, grad_x_ptr, grad_theta_partial_ptr,
+    # sizes
+    C, H, W, H_OUT, W_OUT, NUM_PBLOCKS,
+    # strides (elements)
+    stride_gn, stride_gc, stride_gh, stride_gw,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dn, stride_dc, stride_dh, stride_dw,
+    # meta-parameters
+    PROJECTIVE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_THETA: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = pid // NUM_PBLOCKS
+    p = (pid - n * NUM_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < H_OUT * W_OUT
+
+    x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
+    x_s, y_s, inv_w = _source_coords(theta_ptr, n, x_t, y_t, PROJECTIVE)
+    ix, dix = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+    iy, diy = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
+
+    row = pid
+    if INDEX_64:
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+    ho = p // W_OUT
+    g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
+    x_img = x_ptr + n * stride_xn
+    dx_img = grad_x_ptr + n * stride_dn
+    c_range = tl.arange(0, BLOCK_C)
+
+    if MODE == MODE_BILINEAR:
+        x0f = tl.floor(ix)
+        y0f = tl.floor(iy)
+        fx = ix - x0f
+        fy = iy - y0f
+        x0 = x0f.to(tl.int32)
+        y0 = y0f.to(tl.int32)
+        if INDEX_64:
+            x0 = x0.to(tl.int64)
+            y0 = y0.to(tl.int64)
+        mx0 = (x0 >= 0) & (x0 < W)
+        mx1 = (x0 + 1 >= 0) & (x0 + 1 < W)
+        my0 = p_mask & (y0 >= 0) & (y0 < H)
+        my1 = p_mask & (y0 + 1 >= 0) & (y0 + 1 < H)
+        m_nw = (my0 & mx0)[:, None]
+        m_ne = (my0 & mx1)[:, None]
+        m_sw = (my1 & mx0)[:, None]
+        m_se = (my1 & mx1)[:, None]
+        gx_ = fx[:, None]
+        gy_ = fy[:, None]
+        # grad w.r.t. the pixel coordinates, reduced over channels
+        d_ix = tl.zeros([BLOCK_P], dtype=ACC)
+        d_iy = tl.zeros([BLOCK_P], dtype=ACC)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + c_range
+            c_mask = (c < C)[None, :]
+            g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
+                        mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
+            if NEED_X:
+                d_c = dx_img + (c * stride_dc)[None, :]
+                d_nw = (y0 * stride_dh + x0 * stride_dw)[:, None]
+                tl.atomic_add(d_c + d_nw, g * (1.0 - gx_) * (1.0 - gy_), mask=m_nw & c_mask, sem="relaxed")
+                tl.atomic_add(d_c + d_nw + stride_dw, g * gx_ * (1.0 - gy_), mask=m_ne & c_mask, sem="relaxed")
+                tl.atomic_add(d_c + d_nw + stride_dh, g * (1.0 - gx_) * gy_, mask=m_sw & c_mask, sem="relaxed")
+                tl.atomic_add(d_c + d_nw + stride_dh + stride_dw, g * gx_ * gy_, mask=m_se & c_mask, sem="relaxed")
+            if NEED_THETA:
+                x_c = x_img + (c * stride_xc)[None, :]
+                off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
+                v_nw = tl.load(x_c + off_nw, mask=m_nw & c_mask, other=0.0).to(ACC)
+                v_ne = tl.load(x_c + off_nw + stride_xw, mask=m_ne & c_mask, other=0.0).to(ACC)
+                v_sw = tl.load(x_c + off_nw + stride_xh, mask=m_sw & c_mask, other=0.0).to(ACC)
+                v_se = tl.load(x_c + off_nw + stride_xh + stride_xw, mask=m_se & c_mask, other=0.0).to(ACC)
+                d_ix += tl.sum(g * ((v_ne - v_nw) * (1.0 - gy_) + (v_se - v_sw) * gy_), axis=1)
+                d_iy += tl.sum(g * ((v_sw - v_nw) * (1.0 - gx_) + (v_se - v_ne) * gx_), axis=1)
+        if NEED_THETA:
+            # chain: pixel coord -> normalised source coord -> (u, v, w) -> theta rows
+            g_xs = d_ix * dix
+            g_ys = d_iy * diy
+            g_u = g_xs * inv_w
+            g_v = g_ys * inv_w
+            out_row = grad_theta_partial_ptr + row * 9
+            tl.store(out_row + 0, tl.sum(g_u * x_t, axis=0))
+            tl.store(out_row + 1, tl.sum(g_u * y_t, axis=0))
+            tl.store(out_row + 2, tl.sum(g_u, axis=0))
+            tl.store(out_row + 3, tl.sum(g_v * x_t, axis=0))
+            tl.store(out_row + 4, tl.sum(g_v * y_t, axis=0))
+            tl.store(out_row + 5, tl.sum(g_v, axis=0))
+            if PROJECTIVE:
+                g_w = -(g_xs * x_s + g_ys * y_s) * inv_w
+                tl.store(out_row + 6, tl.sum(g_w * x_t, axis=0))
+                tl.store(out_row + 7, tl.sum(g_w * y_t, axis=0))
+                tl.store(out_row + 8, tl.sum(g_w, axis=0))
+    else:
+        # nearest: piecewise constant in the coordinates, so grad theta is 0 (as in PyTorch)
+        if NEED_X:
+            xn = round_half_even(ix).to(tl.int32)
+            yn = round_half_even(iy).to(tl.int32)
+            if INDEX_64:
+                xn = xn.to(tl.int64)
+                yn = yn.to(tl.int64)
+            m = (p_mask & (xn >= 0) & (xn < W) & (yn >= 0) & (yn < H))[:, None]
+            d_off = (yn * stride_dh + xn * stride_dw)[:, None]
+            for c0 in range(0, C, BLOCK_C):
+                c = c0 + c_range
+                c_mask = (c < C)[None, :]
+                g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
+                            mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
+                tl.atomic_add(dx_img + (c * stride_dc)[None, :] + d_off, g, mask=m & c_mask, sem="relaxed")
+
+
+# ----------------------------------------------------------------------------- launchers
+
+MODE_CODES = {"bilinear": 0, "nearest": 1}
+PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Coordinate / accumulation precision for data of ``dtype``: fp64 for fp64, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def block_sizes(channels: int, channels_last: bool) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_C). NCHW: many pixels per program, a few channels per step (stores are
+    contiguous along pixels). channels_last: a wide channel block (each tap is a contiguous
+    vector load) and fewer pixels, keeping BLOCK_P * BLOCK_C (registers per tap) near 1024."""
+    c2 = triton.next_power_of_2(channels)
+    if channels_last:
+        block_c = min(c2, 64)
+        return max(16, 1024 // block_c), block_c
+    return 256, min(c2, 4)
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """True when an element offset of any tensor can exceed int32: the kernels then index in int64."""
+    limit = 2**31 - 1
+    for t in tensors:
+        span = sum(s * (d - 1) for s, d in zip(t.stride(), t.shape) if d > 0)
+        if t.numel() >= limit or span >= limit:
+            return True
+    return False
+
+
+def theta_as_3x3(theta: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """(N, 2, 3) or (N, 3, 3) -> contiguous (N, 9) in ``acc``, affine padded with the row [0, 0, 1]."""
+    n = theta.shape[0]
+    if theta.shape[1] == 3:
+        return theta.to(acc).reshape(n, 9).contiguous()
+    last = torch.tensor([0.0, 0.0, 1.0], dtype=acc, device=theta.device).expand(n, 1, 3)
+    return torch.cat([theta.to(acc), last], dim=1).reshape(n, 9).contiguous()
+
+
+def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners):
+    """Launch ``_warp_fwd_kernel``; output has x's dtype and memory format."""
+    n, c, h, w = x.shape
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=fmt)
+    if n == 0:
+        return out
+    acc = acc_dtype(x.dtype)
+    theta9 = theta_as_3x3(theta, acc)
+    block_p, block_c = block_sizes(c, fmt == torch.channels_last)
+    num_pblocks = triton.cdiv(h_out * w_out, block_p)
+    _warp_fwd_kernel[(n * num_pblocks,)](
+        x, theta9, out,
+        c, h, w, h_out, w_out, num_pblocks,
+        *x.stride(), *out.stride(),
+        PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
+        ALIGN_CORNERS=align_corners, ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, out),
+        BLOCK_P=block_p, BLOCK_C=block_c,
+    )
+    return out
+
+
+def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta):
+    """Launch ``_warp_bwd_kernel``. Returns (grad_x or None, grad_theta or None) in the inputs' dtypes."""
+    n, c, h, w = x.shape
+    h_out, w_out = grad_out.shape[2], grad_out.shape[3]
+    acc = acc_dtype(x.dtype)
+    # fp32 (fp64) scatter buffer in x's memory format, cast to x's dtype at the end
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    grad_x = torch.empty(x.shape, dtype=acc, device=x.device, memory_format=fmt).zero_() if need_x else None
+    block_p, block_c = block_sizes(c, is_channels_last(x))
+    num_pblocks = triton.cdiv(h_out * w_out, block_p)
+    partial = torch.zeros((n * num_pblocks, 9), dtype=acc, device=x.device) if need_theta else None
+    if n > 0 and (need_x or need_theta):
+        theta9 = theta_as_3x3(theta, acc)
+        dummy = grad_x if grad_x is not None else x
+        _warp_bwd_kernel[(n * num_pblocks,)](
+            grad_out, x, theta9, dummy, partial if partial is not None else theta9,
+            c, h, w, h_out, w_out, num_pblocks,
+            *grad_out.stride(), *x.stride(), *dummy.stride(),
+            PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
+            ALIGN_CORNERS=align_corners, NEED_X=need_x, NEED_THETA=need_theta,
+            ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, grad_out),
+            BLOCK_P=block_p, BLOCK_C=block_c,
+        )
+    gx = grad_x.to(x.dtype) if need_x else None
+    gt = None
+    if need_theta:
+        rows = theta.shape[1]
+        gt = partial.view(n, num_pblocks, 9).sum(dim=1).view(n, 3, 3)[:, :rows].to(theta.dtype)
+    return gx, gt

@@ -1,0 +1,52 @@
+"""Input validation shared by every public op: clear errors naming the argument, never a crash."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+MODES = ("bilinear", "nearest")
+PADDING_MODES = ("zeros", "border", "reflection")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_image(x, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float32, float16, bfloat16 or float64, got dtype {x.dtype}"
+        )
+    if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{name} must have C, H, W > 0, got shape {tuple(x.shape)}")
+
+
+def check_modes(mode: str, padding_mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+
+def check_same_device(x: torch.Tensor, other: torch.Tensor, name: str) -> None:
+    if other.device != x.device:
+        raise ValueError(f"{name} is on {other.device} but x is on {x.device}; they must be on the same device")
+
+
+def check_float(t: torch.Tensor, name: str) -> None:
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def resolve_size(x: torch.Tensor, size) -> tuple[int, int]:
+    """(H_out, W_out) from ``size`` (None means the input's size)."""
+    if size is None:
+        return int(x.shape[2]), int(x.shape[3])
+    if isinstance(size, torch.Size) or isinstance(size, Sequence):
+        if len(size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+            h, w = int(size[0]), int(size[1])
+            if h > 0 and w > 0:
+                return h, w
+    raise ValueError(f"size must be None or a pair of positive ints (H_out, W_out), got {size!r}")

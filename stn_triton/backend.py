@@ -1,0 +1,66 @@
+"""Backend selection: which implementation a call runs on.
+
+Rules (read at *call time*, never cached in a module global):
+
+1. ``stn_triton.use_backend(name)`` (a context manager, backed by a ``ContextVar`` so it is
+   thread- and task-local) wins while it is active;
+2. otherwise the environment variable ``STN_BACKEND`` (``auto`` | ``triton`` | ``torch``);
+3. ``auto`` (the default) picks the Triton kernels for CUDA tensors and the pure-PyTorch path
+   for everything else.
+
+``triton`` on a CPU tensor is only possible in the Triton interpreter (``TRITON_INTERPRET=1``
+set before triton is imported); that is how the test-suite runs the real kernels without a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("stn_backend", default=None)
+
+
+def _check_name(name: str, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the enclosed stn_triton calls on backend ``name`` (``auto`` | ``triton`` | ``torch``)."""
+    token = _override.set(_check_name(name, "use_backend(name)"))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def requested_backend() -> str:
+    """The backend asked for right now (``auto`` | ``triton`` | ``torch``)."""
+    name = _override.get()
+    if name is not None:
+        return name
+    return _check_name(os.environ.get("STN_BACKEND", "auto").strip().lower() or "auto", "STN_BACKEND")
+
+
+def interpreter_active() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_backend(device: torch.device) -> str:
+    """Return ``"triton"`` or ``"torch"`` for tensors on ``device``."""
+    name = requested_backend()
+    if name == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if name == "triton" and device.type != "cuda" and not interpreter_active():
+        raise RuntimeError(
+            f"backend 'triton' was requested for a tensor on {device}, but the Triton kernels run "
+            "only on CUDA devices, or on CPU tensors inside the Triton interpreter "
+            "(set TRITON_INTERPRET=1 before importing triton). Use backend 'auto' or 'torch'."
+        )
+    return name

@@ -1,0 +1,131 @@
+"""Pure-PyTorch implementations: the CPU path and the independent reference for the kernels.
+
+Everything here composes stock PyTorch ops (``F.grid_sample`` does the sampling), so it is
+differentiable by autograd and shares no code with the Triton kernels in ``kernels/``.
+Half-precision inputs are computed in float32 (coordinates must be fp32-accurate, the same
+contract as the kernels) and cast back.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+def _linspace_from_neg_one(steps: int, align_corners: bool, dtype, device) -> torch.Tensor:
+    # Exactly what F.affine_grid uses: a single step sits at 0.
+    if steps <= 1:
+        return torch.zeros(max(steps, 1), dtype=dtype, device=device)[:steps]
+    r = torch.linspace(-1.0, 1.0, steps, dtype=dtype, device=device)
+    if not align_corners:
+        r = r * (steps - 1) / steps
+    return r
+
+
+def base_grid(h: int, w: int, align_corners: bool, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Homogeneous output coordinates, shape (H*W, 3), rows ``[x, y, 1]`` with x varying fastest."""
+    xs = _linspace_from_neg_one(w, align_corners, dtype, device)
+    ys = _linspace_from_neg_one(h, align_corners, dtype, device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1), torch.ones(h * w, dtype=dtype, device=device)], dim=1)
+
+
+def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> torch.Tensor:
+    """Sampling grid (N, H, W, 2) for affine (N, 2, 3) or projective (N, 3, 3) ``theta``."""
+    base = base_grid(h, w, align_corners, theta.dtype, theta.device)
+    uvw = torch.einsum("pk,njk->npj", base, theta)  # (N, H*W, 2 or 3)
+    if theta.shape[1] == 3:
+        uvw = uvw[..., :2] / uvw[..., 2:3]
+    return uvw.reshape(theta.shape[0], h, w, 2)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
+    """``F.grid_sample`` in fp32 (fp64 for fp64 input), result in x's dtype and memory format."""
+    cdt = compute_dtype(x.dtype)
+    if x.shape[0] == 0:  # F.grid_sample rejects an empty batch; we return an empty result.
+        out = x.new_empty((0, x.shape[1], grid.shape[1], grid.shape[2]))
+        return out
+    out = F.grid_sample(x.to(cdt), grid.to(cdt), mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    return out.to(dtype=x.dtype, memory_format=fmt)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def warp(x, theta, h_out, w_out, mode="bilinear", padding_mode="zeros", align_corners=False):
+    """Reference affine/projective warp: ``grid_sample(x, transform_grid(theta))``."""
+    grid = transform_grid(theta.to(compute_dtype(x.dtype)), h_out, w_out, align_corners)
+    return sample(x, grid, mode, padding_mode, align_corners)
+
+
+# ----------------------------------------------------------------------------- thin-plate spline
+
+
+def tps_radial(d2: torch.Tensor) -> torch.Tensor:
+    """U as a function of the squared distance: U = r^2 log r^2, U(0) = 0."""
+    return torch.where(d2 > 0, d2 * torch.log(torch.where(d2 > 0, d2, torch.ones_like(d2))), torch.zeros_like(d2))
+
+
+def default_control_points(k: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Regular sqrt(K) x sqrt(K) grid over [-1, 1]^2, x varying fastest, shape (K, 2)."""
+    g = int(round(k ** 0.5))
+    if g * g != k or k < 4:
+        raise ValueError(
+            f"the default control points form a sqrt(K) x sqrt(K) grid, so K must be a perfect square >= 4; "
+            f"got K = {k}. Pass control_points=(K, 2) for other layouts."
+        )
+    t = torch.linspace(-1.0, 1.0, g, dtype=dtype, device=device)
+    gy, gx = torch.meshgrid(t, t, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+
+
+def tps_system(control_points: torch.Tensor) -> torch.Tensor:
+    """The (K+3) x (K+3) interpolation matrix L = [[U(|c_i - c_j|), P], [P^T, 0]], P = [1, x, y]."""
+    c = control_points
+    k = c.shape[0]
+    d2 = ((c[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+    p = torch.cat([torch.ones(k, 1, dtype=c.dtype, device=c.device), c], dim=1)
+    top = torch.cat([tps_radial(d2), p], dim=1)
+    bottom = torch.cat([p.t(), torch.zeros(3, 3, dtype=c.dtype, device=c.device)], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
+def tps_coefficient_map(control_points: torch.Tensor) -> torch.Tensor:
+    """M (K+3, K) with coefficients = M @ points: rows 0..K-1 are the radial weights w, rows K..K+2 a0, a1, a2.
+
+    Solved in float64 with ``torch.linalg.solve``; the right-hand side is [points; 0].
+    """
+    c64 = control_points.detach().to(torch.float64)
+    k = c64.shape[0]
+    rhs = torch.zeros(k + 3, k, dtype=torch.float64, device=c64.device)
+    rhs[:k] = torch.eye(k, dtype=torch.float64, device=c64.device)
+    return torch.linalg.solve(tps_system(c64), rhs)
+
+
+def tps_features(control_points: torch.Tensor, h: int, w: int, align_corners: bool) -> torch.Tensor:
+    """Phi (H*W, K+3): [U(|p - c_k|) for k, 1, x, y] for every output pixel p. O(H*W*K) memory."""
+    base = base_grid(h, w, align_corners, control_points.dtype, control_points.device)
+    d2 = ((base[:, None, :2] - control_points[None, :, :]) ** 2).sum(-1)
+    return torch.cat([tps_radial(d2), base[:, 2:3], base[:, :2]], dim=1)
+
+
+def tps_grid(points, control_points, h, w, align_corners=False):
+    """Reference TPS sampling grid (N, H, W, 2): solve, then Phi @ coefficients."""
+    m = tps_coefficient_map(control_points).to(points.dtype)
+    coef = torch.einsum("jk,nkd->njd", m, points)  # (N, K+3, 2)
+    phi = tps_features(control_points.to(points.dtype), h, w, align_corners)
+    return torch.einsum("pj,njd->npd", phi, coef).reshape(points.shape[0], h, w, 2)
+
+
+def tps_warp(x, points, control_points, h_out, w_out, mode="bilinear", padding_mode="zeros", align_corners=False):
+    """Reference TPS warp: ``grid_sample(x, tps_grid(points))``."""
+    cdt = compute_dtype(x.dtype)
+    grid = tps_grid(points.to(cdt), control_points.to(cdt), h_out, w_out, align_corners)
+    return sample(x, grid, mode, padding_mode, align_corners)

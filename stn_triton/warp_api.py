@@ -1,0 +1,64 @@
+"""Public affine / projective warp: ``stn_triton.warp``."""
+from __future__ import annotations
+
+import torch
+
+from . import _checks
+from ._warp_ops import warp_op
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "bilinear",
+         padding_mode: str = "zeros", align_corners: bool = False) -> torch.Tensor:
+    """Warp ``x`` by the affine or projective transforms ``theta``: one fused kernel each way.
+
+    Equal to ``F.grid_sample(x, F.affine_grid(theta, (N, C, *size), align_corners), mode,
+    padding_mode, align_corners)`` for affine ``theta`` (to fp32 rounding), without building the
+    grid tensor.
+
+    Convention:
+        * ``x``: (N, C, H, W), float32 / float16 / bfloat16 / float64, contiguous, channels_last or
+          any strides. The output has x's dtype and memory format, shape (N, C, H_out, W_out).
+        * ``theta``: (N, 2, 3) affine or (N, 3, 3) projective. It maps *normalised output*
+          coordinates (x_t, y_t) to *normalised source* coordinates, exactly as ``F.affine_grid``:
+          ``[x_s, y_s]^T = theta @ [x_t, y_t, 1]^T``; projective: ``[u, v, w]^T = theta @ [x_t, y_t, 1]^T``,
+          source = (u / w, v / w).
+        * Coordinates are (x, y) = (column, row), each in [-1, 1] across the image.
+          ``align_corners=True``: -1 and 1 are the centres of the corner pixels;
+          ``False``: the outer edges of the corner pixels (PyTorch's default).
+        * ``size``: (H_out, W_out), default (H, W).
+        * ``mode``: ``"bilinear"`` | ``"nearest"`` (round half to even, as PyTorch);
+          ``padding_mode``: ``"zeros"`` | ``"border"`` | ``"reflection"``.
+        * Coordinates are computed in fp32 even for fp16 / bf16 data (fp64 for fp64 data).
+        * An empty batch (N = 0) returns an empty tensor. Non-finite theta never reads out of
+          bounds: such coordinates sample padding.
+
+    Backend: Triton kernels for CUDA tensors, PyTorch (``F.grid_sample``) otherwise; see
+    :func:`stn_triton.use_backend`. Gradients flow to ``x`` and ``theta``.
+
+    Example:
+        >>> x = torch.rand(8, 3, 32, 32)
+        >>> theta = stn_triton.params.attention(torch.zeros(8, 3))   # identity
+        >>> torch.allclose(stn_triton.warp(x, theta), x, atol=1e-6)
+        True
+    """
+    _checks.check_image(x, "x")
+    check_theta(x, theta)
+    _checks.check_modes(mode, padding_mode)
+    h_out, w_out = _checks.resolve_size(x, size)
+    return warp_op(x, theta, h_out, w_out, mode, padding_mode, bool(align_corners))
+
+
+def check_theta(x: torch.Tensor, theta) -> None:
+    if not isinstance(theta, torch.Tensor):
+        raise TypeError(f"theta must be a torch.Tensor of shape (N, 2, 3) or (N, 3, 3), got {type(theta).__name__}")
+    if theta.dim() != 3 or tuple(theta.shape[1:]) not in ((2, 3), (3, 3)):
+        raise ValueError(
+            f"theta must have shape (N, 2, 3) (affine) or (N, 3, 3) (projective), got {tuple(theta.shape)}"
+        )
+    if theta.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"theta's batch size must equal x's: x has N = {x.shape[0]} (shape {tuple(x.shape)}), "
+            f"theta has {theta.shape[0]} (shape {tuple(theta.shape)})"
+        )
+    _checks.check_float(theta, "theta")
+    _checks.check_same_device(x, theta, "theta")
