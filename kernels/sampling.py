@@ -110,3 +110,139 @@ def round_half_even(v):
     tie = (r - v) == 0.5
     odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
     return tl.where(tie & odd, r - 1.0, r)
+
+
+@triton.jit
+def sample_channels(
+    x_img, out_ptr, out_off, p_mask, ix, iy,
+    C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
+    MODE: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Sample every channel of one image at pixel coordinates (ix, iy) and store the result.
+
+    ``x_img`` points at image n; ``out_ptr + out_off`` ([BLOCK_P] offsets, image n included) at
+    the outputs. The taps (2x2 bilinear or 1 nearest) are computed once and shared by all channels,
+    which are walked in tiles of [BLOCK_P, BLOCK_C]; out-of-range taps read 0 (masked, never loaded).
+    """
+    c_range = tl.arange(0, BLOCK_C)
+    if MODE == MODE_BILINEAR:
+        x0f = tl.floor(ix)
+        y0f = tl.floor(iy)
+        fx = ix - x0f
+        fy = iy - y0f
+        x0 = x0f.to(tl.int32)
+        y0 = y0f.to(tl.int32)
+        if INDEX_64:
+            x0 = x0.to(tl.int64)
+            y0 = y0.to(tl.int64)
+        mx0 = (x0 >= 0) & (x0 < W)
+        mx1 = (x0 + 1 >= 0) & (x0 + 1 < W)
+        my0 = p_mask & (y0 >= 0) & (y0 < H)
+        my1 = p_mask & (y0 + 1 >= 0) & (y0 + 1 < H)
+        w_nw = ((1.0 - fx) * (1.0 - fy))[:, None]
+        w_ne = (fx * (1.0 - fy))[:, None]
+        w_sw = ((1.0 - fx) * fy)[:, None]
+        w_se = (fx * fy)[:, None]
+        off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
+        m_nw = (my0 & mx0)[:, None]
+        m_ne = (my0 & mx1)[:, None]
+        m_sw = (my1 & mx0)[:, None]
+        m_se = (my1 & mx1)[:, None]
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + c_range
+            c_mask = (c < C)[None, :]
+            x_c = x_img + (c * stride_xc)[None, :] + off_nw
+            acc = w_nw * tl.load(x_c, mask=m_nw & c_mask, other=0.0).to(ACC)
+            acc += w_ne * tl.load(x_c + stride_xw, mask=m_ne & c_mask, other=0.0).to(ACC)
+            acc += w_sw * tl.load(x_c + stride_xh, mask=m_sw & c_mask, other=0.0).to(ACC)
+            acc += w_se * tl.load(x_c + stride_xh + stride_xw, mask=m_se & c_mask, other=0.0).to(ACC)
+            o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
+            tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+    else:
+        xn = round_half_even(ix).to(tl.int32)
+        yn = round_half_even(iy).to(tl.int32)
+        if INDEX_64:
+            xn = xn.to(tl.int64)
+            yn = yn.to(tl.int64)
+        m = (p_mask & (xn >= 0) & (xn < W) & (yn >= 0) & (yn < H))[:, None]
+        off = (yn * stride_xh + xn * stride_xw)[:, None]
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + c_range
+            c_mask = (c < C)[None, :]
+            v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
+            o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
+            tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+
+
+@triton.jit
+def backprop_channels(
+    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy,
+    C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
+    MODE: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Backward of :func:`sample_channels` for one image.
+
+    Reads grad_out once per [BLOCK_P, BLOCK_C] tile. NEED_X: scatters grad * tap weight into the
+    fp32/fp64 buffer ``dx_img`` with atomic adds. NEED_COORDS: returns (d_ix, d_iy), the gradient
+    w.r.t. the *pixel* coordinates reduced over channels ([BLOCK_P] each, zeros for nearest,
+    whose output is piecewise constant in the coordinates).
+    """
+    c_range = tl.arange(0, BLOCK_C)
+    d_ix = tl.zeros([BLOCK_P], dtype=ACC)
+    d_iy = tl.zeros([BLOCK_P], dtype=ACC)
+    if MODE == MODE_BILINEAR:
+        x0f = tl.floor(ix)
+        y0f = tl.floor(iy)
+        fx = (ix - x0f)[:, None]
+        fy = (iy - y0f)[:, None]
+        x0 = x0f.to(tl.int32)
+        y0 = y0f.to(tl.int32)
+        if INDEX_64:
+            x0 = x0.to(tl.int64)
+            y0 = y0.to(tl.int64)
+        mx0 = (x0 >= 0) & (x0 < W)
+        mx1 = (x0 + 1 >= 0) & (x0 + 1 < W)
+        my0 = p_mask & (y0 >= 0) & (y0 < H)
+        my1 = p_mask & (y0 + 1 >= 0) & (y0 + 1 < H)
+        m_nw = (my0 & mx0)[:, None]
+        m_ne = (my0 & mx1)[:, None]
+        m_sw = (my1 & mx0)[:, None]
+        m_se = (my1 & mx1)[:, None]
+        d_nw = (y0 * stride_dh + x0 * stride_dw)[:, None]
+        off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + c_range
+            c_mask = (c < C)[None, :]
+            g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
+                        mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
+            if NEED_X:
+                d_c = dx_img + (c * stride_dc)[None, :] + d_nw
+                tl.atomic_add(d_c, g * (1.0 - fx) * (1.0 - fy), mask=m_nw & c_mask, sem="relaxed")
+                tl.atomic_add(d_c + stride_dw, g * fx * (1.0 - fy), mask=m_ne & c_mask, sem="relaxed")
+                tl.atomic_add(d_c + stride_dh, g * (1.0 - fx) * fy, mask=m_sw & c_mask, sem="relaxed")
+                tl.atomic_add(d_c + stride_dh + stride_dw, g * fx * fy, mask=m_se & c_mask, sem="relaxed")
+            if NEED_COORDS:
+                x_c = x_img + (c * stride_xc)[None, :] + off_nw
+                v_nw = tl.load(x_c, mask=m_nw & c_mask, other=0.0).to(ACC)
+                v_ne = tl.load(x_c + stride_xw, mask=m_ne & c_mask, other=0.0).to(ACC)
+                v_sw = tl.load(x_c + stride_xh, mask=m_sw & c_mask, other=0.0).to(ACC)
+                v_se = tl.load(x_c + stride_xh + stride_xw, mask=m_se & c_mask, other=0.0).to(ACC)
+                d_ix += tl.sum(g * ((v_ne - v_nw) * (1.0 - fy) + (v_se - v_sw) * fy), axis=1)
+                d_iy += tl.sum(g * ((v_sw - v_nw) * (1.0 - fx) + (v_se - v_ne) * fx), axis=1)
+    else:
+        if NEED_X:
+            xn = round_half_even(ix).to(tl.int32)
+            yn = round_half_even(iy).to(tl.int32)
+            if INDEX_64:
+                xn = xn.to(tl.int64)
+                yn = yn.to(tl.int64)
+            m = (p_mask & (xn >= 0) & (xn < W) & (yn >= 0) & (yn < H))[:, None]
+            d_off = (yn * stride_dh + xn * stride_dw)[:, None]
+            for c0 in range(0, C, BLOCK_C):
+                c = c0 + c_range
+                c_mask = (c < C)[None, :]
+                g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
+                            mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
+                tl.atomic_add(dx_img + (c * stride_dc)[None, :] + d_off, g, mask=m & c_mask, sem="relaxed")
+    return d_ix, d_iy

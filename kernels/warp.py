@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .sampling import MODE_BILINEAR, output_coords, round_half_even, source_pixel
+from .sampling import MODE_BILINEAR, backprop_channels, output_coords, sample_channels, source_pixel
 
 
 @triton.jit
@@ -65,67 +65,19 @@ def _warp_fwd_kernel(
 
     x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
     x_s, y_s, inv_w = _source_coords(theta_ptr, n, x_t, y_t, PROJECTIVE)
-    ix, gx_unused = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
-    iy, gy_unused = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
+    ix, _ = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+    iy, _ = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
 
     if INDEX_64:  # tensors of >= 2**31 elements: every offset product in int64
         n = n.to(tl.int64)
         p = p.to(tl.int64)
     ho = p // W_OUT
     out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
-    x_img = x_ptr + n * stride_xn
-    c_range = tl.arange(0, BLOCK_C)
-
-    if MODE == MODE_BILINEAR:
-        x0f = tl.floor(ix)
-        y0f = tl.floor(iy)
-        fx = ix - x0f
-        fy = iy - y0f
-        x0 = x0f.to(tl.int32)
-        y0 = y0f.to(tl.int32)
-        if INDEX_64:
-            x0 = x0.to(tl.int64)
-            y0 = y0.to(tl.int64)
-        mx0 = (x0 >= 0) & (x0 < W)
-        mx1 = (x0 + 1 >= 0) & (x0 + 1 < W)
-        my0 = p_mask & (y0 >= 0) & (y0 < H)
-        my1 = p_mask & (y0 + 1 >= 0) & (y0 + 1 < H)
-        w_nw = ((1.0 - fx) * (1.0 - fy))[:, None]
-        w_ne = (fx * (1.0 - fy))[:, None]
-        w_sw = ((1.0 - fx) * fy)[:, None]
-        w_se = (fx * fy)[:, None]
-        off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
-        off_ne = off_nw + stride_xw
-        off_sw = off_nw + stride_xh
-        off_se = off_sw + stride_xw
-        m_nw = (my0 & mx0)[:, None]
-        m_ne = (my0 & mx1)[:, None]
-        m_sw = (my1 & mx0)[:, None]
-        m_se = (my1 & mx1)[:, None]
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + c_range
-            c_mask = (c < C)[None, :]
-            x_c = x_img + (c * stride_xc)[None, :]
-            acc = w_nw * tl.load(x_c + off_nw, mask=m_nw & c_mask, other=0.0).to(ACC)
-            acc += w_ne * tl.load(x_c + off_ne, mask=m_ne & c_mask, other=0.0).to(ACC)
-            acc += w_sw * tl.load(x_c + off_sw, mask=m_sw & c_mask, other=0.0).to(ACC)
-            acc += w_se * tl.load(x_c + off_se, mask=m_se & c_mask, other=0.0).to(ACC)
-            o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
-            tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
-    else:
-        xn = round_half_even(ix).to(tl.int32)
-        yn = round_half_even(iy).to(tl.int32)
-        if INDEX_64:
-            xn = xn.to(tl.int64)
-            yn = yn.to(tl.int64)
-        m = (p_mask & (xn >= 0) & (xn < W) & (yn >= 0) & (yn < H))[:, None]
-        off = (yn * stride_xh + xn * stride_xw)[:, None]
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + c_range
-            c_mask = (c < C)[None, :]
-            v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
-            o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
-            tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+    sample_channels(
+        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy,
+        C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
+        MODE, ACC, INDEX_64, BLOCK_C,
+    )
 
 
 @triton.jit
@@ -159,88 +111,30 @@ def _warp_bwd_kernel(
         p = p.to(tl.int64)
     ho = p // W_OUT
     g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
-    x_img = x_ptr + n * stride_xn
-    dx_img = grad_x_ptr + n * stride_dn
-    c_range = tl.arange(0, BLOCK_C)
-
-    if MODE == MODE_BILINEAR:
-        x0f = tl.floor(ix)
-        y0f = tl.floor(iy)
-        fx = ix - x0f
-        fy = iy - y0f
-        x0 = x0f.to(tl.int32)
-        y0 = y0f.to(tl.int32)
-        if INDEX_64:
-            x0 = x0.to(tl.int64)
-            y0 = y0.to(tl.int64)
-        mx0 = (x0 >= 0) & (x0 < W)
-        mx1 = (x0 + 1 >= 0) & (x0 + 1 < W)
-        my0 = p_mask & (y0 >= 0) & (y0 < H)
-        my1 = p_mask & (y0 + 1 >= 0) & (y0 + 1 < H)
-        m_nw = (my0 & mx0)[:, None]
-        m_ne = (my0 & mx1)[:, None]
-        m_sw = (my1 & mx0)[:, None]
-        m_se = (my1 & mx1)[:, None]
-        gx_ = fx[:, None]
-        gy_ = fy[:, None]
-        # grad w.r.t. the pixel coordinates, reduced over channels
-        d_ix = tl.zeros([BLOCK_P], dtype=ACC)
-        d_iy = tl.zeros([BLOCK_P], dtype=ACC)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + c_range
-            c_mask = (c < C)[None, :]
-            g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
-                        mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
-            if NEED_X:
-                d_c = dx_img + (c * stride_dc)[None, :]
-                d_nw = (y0 * stride_dh + x0 * stride_dw)[:, None]
-                tl.atomic_add(d_c + d_nw, g * (1.0 - gx_) * (1.0 - gy_), mask=m_nw & c_mask, sem="relaxed")
-                tl.atomic_add(d_c + d_nw + stride_dw, g * gx_ * (1.0 - gy_), mask=m_ne & c_mask, sem="relaxed")
-                tl.atomic_add(d_c + d_nw + stride_dh, g * (1.0 - gx_) * gy_, mask=m_sw & c_mask, sem="relaxed")
-                tl.atomic_add(d_c + d_nw + stride_dh + stride_dw, g * gx_ * gy_, mask=m_se & c_mask, sem="relaxed")
-            if NEED_THETA:
-                x_c = x_img + (c * stride_xc)[None, :]
-                off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
-                v_nw = tl.load(x_c + off_nw, mask=m_nw & c_mask, other=0.0).to(ACC)
-                v_ne = tl.load(x_c + off_nw + stride_xw, mask=m_ne & c_mask, other=0.0).to(ACC)
-                v_sw = tl.load(x_c + off_nw + stride_xh, mask=m_sw & c_mask, other=0.0).to(ACC)
-                v_se = tl.load(x_c + off_nw + stride_xh + stride_xw, mask=m_se & c_mask, other=0.0).to(ACC)
-                d_ix += tl.sum(g * ((v_ne - v_nw) * (1.0 - gy_) + (v_se - v_sw) * gy_), axis=1)
-                d_iy += tl.sum(g * ((v_sw - v_nw) * (1.0 - gx_) + (v_se - v_ne) * gx_), axis=1)
-        if NEED_THETA:
-            # chain: pixel coord -> normalised source coord -> (u, v, w) -> theta rows
-            g_xs = d_ix * dix
-            g_ys = d_iy * diy
-            g_u = g_xs * inv_w
-            g_v = g_ys * inv_w
-            out_row = grad_theta_partial_ptr + row * 9
-            tl.store(out_row + 0, tl.sum(g_u * x_t, axis=0))
-            tl.store(out_row + 1, tl.sum(g_u * y_t, axis=0))
-            tl.store(out_row + 2, tl.sum(g_u, axis=0))
-            tl.store(out_row + 3, tl.sum(g_v * x_t, axis=0))
-            tl.store(out_row + 4, tl.sum(g_v * y_t, axis=0))
-            tl.store(out_row + 5, tl.sum(g_v, axis=0))
-            if PROJECTIVE:
-                g_w = -(g_xs * x_s + g_ys * y_s) * inv_w
-                tl.store(out_row + 6, tl.sum(g_w * x_t, axis=0))
-                tl.store(out_row + 7, tl.sum(g_w * y_t, axis=0))
-                tl.store(out_row + 8, tl.sum(g_w, axis=0))
-    else:
-        # nearest: piecewise constant in the coordinates, so grad theta is 0 (as in PyTorch)
-        if NEED_X:
-            xn = round_half_even(ix).to(tl.int32)
-            yn = round_half_even(iy).to(tl.int32)
-            if INDEX_64:
-                xn = xn.to(tl.int64)
-                yn = yn.to(tl.int64)
-            m = (p_mask & (xn >= 0) & (xn < W) & (yn >= 0) & (yn < H))[:, None]
-            d_off = (yn * stride_dh + xn * stride_dw)[:, None]
-            for c0 in range(0, C, BLOCK_C):
-                c = c0 + c_range
-                c_mask = (c < C)[None, :]
-                g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
-                            mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
-                tl.atomic_add(dx_img + (c * stride_dc)[None, :] + d_off, g, mask=m & c_mask, sem="relaxed")
+    d_ix, d_iy = backprop_channels(
+        grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy,
+        C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
+        MODE, NEED_X, NEED_THETA and MODE == MODE_BILINEAR, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+    )
+    if NEED_THETA and MODE == MODE_BILINEAR:
+        # chain: pixel coord -> normalised source coord -> (u, v, w) -> theta rows
+        g_xs = d_ix * dix
+        g_ys = d_iy * diy
+        g_u = g_xs * inv_w
+        g_v = g_ys * inv_w
+        out_row = grad_theta_partial_ptr + row * 9
+        tl.store(out_row + 0, tl.sum(g_u * x_t, axis=0))
+        tl.store(out_row + 1, tl.sum(g_u * y_t, axis=0))
+        tl.store(out_row + 2, tl.sum(g_u, axis=0))
+        tl.store(out_row + 3, tl.sum(g_v * x_t, axis=0))
+        tl.store(out_row + 4, tl.sum(g_v * y_t, axis=0))
+        tl.store(out_row + 5, tl.sum(g_v, axis=0))
+        if PROJECTIVE:
+            g_w = -(g_xs * x_s + g_ys * y_s) * inv_w
+            tl.store(out_row + 6, tl.sum(g_w * x_t, axis=0))
+            tl.store(out_row + 7, tl.sum(g_w * y_t, axis=0))
+            tl.store(out_row + 8, tl.sum(g_w, axis=0))
+    # nearest: piecewise constant in the coordinates, so grad theta stays 0 (as in PyTorch)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -343,3 +237,34 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
         rows = theta.shape[1]
         gt = partial.view(n, num_pblocks, 9).sum(dim=1).view(n, 3, 3)[:, :rows].to(theta.dtype)
     return gx, gt
+
+
+def aot_configs():
+    """Specialisations compiled ahead of time by ``bench.static`` and the tests (see kernels/aot.py)."""
+    from .aot import KernelConfig
+
+    configs = []
+    for storage, layout_cl in (("fp32", False), ("bf16", True), ("fp16", False)):
+        block_p, block_c = block_sizes(64 if layout_cl else 3, layout_cl)
+        layout = "nhwc" if layout_cl else "nchw"
+        for projective in (False, True):
+            for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border")):
+                common = dict(PROJECTIVE=projective, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding],
+                              ALIGN_CORNERS=False, ACC=tl.float32, INDEX_64=False, BLOCK_P=block_p, BLOCK_C=block_c)
+                kind = "proj" if projective else "affine"
+                configs.append(KernelConfig(
+                    f"warp_fwd/{kind}/{mode}/{padding}/{storage}/{layout}", _warp_fwd_kernel,
+                    {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage}, common))
+                configs.append(KernelConfig(
+                    f"warp_bwd/{kind}/{mode}/{padding}/{storage}/{layout}", _warp_bwd_kernel,
+                    {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "fp32",
+                     "grad_theta_partial_ptr": "fp32"}, dict(common, NEED_X=True, NEED_THETA=True)))
+    # int64 indexing and theta-only backward, once each
+    block_p, block_c = block_sizes(3, False)
+    base = dict(PROJECTIVE=False, MODE=0, PADDING=0, ALIGN_CORNERS=True, ACC=tl.float32, BLOCK_P=block_p, BLOCK_C=block_c)
+    configs.append(KernelConfig("warp_fwd/affine/bilinear/zeros/fp32/nchw/int64", _warp_fwd_kernel,
+                                {"x_ptr": "fp32", "theta_ptr": "fp32", "out_ptr": "fp32"}, dict(base, INDEX_64=True)))
+    configs.append(KernelConfig("warp_bwd/affine/bilinear/zeros/fp32/nchw/theta-only", _warp_bwd_kernel,
+                                {"grad_out_ptr": "fp32", "x_ptr": "fp32", "theta_ptr": "fp32", "grad_x_ptr": "fp32",
+                                 "grad_theta_partial_ptr": "fp32"}, dict(base, INDEX_64=False, NEED_X=False, NEED_THETA=True)))
+    return configs

@@ -1,0 +1,113 @@
+"""Ahead-of-time compilation of the kernels for real GPU targets, on a machine without a GPU.
+
+The Triton interpreter accepts code the real compiler rejects, so every kernel is also compiled
+with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` and the cubin is read
+with the ``cuobjdump`` bundled in Triton's wheel: registers, local memory (spills), and the
+global load/store instructions (with their vector widths) in the SASS.
+
+Kernel modules describe what to compile with ``aot_configs()``: a list of :class:`KernelConfig`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+ARCHS = (80, 90)
+_DTYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "fp64": "*fp64"}
+
+
+@dataclasses.dataclass
+class KernelConfig:
+    """One specialisation of a kernel: pointer dtypes by argument name, constexpr values."""
+
+    label: str
+    fn: object  # a @triton.jit function
+    pointers: dict  # arg name -> "fp32" | "fp16" | "bf16" | "fp64"
+    constexprs: dict
+
+    def signature(self) -> dict:
+        sig = {}
+        for name in self.fn.arg_names:
+            if name in self.constexprs:
+                sig[name] = "constexpr"
+            elif name in self.pointers:
+                sig[name] = _DTYPES[self.pointers[name]]
+            else:
+                sig[name] = "i32"
+        return sig
+
+
+@dataclasses.dataclass
+class CompileReport:
+    label: str
+    kernel: str
+    arch: int
+    registers: int
+    spill_bytes: int  # LOCAL memory per thread: spills (and local arrays)
+    shared_bytes: int
+    num_warps: int
+    global_loads: int
+    global_stores: int
+    atomics: int
+    load_widths: dict  # bits -> count (LDG.E, LDG.E.64, LDG.E.128 ...)
+    store_widths: dict
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def cuobjdump_path() -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def _width(op: str) -> int:
+    m = re.search(r"\.(64|128)\b", op)
+    return int(m.group(1)) if m else 32
+
+
+def compile_config(cfg: KernelConfig, arch: int) -> CompileReport:
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silence 3.9's default-change warning
+    compiled = triton.compile(ASTSource(cfg.fn, cfg.signature(), cfg.constexprs), target=GPUTarget("cuda", arch, 32))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        usage = subprocess.run([cuobjdump_path(), "--dump-resource-usage", path], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([cuobjdump_path(), "--dump-sass", path], capture_output=True, text=True, check=True).stdout
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    local = int(re.search(r"LOCAL:(\d+)", usage).group(1))
+    shared = int(re.search(r"SHARED:(\d+)", usage).group(1))
+    loads, stores = {}, {}
+    n_atom = 0
+    for op in re.findall(r"\b((?:LDG|STG|REDG|RED|ATOMG)\.[A-Z0-9._]+|LDG|STG)\b", sass):
+        if op.startswith("LDG"):
+            loads[_width(op)] = loads.get(_width(op), 0) + 1
+        elif op.startswith("STG"):
+            stores[_width(op)] = stores.get(_width(op), 0) + 1
+        else:
+            n_atom += 1
+    return CompileReport(
+        label=cfg.label, kernel=cfg.fn.__name__, arch=arch, registers=regs, spill_bytes=local, shared_bytes=shared,
+        num_warps=compiled.metadata.num_warps, global_loads=sum(loads.values()), global_stores=sum(stores.values()),
+        atomics=n_atom, load_widths=loads, store_widths=stores,
+    )
+
+
+def all_configs() -> list[KernelConfig]:
+    """Every kernel module's AOT configurations."""
+    from . import warp
+
+    configs = list(warp.aot_configs())
+    try:
+        from . import tps
+    except ImportError:
+        return configs
+    return configs + list(getattr(tps, "aot_configs", lambda: [])())
