@@ -20,6 +20,7 @@ from . import params  # noqa: E402
 from .backend import use_backend, requested_backend, resolve_backend  # noqa: E402
 from .warp_api import warp  # noqa: E402
 from .tps_api import tps_grid, tps_warp  # noqa: E402
+from .modules import SpatialTransformer  # noqa: E402
 
-__all__ = ["warp", "tps_warp", "tps_grid", "params", "use_backend", "requested_backend", "resolve_backend"]
+__all__ = ["warp", "tps_warp", "tps_grid", "params", "SpatialTransformer", "use_backend", "requested_backend", "resolve_backend"]
 __version__ = "0.1.0"
