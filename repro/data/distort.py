@@ -1,0 +1,260 @@
+"""The distorted-MNIST data sets of the STN paper: random parameters and batched rendering.
+
+Every data set is produced in two steps, so that fixed sets and online streams share one code
+path: :func:`sample_params` draws all random numbers on the CPU from a ``torch.Generator``
+(cheap: a few numbers per image), and :func:`render` turns them into images on any device with
+one batched ``stn_triton.warp`` / ``stn_triton.tps_warp`` call (the Triton kernels on CUDA, the
+PyTorch path on CPU). Images are float32 in [0, 1], source digits are MNIST uint8 / 255.
+
+Conventions: ``theta`` maps normalised *output* coordinates to normalised *source*
+coordinates (``F.affine_grid``, ``align_corners=False``: -1 and +1 are the outer pixel edges).
+A pixel quantity d in an image of side S is 2 d / S in normalised units. A 28×28 digit is
+warped straight into a larger canvas with one affine theta and ``size=`` (no pad + shift): for
+rotation a, scale s and digit-centre offset c (output pixels, from the canvas centre),
+``theta = [A | -A c_n]`` with ``A = (S_out / 28) / s · R(-a)`` and ``c_n = 2 c / S_out``.
+
+Data sets (supplementary material §1.1–1.3; "pool" = the digits of the split: training digits
+for train, test digits for test, never mixed):
+
+* ``R`` (1×28×28, 10 classes): rotation a ~ U(-90°, +90°) about the centre.
+* ``RTS`` (1×42×42, 10 classes): rotation a ~ U(-45°, +45°), scale s ~ U(0.7, 1.2), placed at
+  a uniform random position in a 42×42 canvas: the centre offset c ~ U(-m, m) per axis with
+  m = (42 - 28 s) / 2, i.e. the scaled (unrotated) 28×28 frame stays inside the canvas.
+  Translation is continuous (bilinear).
+* ``P`` (1×28×28, 10 classes): scale s ~ U(0.75, 1.0) about the centre, then each of the four
+  corners of the (scaled) digit frame moved by N(0, 5 px) per axis; the projective warp is the
+  homography taking the moved corners to the source corners (solved per image in float64).
+* ``E`` (1×28×28, 10 classes): scale s ~ U(0.75, 1.0), then the 16 control points of a 4×4 TPS
+  grid over [-1, 1]² moved by N(0, 1.5 px) per axis: ``points = control_points / s + δ``
+  (``tps_warp`` points are where each control point lands in the source).
+* ``TC`` (1×60×60, 10 classes): the digit at a uniform random *integer* position with its
+  whole 28×28 frame inside the 60×60 canvas (so bilinear sampling copies it exactly), plus six
+  6×6 patches, each cut from another random digit of the pool (never the same image) at a
+  uniform random position inside the central 20×20 of the 28×28 image (where MNIST's ink is),
+  pasted at a uniform random integer position in the canvas; overlaps combine by max.
+* ``addition`` (2×42×42, 19 classes): two digits, each independently RTS-distorted as above,
+  one per channel; label = sum of the two digit labels (0..18), ``digit_labels`` (N, 2) kept.
+* ``coloc-T`` / ``coloc-TC`` (1×84×84, 10 classes): the 28×28 digit at a uniform random
+  integer position in an 84×84 black canvas (top-left x0, y0 ~ U{0..56}); ``coloc-TC`` adds 16
+  random 6×6 crops of other pool digits as for TC. ``boxes`` (N, 4) = (x0, y0, x0 + 28, y0 + 28)
+  in pixel-edge coordinates: the 28×28 frame the digit was copied into.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import stn_triton
+
+DIGIT = 28
+PATCH = 6
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    channels: int
+    size: tuple[int, int]
+    num_classes: int
+    clutter: int = 0  # number of 6×6 distractor patches
+    has_boxes: bool = False
+    has_digit_labels: bool = False
+
+
+SPECS = {
+    "R": Spec("R", 1, (28, 28), 10),
+    "RTS": Spec("RTS", 1, (42, 42), 10),
+    "P": Spec("P", 1, (28, 28), 10),
+    "E": Spec("E", 1, (28, 28), 10),
+    "TC": Spec("TC", 1, (60, 60), 10, clutter=6),
+    "addition": Spec("addition", 2, (42, 42), 19, has_digit_labels=True),
+    "coloc-T": Spec("coloc-T", 1, (84, 84), 10, has_boxes=True),
+    "coloc-TC": Spec("coloc-TC", 1, (84, 84), 10, clutter=16, has_boxes=True),
+}
+NAMES = tuple(SPECS)
+
+
+def spec(name: str) -> Spec:
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}") from None
+
+
+def generator(*keys) -> torch.Generator:
+    """A CPU generator seeded from any mix of ints and strings (order matters), via SeedSequence."""
+    ints = [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
+    state = np.random.SeedSequence([i & 0xFFFFFFFF for i in ints] + [len(ints)]).generate_state(2, np.uint32)
+    g = torch.Generator()
+    g.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    return g
+
+
+def _uniform(g, n, lo, hi):
+    return torch.rand(n, generator=g, dtype=torch.float64) * (hi - lo) + lo
+
+
+def _other_index(g, primary: torch.Tensor, pool: int) -> torch.Tensor:
+    """A random pool index different from ``primary`` (uniform over the other pool - 1)."""
+    return (primary + 1 + torch.randint(0, pool - 1, primary.shape, generator=g)) % pool
+
+
+# ----------------------------------------------------------------------------- transforms
+def affine_theta(angle, scale, offset, out_size: int, in_size: int = DIGIT) -> torch.Tensor:
+    """(N, 2, 3) theta placing an in_size digit rotated by ``angle`` (rad), scaled by ``scale``,
+    centred ``offset`` (N, 2) output pixels from the canvas centre, in an out_size canvas."""
+    c, s = torch.cos(angle), torch.sin(angle)
+    k = (out_size / in_size) / scale
+    a = torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2) * k[:, None, None]  # R(-angle)/s
+    cn = offset * (2.0 / out_size)
+    b = -(a @ cn[:, :, None])
+    return torch.cat([a, b], dim=2)
+
+
+def homography(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) H with H [dst, 1] ~ [src, 1] for four point pairs (N, 4, 2); H[2, 2] = 1."""
+    n = dst.shape[0]
+    x, y = dst[..., 0], dst[..., 1]
+    u, v = src[..., 0], src[..., 1]
+    z, o = torch.zeros_like(x), torch.ones_like(x)
+    rows_u = torch.stack([x, y, o, z, z, z, -u * x, -u * y], -1)
+    rows_v = torch.stack([z, z, z, x, y, o, -v * x, -v * y], -1)
+    a = torch.cat([rows_u, rows_v], 1)  # (N, 8, 8)
+    rhs = torch.cat([u, v], 1)[..., None]
+    h = torch.linalg.solve(a, rhs)[..., 0]
+    return torch.cat([h, torch.ones(n, 1, dtype=h.dtype)], 1).reshape(n, 3, 3)
+
+
+def control_points(k: int = 16) -> torch.Tensor:
+    """The default TPS control points: sqrt(K)×sqrt(K) grid over [-1, 1]², x fastest, (K, 2)."""
+    g = int(round(math.sqrt(k)))
+    lin = torch.linspace(-1.0, 1.0, g, dtype=torch.float64)
+    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
+    return torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
+
+
+def _rts_theta(g, n, out_size):
+    angle = _uniform(g, n, -math.pi / 4, math.pi / 4)
+    scale = _uniform(g, n, 0.7, 1.2)
+    m = (out_size - DIGIT * scale) / 2
+    offset = (torch.rand(n, 2, generator=g, dtype=torch.float64) * 2 - 1) * m[:, None]
+    return affine_theta(angle, scale, offset, out_size)
+
+
+def _clutter(g, primary, pool, count, canvas):
+    n = primary.shape[0]
+    if count == 0:
+        return None
+    src = _other_index(g, primary[:, None].expand(n, count).reshape(-1), pool)
+    lo, hi = (DIGIT - 20) // 2, (DIGIT - 20) // 2 + 20 - PATCH  # crop inside the central 20×20
+    crop = torch.randint(lo, hi + 1, (n * count, 2), generator=g)  # (x, y) top-left in the digit
+    dest = torch.randint(0, canvas - PATCH + 1, (n * count, 2), generator=g)  # (x, y) in the canvas
+    return {"clutter_src": src.reshape(n, count), "clutter_crop": crop.reshape(n, count, 2),
+            "clutter_dest": dest.reshape(n, count, 2)}
+
+
+def sample_params(name: str, primary: torch.Tensor, pool: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """All random choices for images whose first digit is pool index ``primary`` (N,), on the CPU."""
+    sp = spec(name)
+    primary = primary.to(torch.int64).cpu()
+    n = primary.shape[0]
+    out = {"index": primary}
+    h = sp.size[0]
+    if name == "R":
+        angle = _uniform(g, n, -math.pi / 2, math.pi / 2)
+        out["theta"] = affine_theta(angle, torch.ones(n, dtype=torch.float64), torch.zeros(n, 2, dtype=torch.float64), h)
+    elif name == "RTS":
+        out["theta"] = _rts_theta(g, n, h)
+    elif name == "P":
+        scale = _uniform(g, n, 0.75, 1.0)
+        corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+        dst = corners[None] * scale[:, None, None] + torch.randn(n, 4, 2, generator=g, dtype=torch.float64) * (5.0 * 2 / h)
+        out["theta"] = homography(dst, corners[None].expand(n, 4, 2))
+    elif name == "E":
+        scale = _uniform(g, n, 0.75, 1.0)
+        cps = control_points(16)
+        out["points"] = cps[None] / scale[:, None, None] + torch.randn(n, 16, 2, generator=g, dtype=torch.float64) * (1.5 * 2 / DIGIT)
+    elif name == "addition":
+        second = torch.randint(0, pool, (n,), generator=g)
+        out["index2"] = second
+        out["theta"] = _rts_theta(g, 2 * n, h).reshape(n, 2, 2, 3)
+    elif name in ("TC", "coloc-T", "coloc-TC"):
+        top_left = torch.randint(0, h - DIGIT + 1, (n, 2), generator=g)  # (x0, y0)
+        offset = (top_left + DIGIT / 2 - h / 2).to(torch.float64)
+        out["top_left"] = top_left
+        out["theta"] = affine_theta(torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64), offset, h)
+    clutter = _clutter(g, primary, pool, sp.clutter, h)
+    if clutter:
+        out.update(clutter)
+    return out
+
+
+def take(params: dict[str, torch.Tensor], sel) -> dict[str, torch.Tensor]:
+    return {k: v[sel] for k, v in params.items()}
+
+
+# ----------------------------------------------------------------------------- rendering
+@dataclass
+class Rendered:
+    images: torch.Tensor  # float32 (N, C, H, W) in [0, 1]
+    labels: torch.Tensor  # int64 (N,)
+    digit_labels: torch.Tensor | None = None  # int64 (N, 2), addition only
+    boxes: torch.Tensor | None = None  # float32 (N, 4) x0, y0, x1, y1 pixels, co-localisation only
+
+
+def _digits(pool_images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(len(idx), 1, 28, 28) float32 in [0, 1] from the uint8 (P, 28, 28) pool on its device."""
+    return pool_images[idx.to(pool_images.device)].unsqueeze(1).to(torch.float32).div_(255.0)
+
+
+def _paste_clutter(canvas: torch.Tensor, pool_images: torch.Tensor, p: dict) -> None:
+    """Paste 6×6 crops of other digits into ``canvas`` (N, 1, H, W) in place, combining by max."""
+    dev = canvas.device
+    n, _, hgt, wid = canvas.shape
+    src = p["clutter_src"].reshape(-1).to(dev)
+    crop = p["clutter_crop"].reshape(-1, 2).to(dev)
+    dest = p["clutter_dest"].reshape(-1, 2).to(dev)
+    ar = torch.arange(PATCH, device=dev)
+    rows = (crop[:, 1:2] + ar)[:, :, None]
+    cols = (crop[:, 0:1] + ar)[:, None, :]
+    patches = pool_images[src[:, None, None], rows, cols].to(torch.float32).div_(255.0)  # (M, 6, 6)
+    img = torch.arange(n, device=dev).repeat_interleave(p["clutter_src"].shape[1])
+    flat = (img[:, None, None] * (hgt * wid) + (dest[:, 1:2] + ar)[:, :, None] * wid + (dest[:, 0:1] + ar)[:, None, :])
+    canvas.view(-1).scatter_reduce_(0, flat.reshape(-1), patches.reshape(-1), reduce="amax")
+
+
+def render(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tensor, pool_labels: torch.Tensor) -> Rendered:
+    """Images for the parameters ``p`` (from :func:`sample_params`) on ``pool_images.device``.
+
+    ``pool_images``: uint8 (P, 28, 28) digits of the split, ``pool_labels``: int64 (P,), same device.
+    """
+    sp = spec(name)
+    dev = pool_images.device
+    size = sp.size
+    idx = p["index"].to(dev)
+    labels = pool_labels[idx]
+    digit_labels = boxes = None
+    if name == "addition":
+        idx2 = p["index2"].to(dev)
+        both = torch.stack([idx, idx2], 1).reshape(-1)
+        x = _digits(pool_images, both)
+        theta = p["theta"].reshape(-1, 2, 3).to(dev, torch.float32)
+        images = stn_triton.warp(x, theta, size).reshape(-1, 2, *size)
+        digit_labels = torch.stack([labels, pool_labels[idx2]], 1)
+        labels = digit_labels.sum(1)
+    elif name == "E":
+        x = _digits(pool_images, idx)
+        images = stn_triton.tps_warp(x, p["points"].to(dev, torch.float32), size)
+    else:
+        x = _digits(pool_images, idx)
+        images = stn_triton.warp(x, p["theta"].to(dev, torch.float32), size)
+    if sp.clutter:
+        _paste_clutter(images, pool_images, p)
+    if sp.has_boxes:
+        tl = p["top_left"].to(dev, torch.float32)
+        boxes = torch.cat([tl, tl + DIGIT], 1)
+    return Rendered(images.clamp_(0.0, 1.0), labels, digit_labels, boxes)

@@ -1,0 +1,245 @@
+"""Fixed data sets (``make``), online streams (``OnlineStream``) and co-localisation sets.
+
+Fixed sets: one distorted image per digit of the split, in MNIST order (train 60000 from the
+training digits, test 10000 from the test digits); for ``addition`` the first digit of image i
+is digit i and the second a seeded random digit of the same split. All random numbers come from
+a CPU generator seeded by (name, split, seed), so a set does not depend on the device it was
+rendered on beyond float rounding. Images are stored (on disk and in memory) as uint8
+round(255·x) and exposed as float32 / 255 in ``.images``; the cache is
+``$STN_DATA_DIR/sets/{name}_{split}_seed{seed}_v{VERSION}.npz`` (no pickle), written atomically.
+
+Online streams: ``OnlineStream(name, batch_size, seed, device, rank, world_size).batch(step)``
+is a pure function of (name, seed, rank, world_size, step): the batch of rank r at step t is
+global batch number g = t·world_size + r of the seed's stream, whose random numbers come from a
+generator seeded by (name, "online", seed, g). So a resumed run reproduces the same batches, DDP
+ranks get disjoint (independently drawn) batches, and the union over ranks at step t is
+exactly what a single process would see at steps t·W … t·W + W − 1. Digits are drawn uniformly
+with replacement from the 60k training digits (kept on ``device`` as uint8, shared between
+streams), distortions are fresh every batch and rendered on ``device`` in one batched call.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distort
+from .mnist import data_dir, load_mnist
+
+VERSION = 1
+CHUNK = 4096
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # float32 (B, C, H, W) in [0, 1]
+    labels: torch.Tensor  # int64 (B,)
+    digit_labels: torch.Tensor | None = None  # int64 (B, 2), addition only
+    boxes: torch.Tensor | None = None  # float32 (B, 4) x0, y0, x1, y1 pixel edges, co-localisation only
+
+    def to(self, device) -> "Batch":
+        mv = (lambda t: None if t is None else t.to(device))
+        return Batch(mv(self.images), mv(self.labels), mv(self.digit_labels), mv(self.boxes))
+
+
+_POOLS: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def digit_pool(split: str, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST ``split`` as (uint8 (N, 28, 28), int64 (N,)) on ``device``, cached per process."""
+    key = (split, str(torch.device(device)))
+    if key not in _POOLS:
+        x, y = load_mnist(split)
+        _POOLS[key] = (x.to(device), y.to(device))
+    return _POOLS[key]
+
+
+def _resolve_device(device):
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class FixedSet:
+    """A fixed data set: uint8 storage, float32 ``.images`` on access."""
+
+    def __init__(self, name, split, seed, images_u8, labels, digit_labels=None, boxes=None):
+        self.name, self.split, self.seed = name, split, seed
+        sp = distort.spec(name)
+        self.channels, self.size, self.num_classes = sp.channels, sp.size, sp.num_classes
+        self.images_u8 = images_u8  # uint8 (N, C, H, W)
+        self.labels = labels
+        self.digit_labels = digit_labels
+        self.boxes = boxes
+        self._images = None
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    @property
+    def images(self) -> torch.Tensor:
+        """float32 (N, C, H, W) in [0, 1] (computed once, then kept)."""
+        if self._images is None:
+            self._images = self.images_u8.to(torch.float32).div_(255.0)
+        return self._images
+
+    def get(self, index, device="cpu") -> Batch:
+        """The images ``index`` (tensor / slice) as a :class:`Batch` on ``device`` (float32)."""
+        pick = (lambda t: None if t is None else t[index].to(device))
+        return Batch(self.images_u8[index].to(device).to(torch.float32).div_(255.0), pick(self.labels),
+                     pick(self.digit_labels), pick(self.boxes))
+
+    def __repr__(self):
+        return (f"FixedSet({self.name!r}, {self.split!r}, seed={self.seed}, n={len(self)}, "
+                f"shape={tuple(self.images_u8.shape[1:])})")
+
+
+def cache_path(name: str, split: str, seed: int, cache_dir=None) -> Path:
+    return data_dir(cache_dir) / "sets" / f"{name}_{split}_seed{seed}_v{VERSION}.npz"
+
+
+def build(name: str, split: str, seed: int = 0, device=None, chunk: int = CHUNK, n: int | None = None) -> FixedSet:
+    """Generate a fixed set (no cache). ``n`` limits it to the first n images (tests)."""
+    sp = distort.spec(name)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    device = _resolve_device(device)
+    pool_x, pool_y = digit_pool(split, device)
+    total = pool_x.shape[0]
+    g = distort.generator(name, split, int(seed))
+    params = distort.sample_params(name, torch.arange(total), total, g)
+    count = total if n is None else min(int(n), total)
+    imgs = torch.empty((count, sp.channels, *sp.size), dtype=torch.uint8)
+    labels = torch.empty(count, dtype=torch.int64)
+    digit_labels = torch.empty(count, 2, dtype=torch.int64) if sp.has_digit_labels else None
+    boxes = torch.empty(count, 4, dtype=torch.float32) if sp.has_boxes else None
+    with torch.no_grad():
+        for s in range(0, count, chunk):
+            sl = slice(s, min(s + chunk, count))
+            r = distort.render(name, distort.take(params, sl), pool_x, pool_y)
+            imgs[sl] = r.images.mul_(255.0).round_().to(torch.uint8).cpu()
+            labels[sl] = r.labels.cpu()
+            if digit_labels is not None:
+                digit_labels[sl] = r.digit_labels.cpu()
+            if boxes is not None:
+                boxes[sl] = r.boxes.cpu()
+    return FixedSet(name, split, int(seed), imgs, labels, digit_labels, boxes)
+
+
+def _save(path: Path, ds: FixedSet) -> None:
+    arrays = {"images": ds.images_u8.numpy(), "labels": ds.labels.numpy()}
+    if ds.digit_labels is not None:
+        arrays["digit_labels"] = ds.digit_labels.numpy()
+    if ds.boxes is not None:
+        arrays["boxes"] = ds.boxes.numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _load(path: Path, name, split, seed) -> FixedSet:
+    with np.load(path, allow_pickle=False) as z:
+        t = {k: torch.from_numpy(z[k]) for k in z.files}
+    return FixedSet(name, split, seed, t["images"], t["labels"], t.get("digit_labels"), t.get("boxes"))
+
+
+_MEMO: dict[tuple, FixedSet] = {}
+
+
+def make(name: str, split: str, seed: int = 0, *, device=None, cache: bool = True, cache_dir=None,
+         verbose: bool = False) -> FixedSet:
+    """The fixed data set ``name`` / ``split`` / ``seed`` (built on ``device`` once, then cached on disk).
+
+    Returns an object with ``.images`` float32 (N, C, H, W) in [0, 1], ``.labels`` int64 (N,),
+    ``.digit_labels`` (addition: int64 (N, 2), else None), ``.boxes`` (co-localisation: float32
+    (N, 4) x0, y0, x1, y1 pixel edges, else None), ``.channels``, ``.size``, ``.num_classes``.
+    Memoised per process.
+    """
+    distort.spec(name)
+    key = (name, split, int(seed), str(data_dir(cache_dir)), cache)
+    if key in _MEMO:
+        return _MEMO[key]
+    path = cache_path(name, split, seed, cache_dir)
+    ds = None
+    if cache and path.is_file():
+        try:
+            ds = _load(path, name, split, int(seed))
+        except Exception as e:  # corrupt / partial cache: rebuild
+            print(f"[repro.data] rebuilding unreadable cache {path}: {e}")
+    if ds is None:
+        t0 = time.perf_counter()
+        ds = build(name, split, seed, device)
+        if verbose:
+            print(f"[repro.data] built {name}/{split}/seed{seed}: {len(ds)} images in {time.perf_counter() - t0:.1f} s")
+        if cache:
+            _save(path, ds)
+    _MEMO[key] = ds
+    return ds
+
+
+def colocalisation_set(variant: str, digit: int, seed: int = 0, split: str = "test", n: int = 100, **kw) -> FixedSet:
+    """The paper's co-localisation data set: the first ``n`` images of class ``digit`` in
+    ``make(variant, split, seed)`` (``variant``: 'T' / 'TC' or 'coloc-T' / 'coloc-TC')."""
+    name = variant if variant.startswith("coloc-") else f"coloc-{variant}"
+    if name not in ("coloc-T", "coloc-TC"):
+        raise ValueError(f"variant must be 'T' or 'TC', got {variant!r}")
+    ds = make(name, split, seed, **kw)
+    sel = torch.nonzero(ds.labels == int(digit)).flatten()[:n]
+    if sel.numel() < n:
+        raise ValueError(f"only {sel.numel()} images of digit {digit} in {name}/{split}")
+    return FixedSet(name, split, seed, ds.images_u8[sel], ds.labels[sel], None, ds.boxes[sel])
+
+
+class OnlineStream:
+    """Fresh distorted training batches: ``batch(step)`` is a pure function of the constructor
+    arguments and ``step`` (see the module docstring)."""
+
+    def __init__(self, name: str, batch_size: int, seed: int = 0, device="cpu", rank: int = 0,
+                 world_size: int = 1, split: str = "train"):
+        sp = distort.spec(name)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.name, self.batch_size, self.seed = name, int(batch_size), int(seed)
+        self.device = torch.device(device)
+        self.rank, self.world_size, self.split = int(rank), int(world_size), split
+        self.channels, self.size, self.num_classes = sp.channels, sp.size, sp.num_classes
+        self._pool_x, self._pool_y = digit_pool(split, self.device)
+
+    def params(self, step: int) -> dict[str, torch.Tensor]:
+        g_index = int(step) * self.world_size + self.rank
+        g = distort.generator(self.name, "online", self.split, self.seed, g_index)
+        pool = self._pool_x.shape[0]
+        primary = torch.randint(0, pool, (self.batch_size,), generator=g)
+        return distort.sample_params(self.name, primary, pool, g)
+
+    def batch(self, step: int) -> Batch:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        with torch.no_grad():
+            r = distort.render(self.name, self.params(step), self._pool_x, self._pool_y)
+        return Batch(r.images, r.labels, r.digit_labels, r.boxes)
+
+    def __iter__(self):
+        step = 0
+        while True:
+            yield self.batch(step)
+            step += 1
+
+    def __repr__(self):
+        return (f"OnlineStream({self.name!r}, batch_size={self.batch_size}, seed={self.seed}, device={self.device}, "
+                f"rank={self.rank}, world_size={self.world_size})")
