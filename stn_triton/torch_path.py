@@ -116,16 +116,28 @@ def tps_features(control_points: torch.Tensor, h: int, w: int, align_corners: bo
     return torch.cat([tps_radial(d2), base[:, 2:3], base[:, :2]], dim=1)
 
 
-def tps_grid(points, control_points, h, w, align_corners=False):
-    """Reference TPS sampling grid (N, H, W, 2): solve, then Phi @ coefficients."""
-    m = tps_coefficient_map(control_points).to(points.dtype)
-    coef = torch.einsum("jk,nkd->njd", m, points)  # (N, K+3, 2)
-    phi = tps_features(control_points.to(points.dtype), h, w, align_corners)
-    return torch.einsum("pj,njd->npd", phi, coef).reshape(points.shape[0], h, w, 2)
+def tps_grid_from_map(points, coef_map, control_points, h, w, align_corners=False, out_dtype=None):
+    """TPS sampling grid (N, H, W, 2) from the coefficient map M (K+3, K) of ``control_points``.
+
+    Everything is computed in float64 (coefficients = M @ points, Phi, Phi @ coefficients) and
+    rounded once to ``out_dtype`` (default points' dtype), so an fp32 grid is the float64 grid to
+    fp32 rounding (building it in fp32 from float64 coefficients costs ~1e-5 through the radial
+    terms' cancellation). Differentiable w.r.t. ``points`` by autograd.
+    """
+    out_dtype = points.dtype if out_dtype is None else out_dtype
+    c64 = control_points.detach().to(torch.float64)
+    coef = torch.einsum("jk,nkd->njd", coef_map.to(torch.float64), points.to(torch.float64))  # (N, K+3, 2)
+    phi = tps_features(c64, h, w, align_corners)
+    return torch.einsum("pj,njd->npd", phi, coef).reshape(points.shape[0], h, w, 2).to(out_dtype)
+
+
+def tps_grid(points, control_points, h, w, align_corners=False, out_dtype=None):
+    """Reference TPS sampling grid (N, H, W, 2): solve (float64), then Phi @ coefficients (float64)."""
+    return tps_grid_from_map(points, tps_coefficient_map(control_points), control_points, h, w, align_corners,
+                             out_dtype)
 
 
 def tps_warp(x, points, control_points, h_out, w_out, mode="bilinear", padding_mode="zeros", align_corners=False):
-    """Reference TPS warp: ``grid_sample(x, tps_grid(points))``."""
-    cdt = compute_dtype(x.dtype)
-    grid = tps_grid(points.to(cdt), control_points.to(cdt), h_out, w_out, align_corners)
+    """Reference TPS warp: ``grid_sample(x, tps_grid(points))``, the grid built in float64."""
+    grid = tps_grid(points, control_points, h_out, w_out, align_corners, out_dtype=compute_dtype(x.dtype))
     return sample(x, grid, mode, padding_mode, align_corners)

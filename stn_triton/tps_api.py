@@ -4,10 +4,12 @@ from __future__ import annotations
 import torch
 
 from . import _checks, torch_path
+from ._tps_ops import tps_warp_op
 
 
-def check_points(x_batch: int | None, points, control_points) -> torch.Tensor:
-    """Validate ``points`` / ``control_points``; return the (K, 2) control points to use."""
+def check_points(x_batch: int | None, points, control_points) -> torch.Tensor | None:
+    """Validate ``points`` / ``control_points``; return the (K, 2) control points, or None for the
+    default sqrt(K) x sqrt(K) grid (K checked to be a perfect square)."""
     if not isinstance(points, torch.Tensor):
         raise TypeError(f"points must be a torch.Tensor of shape (N, K, 2), got {type(points).__name__}")
     if points.dim() != 3 or points.shape[2] != 2:
@@ -17,7 +19,8 @@ def check_points(x_batch: int | None, points, control_points) -> torch.Tensor:
         raise ValueError(f"points' batch size must equal x's: x has N = {x_batch}, points has shape {tuple(points.shape)}")
     k = points.shape[1]
     if control_points is None:
-        return torch_path.default_control_points(k, torch.float64, points.device)
+        torch_path.default_control_points(k, torch.float64, "cpu")  # raises unless K is a perfect square >= 4
+        return None
     if not isinstance(control_points, torch.Tensor) or control_points.dim() != 2 or control_points.shape[1] != 2:
         got = tuple(control_points.shape) if isinstance(control_points, torch.Tensor) else type(control_points).__name__
         raise ValueError(f"control_points must have shape (K, 2), got {got}")
@@ -47,9 +50,11 @@ def tps_grid(points: torch.Tensor, size, *, control_points: torch.Tensor | None 
     ``tps_warp`` never does.
     """
     cps = check_points(None, points, control_points)
+    if cps is None:
+        cps = torch_path.default_control_points(points.shape[1], torch.float64, points.device)
     if not (isinstance(size, (tuple, list, torch.Size)) and len(size) == 2 and all(int(s) > 0 for s in size)):
         raise ValueError(f"size must be a pair of positive ints (H_out, W_out), got {size!r}")
-    return torch_path.tps_grid(points, cps.to(points.dtype), int(size[0]), int(size[1]), bool(align_corners))
+    return torch_path.tps_grid(points, cps, int(size[0]), int(size[1]), bool(align_corners))
 
 
 def tps_warp(x: torch.Tensor, points: torch.Tensor, size=None, *, control_points: torch.Tensor | None = None,
@@ -70,10 +75,14 @@ def tps_warp(x: torch.Tensor, points: torch.Tensor, size=None, *, control_points
         * ``mode``, ``padding_mode``, ``align_corners``: as :func:`stn_triton.warp`.
 
     Gradients flow to ``x`` and ``points``; ``control_points`` may not require grad.
+
+    Backend: as :func:`stn_triton.warp` (fused Triton kernels on CUDA, which evaluate the spline
+    per output pixel without any (N, H*W, K) tensor; PyTorch otherwise). The TPS system is solved
+    once per control-point layout in float64 and cached.
     """
     _checks.check_image(x, "x")
     cps = check_points(x.shape[0], points, control_points)
     _checks.check_modes(mode, padding_mode)
     _checks.check_same_device(x, points, "points")
     h_out, w_out = _checks.resolve_size(x, size)
-    return torch_path.tps_warp(x, points, cps, h_out, w_out, mode, padding_mode, bool(align_corners))
+    return tps_warp_op(x, points, cps, h_out, w_out, mode, padding_mode, bool(align_corners))

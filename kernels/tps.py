@@ -1,0 +1,263 @@
+"""Fused thin-plate-spline warp: the spline is evaluated on the fly inside the sampling kernel.
+
+Definition (see ``stn_triton.tps_warp``): for a normalised output location p = (x_t, y_t),
+
+    source(p) = a0 + a1 * x_t + a2 * y_t + sum_k w_k * U(|p - c_k|),   U(r) = r^2 log r^2, U(0) = 0,
+
+with the per-sample coefficients ``coef`` (N, K+3, 2) = M @ points computed on the host (M is the
+cached (K+3, K) coefficient map of the control-point layout, float64). Rows 0..K-1 of ``coef``
+are the radial weights w_k, rows K, K+1, K+2 are a0, a1, a2; the last axis is (x, y).
+
+Pointer arithmetic (all buffers contiguous, elements):
+
+* ``coef_ptr``  (N, K+3, 2), ACC:  w_k of image n at ``n*(K+3)*2 + 2*k + d`` (d = 0 for x, 1 for y),
+  a_i at ``n*(K+3)*2 + 2*(K+i) + d``;
+* ``ctrl_ptr``  (K, 2), ACC:       c_k = (ctrl[2k], ctrl[2k+1]) in the normalised output frame;
+* ``x`` / ``out`` / ``grad_out`` / ``grad_x``: any strides, as in ``kernels/warp.py``
+  (``x + n*sxn + c*sxc + y*sxh + x*sxw``);
+* ``grad_coef_partial_ptr`` (N * NUM_PBLOCKS, K+3, 2), ACC: one row block per program
+  (row = program id), same layout as ``coef``; the launcher sums over the NUM_PBLOCKS programs of
+  each image. Every program writes only its own rows: no atomics on the coefficients.
+
+Forward, one program per (image n, block of BLOCK_P output pixels): output pixel -> (x_t, y_t)
+(sampling.output_coords) -> the affine part plus K radial terms, K walked in chunks of BLOCK_K
+([BLOCK_P, BLOCK_K] tiles of U in registers, reduced over k) -> (x_s, y_s) -> padding and
+unnormalisation (sampling.source_pixel) -> taps shared by every channel (sampling.sample_channels).
+No (N, H*W, K) tensor, no grid tensor: coordinates live in ACC registers (fp32, fp64 for fp64).
+
+Backward, same tiling: grad_x through sampling.backprop_channels (atomic scatter into an fp32
+buffer, as ``warp``); the gradient w.r.t. (x_s, y_s) is chained through padding and
+unnormalisation, then multiplied by the basis [U(|p - c_k|) for k, 1, x_t, y_t] (U recomputed in
+the same BLOCK_K chunks) and summed over the program's pixels into its partial row block.
+grad_points = M^T @ grad_coef is a host matmul (``stn_triton._tps_ops``).
+
+K is a runtime argument: one compiled kernel serves every K (register use depends on BLOCK_K,
+not on K).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .sampling import MODE_BILINEAR, backprop_channels, output_coords, sample_channels, source_pixel
+from .warp import MODE_CODES, PADDING_CODES, block_sizes, is_channels_last, needs_int64, tl_dtype
+
+
+@triton.jit
+def _radial_tile(x_t, y_t, cx, cy):
+    """U(|p - c_k|) = d2 * log(d2) (0 at d2 == 0) for a [BLOCK_P] x [BLOCK_K] tile."""
+    dx = x_t[:, None] - cx[None, :]
+    dy = y_t[:, None] - cy[None, :]
+    d2 = dx * dx + dy * dy
+    pos = d2 > 0.0
+    return tl.where(pos, d2 * tl.log(tl.where(pos, d2, 1.0)), 0.0)
+
+
+@triton.jit
+def _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, BLOCK_K: tl.constexpr):
+    """Source coordinates (x_s, y_s) of image n at output coordinates (x_t, y_t)."""
+    cf = coef_ptr + n * (K + 3) * 2
+    x_s = tl.load(cf + 2 * K) + tl.load(cf + 2 * K + 2) * x_t + tl.load(cf + 2 * K + 4) * y_t
+    y_s = tl.load(cf + 2 * K + 1) + tl.load(cf + 2 * K + 3) * x_t + tl.load(cf + 2 * K + 5) * y_t
+    k_range = tl.arange(0, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + k_range
+        km = k < K
+        cx = tl.load(ctrl_ptr + 2 * k, mask=km, other=0.0)
+        cy = tl.load(ctrl_ptr + 2 * k + 1, mask=km, other=0.0)
+        wx = tl.load(cf + 2 * k, mask=km, other=0.0)  # 0 for k >= K: those lanes add nothing
+        wy = tl.load(cf + 2 * k + 1, mask=km, other=0.0)
+        u = _radial_tile(x_t, y_t, cx, cy)
+        x_s += tl.sum(u * wx[None, :], axis=1)
+        y_s += tl.sum(u * wy[None, :], axis=1)
+    return x_s, y_s
+
+
+@triton.jit
+def _tps_fwd_kernel(
+    # pointers
+    x_ptr, coef_ptr, ctrl_ptr, out_ptr,
+    # sizes
+    C, H, W, H_OUT, W_OUT, NUM_PBLOCKS, K,
+    # strides (elements)
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_on, stride_oc, stride_oh, stride_ow,
+    # meta-parameters
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = pid // NUM_PBLOCKS
+    p = (pid - n * NUM_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < H_OUT * W_OUT
+
+    x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
+    x_s, y_s = _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, BLOCK_K)
+    ix, _ = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+    iy, _ = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
+
+    if INDEX_64:
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+    ho = p // W_OUT
+    out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
+    sample_channels(
+        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy,
+        C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
+        MODE, ACC, INDEX_64, BLOCK_C,
+    )
+
+
+@triton.jit
+def _tps_bwd_kernel(
+    # pointers
+    grad_out_ptr, x_ptr, coef_ptr, ctrl_ptr, grad_x_ptr, grad_coef_partial_ptr,
+    # sizes
+    C, H, W, H_OUT, W_OUT, NUM_PBLOCKS, K,
+    # strides (elements)
+    stride_gn, stride_gc, stride_gh, stride_gw,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dn, stride_dc, stride_dh, stride_dw,
+    # meta-parameters
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_COEF: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n = pid // NUM_PBLOCKS
+    p = (pid - n * NUM_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < H_OUT * W_OUT
+
+    x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
+    x_s, y_s = _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, BLOCK_K)
+    ix, dix = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+    iy, diy = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
+
+    row = pid
+    if INDEX_64:
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+    ho = p // W_OUT
+    g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
+    d_ix, d_iy = backprop_channels(
+        grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy,
+        C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
+        MODE, NEED_X, NEED_COEF and MODE == MODE_BILINEAR, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+    )
+    if NEED_COEF and MODE == MODE_BILINEAR:
+        # pixel coord -> normalised source coord; 0 on masked pixels
+        g_xs = tl.where(p_mask, d_ix * dix, 0.0)
+        g_ys = tl.where(p_mask, d_iy * diy, 0.0)
+        out_row = grad_coef_partial_ptr + row * (K + 3) * 2
+        k_range = tl.arange(0, BLOCK_K)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + k_range
+            km = k < K
+            cx = tl.load(ctrl_ptr + 2 * k, mask=km, other=0.0)
+            cy = tl.load(ctrl_ptr + 2 * k + 1, mask=km, other=0.0)
+            u = _radial_tile(x_t, y_t, cx, cy)
+            tl.store(out_row + 2 * k, tl.sum(u * g_xs[:, None], axis=0), mask=km)
+            tl.store(out_row + 2 * k + 1, tl.sum(u * g_ys[:, None], axis=0), mask=km)
+        tl.store(out_row + 2 * K, tl.sum(g_xs, axis=0))
+        tl.store(out_row + 2 * K + 1, tl.sum(g_ys, axis=0))
+        tl.store(out_row + 2 * K + 2, tl.sum(g_xs * x_t, axis=0))
+        tl.store(out_row + 2 * K + 3, tl.sum(g_ys * x_t, axis=0))
+        tl.store(out_row + 2 * K + 4, tl.sum(g_xs * y_t, axis=0))
+        tl.store(out_row + 2 * K + 5, tl.sum(g_ys * y_t, axis=0))
+    # nearest: piecewise constant in the coordinates, so grad coef stays 0 (as in PyTorch)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def block_k(k: int) -> int:
+    """Radial terms per chunk: the [BLOCK_P, BLOCK_K] U tile stays at <= 16 values per thread
+    for NCHW (BLOCK_P = 256, 4 warps)."""
+    return max(2, min(triton.next_power_of_2(k), 8))
+
+
+def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners):
+    """Launch ``_tps_fwd_kernel``. ``coef``: (N, K+3, 2), ``ctrl``: (K, 2), both contiguous in the
+    accumulation dtype. The output has x's dtype and memory format."""
+    n, c, h, w = x.shape
+    k = ctrl.shape[0]
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=fmt)
+    if n == 0:
+        return out
+    block_p, block_c = block_sizes(c, fmt == torch.channels_last)
+    num_pblocks = triton.cdiv(h_out * w_out, block_p)
+    _tps_fwd_kernel[(n * num_pblocks,)](
+        x, coef, ctrl, out,
+        c, h, w, h_out, w_out, num_pblocks, k,
+        *x.stride(), *out.stride(),
+        MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
+        ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, out),
+        BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k),
+    )
+    return out
+
+
+def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, need_coef):
+    """Launch ``_tps_bwd_kernel``. Returns (grad_x in x's dtype or None, grad_coef (N, K+3, 2) in
+    the accumulation dtype or None)."""
+    n, c, h, w = x.shape
+    k = ctrl.shape[0]
+    h_out, w_out = grad_out.shape[2], grad_out.shape[3]
+    acc = coef.dtype
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    grad_x = torch.empty(x.shape, dtype=acc, device=x.device, memory_format=fmt).zero_() if need_x else None
+    block_p, block_c = block_sizes(c, fmt == torch.channels_last)
+    num_pblocks = triton.cdiv(h_out * w_out, block_p)
+    # every row is written by its program when need_coef (zeros only matter for nearest)
+    partial = torch.zeros((n * num_pblocks, k + 3, 2), dtype=acc, device=x.device) if need_coef else None
+    if n > 0 and (need_x or need_coef):
+        dummy = grad_x if grad_x is not None else x
+        _tps_bwd_kernel[(n * num_pblocks,)](
+            grad_out, x, coef, ctrl, dummy, partial if partial is not None else coef,
+            c, h, w, h_out, w_out, num_pblocks, k,
+            *grad_out.stride(), *x.stride(), *dummy.stride(),
+            MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
+            NEED_X=need_x, NEED_COEF=need_coef, ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, grad_out),
+            BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k),
+        )
+    gx = grad_x.to(x.dtype) if need_x else None
+    gc = partial.view(n, num_pblocks, k + 3, 2).sum(dim=1) if need_coef else None
+    return gx, gc
+
+
+def aot_configs():
+    """Specialisations compiled ahead of time by ``bench.static`` and the tests (see kernels/aot.py).
+
+    K is a runtime argument, so a config is labelled by the K it is launched with (which fixes
+    BLOCK_K = block_k(K)); K = 16 and K = 64 are the sizes the issue asks to be spill-free.
+    """
+    from .aot import KernelConfig
+
+    configs = []
+    for k in (16, 64):
+        for storage, layout_cl in (("fp32", False), ("bf16", True), ("fp16", False)):
+            block_p, block_c = block_sizes(64 if layout_cl else 3, layout_cl)
+            layout = "nhwc" if layout_cl else "nchw"
+            for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border")):
+                common = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding], ALIGN_CORNERS=False,
+                              ACC=tl.float32, INDEX_64=False, BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k))
+                configs.append(KernelConfig(
+                    f"tps_fwd/K{k}/{mode}/{padding}/{storage}/{layout}", _tps_fwd_kernel,
+                    {"x_ptr": storage, "coef_ptr": "fp32", "ctrl_ptr": "fp32", "out_ptr": storage}, common))
+                configs.append(KernelConfig(
+                    f"tps_bwd/K{k}/{mode}/{padding}/{storage}/{layout}", _tps_bwd_kernel,
+                    {"grad_out_ptr": storage, "x_ptr": storage, "coef_ptr": "fp32", "ctrl_ptr": "fp32",
+                     "grad_x_ptr": "fp32", "grad_coef_partial_ptr": "fp32"},
+                    dict(common, NEED_X=True, NEED_COEF=True)))
+    return configs
+
+
+def core_aot_configs():
+    """The configs the default test run compiles: K = 16 and 64, fwd + bwd, fp32 NCHW bilinear/zeros
+    and bf16 channels_last bilinear/reflection."""
+    keep = ("bilinear/zeros/fp32/nchw", "bilinear/reflection/bf16/nhwc")
+    return [c for c in aot_configs() if c.label.split("/", 2)[2] in keep]
