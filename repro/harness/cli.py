@@ -1,0 +1,65 @@
+"""Command line shared by every recipe: ``python -m repro.<recipe> [options]`` or under
+``torchrun --nproc_per_node=N -m repro.<recipe> ...`` unchanged."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .core import Experiment, NonFiniteLoss, run
+
+
+def parser(exp: Experiment, default_out: str, default_profile: str = "quick") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m repro.{exp.name}", description=f"Train / evaluate {exp.name}.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="profiles:\n" + "\n".join(f"  {k}: {v.describe()}" for k, v in exp.profiles.items()))
+    p.add_argument("--profile", default=default_profile, choices=sorted(exp.profiles))
+    p.add_argument("--model", default="all", help=f"comma-separated subset of {list(exp.models)} or 'all'")
+    p.add_argument("--seed", type=int, default=None, help="a single seed (overrides the profile's seeds)")
+    p.add_argument("--seeds", type=str, default=None, help="comma-separated seeds (overrides the profile's)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=default_out, help="output folder (results.json, results.md, checkpoints)")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints / skip finished runs")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--no-progress", action="store_true")
+    # schedule overrides (pilots; results then say so through the recorded schedule)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--optimizer", choices=["sgd", "adam"])
+    p.add_argument("--loc-lr-mult", type=float)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--log-every", type=int)
+    return p
+
+
+def main(exp: Experiment, default_out: str, argv=None, notes: list[str] = ()) -> int:
+    a = parser(exp, default_out).parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    models = list(exp.models) if a.model == "all" else [m.strip() for m in a.model.split(",") if m.strip()]
+    bad = [m for m in models if m not in exp.models]
+    if bad:
+        print(f"unknown model(s) {bad}; choose from {list(exp.models)}", file=sys.stderr)
+        return 2
+    seeds = [a.seed] if a.seed is not None else ([int(s) for s in a.seeds.split(",")] if a.seeds else None)
+    ov = {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "momentum": a.momentum,
+          "optimizer": a.optimizer, "loc_lr_mult": a.loc_lr_mult, "eval_every": a.eval_every,
+          "log_every": a.log_every}
+    if a.steps is not None:  # keep the schedule's shape: scale milestones with the step count
+        ov["_scale_steps"] = a.steps
+    try:
+        run(exp, profile=a.profile, models=models, seeds=seeds, out_dir=a.out, device=a.device, resume=a.resume,
+            compile=a.compile, overrides=ov, progress=not a.no_progress, notes=list(notes))
+    except NonFiniteLoss as e:
+        print(f"\nERROR: {e}", file=sys.stderr)
+        return 3
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

@@ -1,0 +1,467 @@
+"""The generic training harness: an :class:`Experiment` (model factory + data source + eval fn +
+profile table + paper numbers) trained by :func:`train_one` / :func:`run`.
+
+Design points:
+
+* **Seeded and resumable.** The model is built under ``torch.manual_seed(seed)``; the training
+  data source's ``batch(step)`` is a pure function of (seed, rank, step), so a run resumed from a
+  checkpoint replays exactly the batches it would have seen and ends at the same parameters.
+* **No host syncs per step.** Loss / accuracy accumulate on the device; ``.item()`` happens only
+  every ``log_every`` steps (progress bar, non-finite check) -- so the step can run under
+  ``torch.compile`` (``compile=True``) or be captured as a CUDA graph.
+* **Non-finite loss** stops training with :class:`NonFiniteLoss`; checkpoints are written only
+  after a finite check, so the last good checkpoint is the one on disk.
+* **DDP.** Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
+  ``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU), each rank draws its own disjoint
+  slice of the data (rank-split online stream, or :class:`FixedSource`'s
+  ``DistributedSampler``), the batch size is the *global* batch, and rank 0 alone logs, evaluates
+  and writes checkpoints / results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A training schedule. ``milestones``: steps at which the lr is multiplied by ``gamma``."""
+
+    name: str
+    steps: int
+    batch_size: int
+    lr: float
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    optimizer: str = "sgd"  # sgd | adam
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    loc_lr_mult: float = 1.0  # learning-rate multiplier for spatial-transformer parameters
+    seeds: tuple[int, ...] = (0,)
+    log_every: int = 100
+    ckpt_every: int = 1000
+    eval_every: int = 0  # 0: only at the end
+    eval_limit: int | None = None  # test examples for intermediate evals
+    final_eval_limit: int | None = None  # test examples for the final eval (None: the whole test set)
+    warmup: int = 0  # linear lr warm-up steps
+    note: str = ""
+
+    def lr_at(self, step: int) -> float:
+        k = sum(1 for m in self.milestones if step >= m)
+        lr = self.lr * (self.gamma ** k)
+        if self.warmup and step < self.warmup:
+            lr *= (step + 1) / self.warmup
+        return lr
+
+    def replace(self, **kw) -> "Profile":
+        """``dataclasses.replace`` ignoring ``None`` values; ``_scale_steps=N`` sets ``steps=N`` and
+        scales the milestones and warm-up proportionally (the schedule keeps its shape)."""
+        kw = {k: v for k, v in kw.items() if v is not None}
+        n = kw.pop("_scale_steps", None)
+        if n is not None and n != self.steps:
+            f = n / self.steps
+            kw.setdefault("milestones", tuple(max(1, round(m * f)) for m in self.milestones))
+            kw.setdefault("warmup", round(self.warmup * f))
+            kw["steps"] = n
+        return dataclasses.replace(self, **kw)
+
+    def describe(self) -> str:
+        opt = f"{self.optimizer}" + (f" momentum {self.momentum}" if self.optimizer == "sgd" else "")
+        sched = (f"x{self.gamma} at {', '.join(f'{m:,}' for m in self.milestones)}" if self.milestones
+                 else "constant")
+        s = (f"{self.steps:,} steps, batch {self.batch_size}, {opt}, lr {self.lr} ({sched}"
+             f"{f', {self.warmup} warm-up' if self.warmup else ''}), loc-net lr x{self.loc_lr_mult}, "
+             f"seeds {list(self.seeds)}")
+        return s
+
+
+@dataclass
+class Experiment:
+    """What the harness needs to know about one experiment.
+
+    * ``build_model(name)`` -> nn.Module (called under ``torch.manual_seed(seed)``).
+    * ``train_data(name, seed, rank, world_size, device, batch_size)`` -> object with
+      ``batch(step)`` returning ``(x, y)`` or an object with ``.images`` / ``.labels``; it must be
+      a pure function of its arguments and ``step``; ``batch_size`` is per rank.
+    * ``evaluate(model, device, limit)`` -> dict with at least ``"error"`` (percent).
+    * ``loss_fn(logits, y)`` -> scalar (default cross-entropy); ``metric_fn(logits, y)`` -> number of
+      correct predictions (default argmax accuracy).
+    * ``profiles``: name -> :class:`Profile`; ``model_overrides``: (profile, model) -> Profile
+      field overrides (e.g. a cheaper CNN in the quick profile).
+    * ``paper``: model -> the paper's number (percent error), for the table.
+    * ``visualise(models, out_dir, device)``: optional figure of trained models.
+    """
+
+    name: str
+    models: tuple[str, ...]
+    build_model: Callable[[str], nn.Module]
+    train_data: Callable[..., Any]
+    evaluate: Callable[..., dict]
+    profiles: dict[str, Profile]
+    paper: dict[str, float] = field(default_factory=dict)
+    model_overrides: dict[tuple[str, str], dict] = field(default_factory=dict)
+    loss_fn: Callable = F.cross_entropy
+    metric_fn: Callable | None = None
+    visualise: Callable | None = None
+    paper_profile_note: str = ""
+    metric_name: str = "error"
+
+    def profile(self, profile: str, model: str, **overrides) -> Profile:
+        if profile not in self.profiles:
+            raise ValueError(f"profile must be one of {sorted(self.profiles)}, got {profile!r}")
+        p = self.profiles[profile]
+        p = p.replace(**self.model_overrides.get((profile, model), {}))
+        return p.replace(**overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# distributed helpers
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's environment (0, 0, 1 without it)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Initialise the process group if launched by torchrun; returns (rank, world_size, device)."""
+    rank, local_rank, world = dist_env()
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class FixedSource:
+    """Batches from a fixed training set, reshuffled every epoch by a ``DistributedSampler``
+    (rank-disjoint shards under DDP). ``batch(step)`` is a pure function of (seed, rank, step)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, device="cpu"):
+        from torch.utils.data.distributed import DistributedSampler
+
+        self.images, self.labels, self.batch_size, self.device = images, labels, batch_size, torch.device(device)
+        self.sampler = DistributedSampler(range(len(labels)), num_replicas=world_size, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=True)
+        self.per_epoch = len(self.sampler) // batch_size
+        if self.per_epoch < 1:
+            raise ValueError(f"training set of {len(labels)} is smaller than one batch of {batch_size} per rank")
+        self._epoch, self._idx = None, None
+
+    def batch(self, step: int):
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._idx, self._epoch = torch.tensor(list(iter(self.sampler))), epoch
+        idx = self._idx[i * self.batch_size:(i + 1) * self.batch_size]
+        return (self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True))
+
+
+def unpack(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1]
+    return batch.images, batch.labels
+
+
+@torch.no_grad()
+def classification_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device,
+                         batch_size: int = 1000, limit: int | None = None) -> dict:
+    """Top-1 error (percent) of ``model`` on (images, labels); evaluation mode, no grad."""
+    was = model.training
+    model.eval()
+    n = len(labels) if limit is None else min(limit, len(labels))
+    wrong = torch.zeros((), dtype=torch.long, device=device)
+    for i in range(0, n, batch_size):
+        x = images[i:min(i + batch_size, n)].to(device)
+        y = labels[i:min(i + batch_size, n)].to(device)
+        wrong += (model(x).argmax(1) != y).sum()
+    model.train(was)
+    return {"error": 100.0 * wrong.item() / n, "n_test": n}
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+def is_st_param(model: nn.Module) -> set[int]:
+    from stn_triton.modules import SpatialTransformer
+
+    ids = set()
+    for m in model.modules():
+        if isinstance(m, SpatialTransformer):
+            ids.update(id(p) for p in m.parameters())
+    return ids
+
+
+def make_optimizer(model: nn.Module, p: Profile) -> torch.optim.Optimizer:
+    st = is_st_param(model)
+    main = [q for q in model.parameters() if q.requires_grad and id(q) not in st]
+    loc = [q for q in model.parameters() if q.requires_grad and id(q) in st]
+    groups = [{"params": main, "lr_mult": 1.0}]
+    if loc:
+        groups.append({"params": loc, "lr_mult": p.loc_lr_mult})
+    if p.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    if p.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=p.lr, weight_decay=p.weight_decay)
+    raise ValueError(f"optimizer must be sgd or adam, got {p.optimizer!r}")
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g["lr_mult"]
+
+
+def versions() -> dict:
+    import triton
+
+    import stn_triton
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        commit = ""
+    return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
+            "stn_triton": stn_triton.__version__, "git": commit}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
+                mininterval=1.0, file=sys.stderr)
+
+
+def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out_dir: str | Path, *,
+              device: str = "cpu", resume: bool = False, compile: bool = False, progress: bool = True,
+              final_eval: bool = True) -> dict:
+    """Train one (model, seed); returns its result dict. Checkpoints in ``out_dir/model/seedS``."""
+    rank, world, dev = setup_distributed(device)
+    run_dir = Path(out_dir) / model_name / f"seed{seed}"
+    ckpt_path = run_dir / "checkpoint.pt"
+    done_path = run_dir / "result.json"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    if resume and done_path.exists():
+        res = json.loads(done_path.read_text())
+        if res.get("iterations") == profile.steps:
+            if rank == 0:
+                print(f"[{model_name} seed {seed}] already complete: error {res['error']:.2f}% (resume)")
+            return res
+
+    if profile.batch_size % world:
+        raise ValueError(f"batch size {profile.batch_size} is not divisible by the {world} DDP processes")
+    torch.manual_seed(seed)
+    model = exp.build_model(model_name).to(dev)
+    n_params = sum(q.numel() for q in model.parameters() if q.requires_grad)
+    opt = make_optimizer(model, profile)
+    step0, wall0, history = 0, 0.0, []
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step0, wall0, history = ck["step"], ck.get("wall_s", 0.0), ck.get("history", [])
+        if rank == 0:
+            print(f"[{model_name} seed {seed}] resumed from step {step0}")
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if compile:
+        net = torch.compile(net)
+    data = exp.train_data(model_name, seed=seed, rank=rank, world_size=world, device=dev,
+                          batch_size=profile.batch_size // world)
+    metric = exp.metric_fn or (lambda logits, y: (logits.argmax(1) == y).sum())
+
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev)
+    seen = 0
+    bar = _progress(profile.steps, step0, f"{model_name} s{seed}", progress and rank == 0)
+    t_last, last_log_step = time.perf_counter(), step0
+    t_start = time.perf_counter()
+    imgs_per_s = float("nan")
+    net.train()
+    step = step0
+    try:
+        for step in range(step0, profile.steps):
+            set_lr(opt, profile.lr_at(step))
+            x, y = unpack(data.batch(step))
+            logits = net(x)
+            loss = exp.loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            correct += metric(logits.detach(), y)
+            seen += y.shape[0]
+            nxt = step + 1
+            if nxt % profile.log_every == 0 or nxt == profile.steps:
+                stats = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=dev)])
+                if world > 1:
+                    dist.all_reduce(stats)
+                ls, cr, nn_ = stats.tolist()  # the one host sync per logging interval
+                steps_done = nxt - last_log_step
+                mean_loss = ls / (steps_done * world)
+                if not math.isfinite(mean_loss):
+                    raise NonFiniteLoss(
+                        f"[{model_name} seed {seed}] non-finite training loss ({mean_loss}) in steps "
+                        f"{last_log_step}..{nxt}; stopped. The last good checkpoint is kept at {ckpt_path} "
+                        f"(resume with --resume, e.g. after lowering --lr).")
+                now = time.perf_counter()
+                imgs_per_s = nn_ / max(now - t_last, 1e-9)
+                acc = 100.0 * cr / max(nn_, 1)
+                history.append({"step": nxt, "loss": round(mean_loss, 5), "train_acc": round(acc, 3),
+                                "lr": profile.lr_at(step)})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.1f}%", img_s=f"{imgs_per_s:,.0f}")
+                    bar.update(steps_done)
+                loss_sum.zero_()
+                correct.zero_()
+                seen, t_last, last_log_step = 0, now, nxt
+                if profile.eval_every and nxt % profile.eval_every == 0 and nxt != profile.steps:
+                    if rank == 0:
+                        ev = exp.evaluate(model, dev, profile.eval_limit)
+                        history[-1]["test_error"] = ev["error"]
+                        msg = f"[{model_name} seed {seed}] step {nxt}: loss {mean_loss:.3f}, test error {ev['error']:.2f}%"
+                        (bar.write(msg) if bar is not None else print(msg))
+                    barrier()
+                if rank == 0 and (nxt % profile.ckpt_every == 0 or nxt == profile.steps):
+                    _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": nxt,
+                                  "wall_s": wall0 + time.perf_counter() - t_start, "history": history,
+                                  "profile": dataclasses.asdict(profile), "seed": seed}, ckpt_path)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = wall0 + time.perf_counter() - t_start
+    train_steps_run = profile.steps - step0
+    res = {"model": model_name, "seed": seed, "iterations": profile.steps, "params": n_params,
+           "wall_time_s": round(wall, 1), "world_size": world,
+           "images_per_s": round(train_steps_run * profile.batch_size / max(time.perf_counter() - t_start, 1e-9), 1)
+           if train_steps_run else None,
+           "final_train_loss": history[-1]["loss"] if history else None, "history": history}
+    if final_eval:
+        if rank == 0:
+            t = time.perf_counter()
+            res.update(exp.evaluate(model, dev, profile.final_eval_limit))
+            res["eval_time_s"] = round(time.perf_counter() - t, 1)
+            done_path.write_text(json.dumps(res, indent=1))
+        barrier()
+    res["_model"] = model
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+
+def _fmt(v, nd=2):
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def write_results(exp: Experiment, profile_name: str, device: str, model_results: dict, out_dir: Path,
+                  profiles: dict[str, Profile], extra_notes: list[str] = ()) -> dict:
+    """Merge into ``out_dir/results.json`` and rewrite ``results.md`` (paper vs ours)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.json"
+    data = {}
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("profile") != profile_name or data.get("experiment") != exp.name:
+            data = {}
+    data.update({"experiment": exp.name, "profile": profile_name, "device": device})
+    models = data.setdefault("models", {})
+    models.update(model_results)
+    data["models"] = {k: models[k] for k in exp.models if k in models} | {k: v for k, v in models.items() if k not in exp.models}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+    lines = [f"# {exp.name}: profile `{profile_name}`, device `{device}`", "",
+             f"| model | paper error % | ours error % | difference | seeds | iterations | params | wall time | images/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in data["models"].items():
+        paper = exp.paper.get(name)
+        diff = None if paper is None else r["error"] - paper
+        per = r.get("error_per_seed", [])
+        ours = f"{r['error']:.2f}" + (f" (± {r['error_std']:.2f})" if len(per) > 1 else "")
+        wall = r.get("wall_time_s")
+        lines.append(f"| {name} | {_fmt(paper, 1)} | {ours} | {'' if diff is None else f'{diff:+.2f}'} | "
+                     f"{r.get('seeds')} | {r.get('iterations'):,} | {r.get('params'):,} | "
+                     f"{'' if wall is None else f'{wall / 60:.1f} min'} | {_fmt(r.get('images_per_s'), 0)} |")
+    lines += ["", "Schedules:", ""]
+    for name in data["models"]:
+        if name in profiles:
+            lines.append(f"- `{name}`: {profiles[name].describe()}" + (f" -- {profiles[name].note}" if profiles[name].note else ""))
+    if extra_notes:
+        lines += ["", *extra_notes]
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    return data
+
+
+def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | None, out_dir: str | Path,
+        device: str = "cpu", resume: bool = False, compile: bool = False, overrides: dict | None = None,
+        progress: bool = True, notes: list[str] = (), visualise: bool = True) -> dict:
+    """Train ``models`` for every seed, average, write results.json / results.md (rank 0)."""
+    out_dir = Path(out_dir)
+    rank, world, dev = setup_distributed(device)
+    results, profs, trained = {}, {}, {}
+    for m in models:
+        prof = exp.profile(profile, m, **(overrides or {}))
+        if seeds:
+            prof = prof.replace(seeds=tuple(seeds))
+        profs[m] = prof
+        per = []
+        for s in prof.seeds:
+            r = train_one(exp, m, prof, s, out_dir, device=device, resume=resume, compile=compile, progress=progress)
+            trained[m] = r.pop("_model", None)
+            per.append(r)
+        if rank == 0:
+            errs = [r["error"] for r in per]
+            mean = sum(errs) / len(errs)
+            std = (sum((e - mean) ** 2 for e in errs) / max(len(errs) - 1, 1)) ** 0.5
+            ips = [r["images_per_s"] for r in per if r.get("images_per_s")]
+            results[m] = {"error": round(mean, 3), "error_std": round(std, 3), "error_per_seed": errs,
+                          "seeds": list(prof.seeds), "iterations": prof.steps, "params": per[0]["params"],
+                          "wall_time_s": round(sum(r["wall_time_s"] for r in per), 1),
+                          "images_per_s": round(sum(ips) / len(ips), 1) if ips else None,
+                          "final_train_loss": [r.get("final_train_loss") for r in per],
+                          "schedule": dataclasses.asdict(prof), "world_size": world, "versions": versions(),
+                          "paper_error": exp.paper.get(m)}
+            print(f"[{m}] error {mean:.2f}% over seeds {list(prof.seeds)} (paper {exp.paper.get(m)})")
+            write_results(exp, profile, str(dev.type if world == 1 else f"{dev.type} x{world}"), results, out_dir,
+                          profs, notes)
+    if rank == 0 and visualise and exp.visualise is not None and trained:
+        exp.visualise({k: v for k, v in trained.items() if v is not None}, out_dir, dev)
+    barrier()
+    return results
