@@ -19,9 +19,10 @@ right only when every head is right (see :func:`sequence_correct`).
   layers (on the image and on the 48-, 64- and 128-channel feature maps), each with an
   fc[32]-fc[32] localisation net on the flattened input.
 
-Every transformer warps its input to its own size with :func:`stn_triton.warp` (affine by
-default; any :mod:`stn_triton.params` name), and the final regression layer of every
-localisation net starts at zero weights and zero bias: the identity transform.
+Every transformer is a :class:`stn_triton.modules.SpatialTransformer` that warps its input to its
+own size with :func:`stn_triton.warp` (affine by default; any :mod:`stn_triton.params` name); the
+final regression layer of every localisation net starts at zero weights and zero bias: the
+identity transform. (The harness gives ``SpatialTransformer`` parameters the localisation lr.)
 
 Dropout (p=0.5 by default) follows every weight layer except the first conv and the
 localisation nets (the paper's recipe). ``width`` scales every channel / unit count (the trunk's,
@@ -35,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import stn_triton
 from stn_triton import params as _params
+from stn_triton.modules import SpatialTransformer
 
 PAPER_CONV = (48, 64, 128, 160, 192, 192, 192, 192)
 POOL_AFTER = (0, 2, 4, 6)           # max[2] follows these convs (0-based)
@@ -58,27 +59,6 @@ def _kaiming(m: nn.Module) -> None:
         nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-
-
-class LocalisationST(nn.Module):
-    """A spatial transformer with its own localisation net; identity at initialisation.
-
-    ``loc`` maps (N, C, H, W) to (N, F); ``regressor`` (zero weights and bias) maps F to the
-    transform's raw parameters; :mod:`stn_triton.params` turns them into theta (zero -> identity)
-    and :func:`stn_triton.warp` resamples the input at its own size.
-    """
-
-    def __init__(self, loc: nn.Module, features: int, transform: str = "affine"):
-        super().__init__()
-        self.transform = transform
-        self.loc = loc
-        self.regressor = nn.Linear(features, _params.n_params(transform))
-        nn.init.zeros_(self.regressor.weight)
-        nn.init.zeros_(self.regressor.bias)
-
-    def forward(self, x: torch.Tensor):
-        theta = _params.to_transform(self.transform, self.regressor(self.loc(x)))
-        return stn_triton.warp(x, theta.to(x.dtype)), theta
 
 
 def _fc_loc(in_features: int, width: float) -> tuple[nn.Module, int]:
@@ -125,10 +105,10 @@ class SVHNNet(nn.Module):
         for i, cout in enumerate(chans):
             if model == "st-single" and i == 0:
                 loc, f = _conv_loc(cin, size, width)
-                self.sts[str(i)] = LocalisationST(loc, f, transform)
+                self.sts[str(i)] = SpatialTransformer(loc, transform, None, loc_features=f)
             elif model == "st-multi" and i in MULTI_ST_BEFORE:
                 loc, f = _fc_loc(cin * size * size, width)
-                self.sts[str(i)] = LocalisationST(loc, f, transform)
+                self.sts[str(i)] = SpatialTransformer(loc, transform, None, loc_features=f)
             self.convs.append(nn.Conv2d(cin, cout, 5, 1, 2))
             cin = cout
             if i in POOL_AFTER:
@@ -146,7 +126,7 @@ class SVHNNet(nn.Module):
         for m in list(self.convs) + list(self.fcs) + list(self.heads) + ([self.length] if self.length else []):
             _kaiming(m)
         for st in self.sts.values():
-            for m in st.loc.modules():
+            for m in st.loc_net.modules():
                 _kaiming(m)
         self.last_thetas: list[torch.Tensor] = []
 
