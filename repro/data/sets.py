@@ -103,8 +103,11 @@ def cache_path(name: str, split: str, seed: int, cache_dir=None) -> Path:
     return data_dir(cache_dir) / "sets" / f"{name}_{split}_seed{seed}_v{VERSION}.npz"
 
 
-def build(name: str, split: str, seed: int = 0, device=None, chunk: int = CHUNK, n: int | None = None) -> FixedSet:
-    """Generate a fixed set (no cache). ``n`` limits it to the first n images (tests)."""
+def build(name: str, split: str, seed: int = 0, device=None, chunk: int = CHUNK, n: int | None = None,
+          select: torch.Tensor | None = None) -> FixedSet:
+    """Generate a fixed set (no cache). ``n`` limits it to the first n images; ``select`` (indices)
+    to those images. Either gives exactly the corresponding images of the full set (every image's
+    random numbers are drawn up front for the whole split)."""
     sp = distort.spec(name)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -113,7 +116,10 @@ def build(name: str, split: str, seed: int = 0, device=None, chunk: int = CHUNK,
     total = pool_x.shape[0]
     g = distort.generator(name, split, int(seed))
     params = distort.sample_params(name, torch.arange(total), total, g)
-    count = total if n is None else min(int(n), total)
+    if select is None:
+        select = torch.arange(total if n is None else min(int(n), total))
+    params = distort.take(params, select.to(torch.int64).cpu())
+    count = select.numel()
     imgs = torch.empty((count, sp.channels, *sp.size), dtype=torch.uint8)
     labels = torch.empty(count, dtype=torch.int64)
     digit_labels = torch.empty(count, 2, dtype=torch.int64) if sp.has_digit_labels else None
@@ -196,11 +202,21 @@ def colocalisation_set(variant: str, digit: int, seed: int = 0, split: str = "te
     name = variant if variant.startswith("coloc-") else f"coloc-{variant}"
     if name not in ("coloc-T", "coloc-TC"):
         raise ValueError(f"variant must be 'T' or 'TC', got {variant!r}")
-    ds = make(name, split, seed, **kw)
-    sel = torch.nonzero(ds.labels == int(digit)).flatten()[:n]
+    if not 0 <= int(digit) <= 9:
+        raise ValueError(f"digit must be 0..9, got {digit}")
+    key = (name, split, int(seed), str(data_dir(kw.get("cache_dir"))), kw.get("cache", True))
+    if key in _MEMO or (kw.get("cache", True) and cache_path(name, split, seed, kw.get("cache_dir")).is_file()):
+        ds = make(name, split, seed, **kw)
+        sel = torch.nonzero(ds.labels == int(digit)).flatten()[:n]
+        if sel.numel() < n:
+            raise ValueError(f"only {sel.numel()} images of digit {digit} in {name}/{split}")
+        return FixedSet(name, split, seed, ds.images_u8[sel], ds.labels[sel], None, ds.boxes[sel])
+    # not built yet: render just these n images (identical to the full set's, see build())
+    _, pool_y = digit_pool(split, "cpu")
+    sel = torch.nonzero(pool_y == int(digit)).flatten()[:n]
     if sel.numel() < n:
         raise ValueError(f"only {sel.numel()} images of digit {digit} in {name}/{split}")
-    return FixedSet(name, split, seed, ds.images_u8[sel], ds.labels[sel], None, ds.boxes[sel])
+    return build(name, split, seed, kw.get("device"), select=sel)
 
 
 class OnlineStream:
