@@ -98,7 +98,7 @@ def tps_warp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, points: torch.
         gx, gcoef = kt.tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, need_points)
     gp = None
     if need_points:
-        gp = torch.einsum("jk,njd->nkd", m64, gcoef.to(torch.float64)).to(points.dtype)
+        gp = torch.einsum("jk,njd->nkd", m64, gcoef.to(torch.float64)).to(points.dtype).contiguous()
     return (gx if gx is not None else x.new_empty(0)), (gp if gp is not None else points.new_empty(0))
 
 
@@ -106,7 +106,7 @@ def tps_warp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, points: torch.
 def _(grad_out, x, points, control_points, mode, padding_mode, align_corners, need_x, need_points):
     fmt = torch.channels_last if kw.is_channels_last(x) else torch.contiguous_format
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt) if need_x else x.new_empty(0)
-    gp = torch.empty_like(points) if need_points else points.new_empty(0)
+    gp = points.new_empty(points.shape) if need_points else points.new_empty(0)  # contiguous
     return gx, gp
 
 
