@@ -32,17 +32,30 @@ class KernelConfig:
     fn: object  # a @triton.jit function
     pointers: dict  # arg name -> "fp32" | "fp16" | "bf16" | "fp64"
     constexprs: dict
+    # Representative runtime values of integer args (strides, sizes), specialised the way the JIT
+    # specialises a real launch: a value of 1 becomes a constant, a multiple of 16 gets the
+    # tt.divisibility=16 hint. Pointers always get the hint (torch allocations are 16-aligned).
+    specialize: dict = dataclasses.field(default_factory=dict)
+
+    def all_constexprs(self) -> dict:
+        return {**self.constexprs, **{k: 1 for k, v in self.specialize.items() if v == 1}}
 
     def signature(self) -> dict:
+        consts = self.all_constexprs()
         sig = {}
         for name in self.fn.arg_names:
-            if name in self.constexprs:
+            if name in consts:
                 sig[name] = "constexpr"
             elif name in self.pointers:
                 sig[name] = _DTYPES[self.pointers[name]]
             else:
                 sig[name] = "i32"
         return sig
+
+    def attrs(self) -> dict:
+        names = self.fn.arg_names
+        hinted = set(self.pointers) | {k for k, v in self.specialize.items() if v != 1 and v % 16 == 0}
+        return {(names.index(k),): [["tt.divisibility", 16]] for k in hinted}
 
 
 @dataclasses.dataclass
@@ -75,7 +88,8 @@ def _width(op: str) -> int:
 
 def compile_config(cfg: KernelConfig, arch: int) -> CompileReport:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silence 3.9's default-change warning
-    compiled = triton.compile(ASTSource(cfg.fn, cfg.signature(), cfg.constexprs), target=GPUTarget("cuda", arch, 32))
+    src = ASTSource(cfg.fn, cfg.signature(), cfg.all_constexprs(), cfg.attrs())
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32))
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:

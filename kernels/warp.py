@@ -235,8 +235,20 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
     gt = None
     if need_theta:
         rows = theta.shape[1]
-        gt = partial.view(n, num_pblocks, 9).sum(dim=1).view(n, 3, 3)[:, :rows].to(theta.dtype)
+        gt = partial.view(n, num_pblocks, 9).sum(dim=1).view(n, 3, 3)[:, :rows].to(theta.dtype).contiguous()
     return gx, gt
+
+
+def _layout_strides(prefixes, channels_last: bool, c: int = 64, h: int = 32, w: int = 32) -> dict:
+    """Representative strides of (N, C, H, W) tensors in NCHW or NHWC, for AOT specialisation."""
+    if channels_last:
+        n_, c_, h_, w_ = h * w * c, 1, w * c, c
+    else:
+        n_, c_, h_, w_ = c * h * w, h * w, w, 1
+    out = {"C": c, "H": h, "W": w, "H_OUT": h, "W_OUT": w}
+    for p in prefixes:
+        out.update({f"stride_{p}n": n_, f"stride_{p}c": c_, f"stride_{p}h": h_, f"stride_{p}w": w_})
+    return out
 
 
 def aot_configs():
@@ -245,8 +257,11 @@ def aot_configs():
 
     configs = []
     for storage, layout_cl in (("fp32", False), ("bf16", True), ("fp16", False)):
-        block_p, block_c = block_sizes(64 if layout_cl else 3, layout_cl)
+        channels = 64 if layout_cl else 3
+        block_p, block_c = block_sizes(channels, layout_cl)
         layout = "nhwc" if layout_cl else "nchw"
+        fwd_strides = _layout_strides("xo", layout_cl, channels)
+        bwd_strides = _layout_strides("gxd", layout_cl, channels)
         for projective in (False, True):
             for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border")):
                 common = dict(PROJECTIVE=projective, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding],
@@ -254,17 +269,19 @@ def aot_configs():
                 kind = "proj" if projective else "affine"
                 configs.append(KernelConfig(
                     f"warp_fwd/{kind}/{mode}/{padding}/{storage}/{layout}", _warp_fwd_kernel,
-                    {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage}, common))
+                    {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage}, common, fwd_strides))
                 configs.append(KernelConfig(
                     f"warp_bwd/{kind}/{mode}/{padding}/{storage}/{layout}", _warp_bwd_kernel,
                     {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "fp32",
-                     "grad_theta_partial_ptr": "fp32"}, dict(common, NEED_X=True, NEED_THETA=True)))
+                     "grad_theta_partial_ptr": "fp32"}, dict(common, NEED_X=True, NEED_THETA=True), bwd_strides))
     # int64 indexing and theta-only backward, once each
     block_p, block_c = block_sizes(3, False)
     base = dict(PROJECTIVE=False, MODE=0, PADDING=0, ALIGN_CORNERS=True, ACC=tl.float32, BLOCK_P=block_p, BLOCK_C=block_c)
     configs.append(KernelConfig("warp_fwd/affine/bilinear/zeros/fp32/nchw/int64", _warp_fwd_kernel,
-                                {"x_ptr": "fp32", "theta_ptr": "fp32", "out_ptr": "fp32"}, dict(base, INDEX_64=True)))
+                                {"x_ptr": "fp32", "theta_ptr": "fp32", "out_ptr": "fp32"}, dict(base, INDEX_64=True),
+                                _layout_strides("xo", False, 3)))
     configs.append(KernelConfig("warp_bwd/affine/bilinear/zeros/fp32/nchw/theta-only", _warp_bwd_kernel,
                                 {"grad_out_ptr": "fp32", "x_ptr": "fp32", "theta_ptr": "fp32", "grad_x_ptr": "fp32",
-                                 "grad_theta_partial_ptr": "fp32"}, dict(base, INDEX_64=False, NEED_X=False, NEED_THETA=True)))
+                                 "grad_theta_partial_ptr": "fp32"}, dict(base, INDEX_64=False, NEED_X=False, NEED_THETA=True),
+                                _layout_strides("gxd", False, 3)))
     return configs

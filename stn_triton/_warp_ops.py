@@ -50,7 +50,7 @@ def warp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, theta: torch.Tenso
 def _(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta):
     fmt = torch.channels_last if kw.is_channels_last(x) else torch.contiguous_format
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt) if need_x else x.new_empty(0)
-    gt = torch.empty_like(theta) if need_theta else theta.new_empty(0)
+    gt = torch.empty(theta.shape, dtype=theta.dtype, device=theta.device) if need_theta else theta.new_empty(0)
     return gx, gt
 
 
@@ -60,7 +60,9 @@ def _torch_backward(grad_out, x, theta, mode, padding_mode, align_corners, need_
     (Autograd is off inside a custom op's implementation, so the chain is written out.)
     """
     if x.shape[0] == 0:
-        return (torch.zeros_like(x) if need_x else None), (torch.zeros_like(theta) if need_theta else None)
+        fmt = torch.channels_last if kw.is_channels_last(x) else torch.contiguous_format
+        gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=fmt) if need_x else None
+        return gx, (torch.zeros(theta.shape, dtype=theta.dtype, device=theta.device) if need_theta else None)
     cdt = torch_path.compute_dtype(x.dtype)
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
     th = theta.to(cdt)
@@ -82,7 +84,7 @@ def _torch_backward(grad_out, x, theta, mode, padding_mode, align_corners, need_
             src = grid.reshape(n, -1, 2)
             g_w = -(g * src).sum(-1) * inv_w
             g = torch.cat([g * inv_w[..., None], g_w[..., None]], dim=-1)
-        gt = torch.einsum("npj,pk->njk", g, base).to(theta.dtype)
+        gt = torch.einsum("npj,pk->njk", g, base).to(theta.dtype).contiguous()
     return (gx if need_x else None), gt
 
 

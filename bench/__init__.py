@@ -1,0 +1,1 @@
+"""Benchmarks (``pytest bench/``) and the static compile report (``python -m bench.static``)."""

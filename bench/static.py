@@ -1,0 +1,72 @@
+"""Static report: compile every kernel for real GPU targets without a GPU and report its resources.
+
+    python -m bench.static            # every registered specialisation, sm_80 and sm_90
+    python -m bench.static --quick    # one specialisation per kernel
+    python -m bench.static --json     # machine-readable
+
+Per kernel specialisation and architecture: registers per thread, spilled (local) bytes, shared
+memory, and the global load / store / atomic instructions in the SASS with their vector widths.
+Zero spills is the bar. Runs with the Triton interpreter switched off (the AOT compiler needs the
+real ``JITFunction``s), whatever the caller's environment says.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)  # must happen before triton is imported
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+
+def representatives(configs):
+    seen, picked = set(), []
+    for cfg in configs:
+        if cfg.fn.__name__ not in seen:
+            seen.add(cfg.fn.__name__)
+            picked.append(cfg)
+    return picked
+
+
+def collect(quick: bool = False, archs=None, match: str | None = None) -> list[dict]:
+    from stn_triton.kernels import aot
+
+    configs = aot.all_configs()
+    if quick:
+        configs = representatives(configs)
+    if match:
+        configs = [c for c in configs if match in c.label]
+    rows = []
+    for cfg in configs:
+        for arch in archs or aot.ARCHS:
+            rows.append(aot.compile_config(cfg, arch).as_dict())
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'kernel specialisation':58s} {'arch':>5s} {'regs':>5s} {'spill':>6s} {'smem':>6s} {'ld':>4s} {'st':>4s} {'atom':>5s}  load widths"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        widths = " ".join(f"{k}b x{v}" for k, v in sorted(r["load_widths"].items()))
+        lines.append(f"{r['label']:58s} {'sm_' + str(r['arch']):>5s} {r['registers']:5d} {r['spill_bytes']:6d} "
+                     f"{r['shared_bytes']:6d} {r['global_loads']:4d} {r['global_stores']:4d} {r['atomics']:5d}  {widths}")
+    spills = sum(r["spill_bytes"] > 0 for r in rows)
+    lines.append(f"{len(rows)} compiled, {spills} with spills")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    ap.add_argument("--quick", action="store_true", help="one specialisation per kernel")
+    ap.add_argument("--arch", type=int, nargs="+", default=None, help="compute capabilities (default 80 90)")
+    ap.add_argument("--match", default=None, help="only specialisations whose label contains this")
+    args = ap.parse_args(argv)
+    rows = collect(args.quick, args.arch, args.match)
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    return 1 if any(r["spill_bytes"] > 0 for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
