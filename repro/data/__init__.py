@@ -5,11 +5,15 @@
 * :func:`make` — fixed distorted-MNIST sets ``R RTS P E TC addition coloc-T coloc-TC``, cached on
   disk; :class:`OnlineStream` — fresh distortions per batch; :func:`colocalisation_set`; see
   :mod:`repro.data.sets` and, for the exact generation of each set, :mod:`repro.data.distort`.
+* :class:`SVHN` (format 1, user-supplied) and :class:`CUB` (CUB-200-2011, user-supplied); see
+  :mod:`repro.data.svhn`, :mod:`repro.data.cub`.
 * ``python -m repro.data show NAME`` writes a PNG grid of samples.
 """
 from .distort import NAMES, SPECS
 from .mnist import MnistError, MnistHashError, load_mnist
 from .sets import Batch, FixedSet, OnlineStream, colocalisation_set, digit_pool, make
+from .svhn import SVHN  # h5py / Pillow are imported only when used
+from .cub import CUB  # Pillow is imported only when used
 
 __all__ = ["load_mnist", "make", "OnlineStream", "Batch", "FixedSet", "colocalisation_set", "digit_pool",
-           "NAMES", "SPECS", "MnistError", "MnistHashError"]
+           "NAMES", "SPECS", "MnistError", "MnistHashError", "SVHN", "CUB"]
