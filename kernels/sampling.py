@@ -175,16 +175,33 @@ def sample_channels(
 
 
 @triton.jit
+def scatter_add(ptrs, values, mask, scale, DETERMINISTIC: tl.constexpr):
+    """Atomic ``*ptrs += values``.
+
+    DETERMINISTIC: the buffer holds int64 fixed-point numbers (value * scale, scale a power of two
+    chosen by the launcher so no sum can overflow); integer addition is associative, so the result
+    is bit-identical whatever order the programs run in. Otherwise a relaxed float atomic add.
+    """
+    if DETERMINISTIC:
+        v = values * scale
+        v = tl.where(v >= 0.0, tl.floor(v + 0.5), -tl.floor(0.5 - v))  # round half away from zero
+        tl.atomic_add(ptrs, v.to(tl.int64), mask=mask, sem="relaxed")
+    else:
+        tl.atomic_add(ptrs, values, mask=mask, sem="relaxed")
+
+
+@triton.jit
 def backprop_channels(
-    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy,
+    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy, dx_scale,
     C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
-    MODE: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr,
+    MODE: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr, DETERMINISTIC: tl.constexpr,
     ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Backward of :func:`sample_channels` for one image.
 
     Reads grad_out once per [BLOCK_P, BLOCK_C] tile. NEED_X: scatters grad * tap weight into the
-    fp32/fp64 buffer ``dx_img`` with atomic adds. NEED_COORDS: returns (d_ix, d_iy), the gradient
+    fp32/fp64 buffer ``dx_img`` with atomic adds (or, DETERMINISTIC, into an int64 fixed-point
+    buffer with scale ``dx_scale``: see :func:`scatter_add`). NEED_COORDS: returns (d_ix, d_iy), the gradient
     w.r.t. the *pixel* coordinates reduced over channels ([BLOCK_P] each, zeros for nearest,
     whose output is piecewise constant in the coordinates).
     """
@@ -218,10 +235,10 @@ def backprop_channels(
                         mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
             if NEED_X:
                 d_c = dx_img + (c * stride_dc)[None, :] + d_nw
-                tl.atomic_add(d_c, g * (1.0 - fx) * (1.0 - fy), mask=m_nw & c_mask, sem="relaxed")
-                tl.atomic_add(d_c + stride_dw, g * fx * (1.0 - fy), mask=m_ne & c_mask, sem="relaxed")
-                tl.atomic_add(d_c + stride_dh, g * (1.0 - fx) * fy, mask=m_sw & c_mask, sem="relaxed")
-                tl.atomic_add(d_c + stride_dh + stride_dw, g * fx * fy, mask=m_se & c_mask, sem="relaxed")
+                scatter_add(d_c, g * (1.0 - fx) * (1.0 - fy), m_nw & c_mask, dx_scale, DETERMINISTIC)
+                scatter_add(d_c + stride_dw, g * fx * (1.0 - fy), m_ne & c_mask, dx_scale, DETERMINISTIC)
+                scatter_add(d_c + stride_dh, g * (1.0 - fx) * fy, m_sw & c_mask, dx_scale, DETERMINISTIC)
+                scatter_add(d_c + stride_dh + stride_dw, g * fx * fy, m_se & c_mask, dx_scale, DETERMINISTIC)
             if NEED_COORDS:
                 x_c = x_img + (c * stride_xc)[None, :] + off_nw
                 v_nw = tl.load(x_c, mask=m_nw & c_mask, other=0.0).to(ACC)
@@ -244,5 +261,5 @@ def backprop_channels(
                 c_mask = (c < C)[None, :]
                 g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
                             mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
-                tl.atomic_add(dx_img + (c * stride_dc)[None, :] + d_off, g, mask=m & c_mask, sem="relaxed")
+                scatter_add(dx_img + (c * stride_dc)[None, :] + d_off, g, m & c_mask, dx_scale, DETERMINISTIC)
     return d_ix, d_iy

@@ -83,7 +83,7 @@ def _warp_fwd_kernel(
 @triton.jit
 def _warp_bwd_kernel(
     # pointers
-    grad_out_ptr, x_ptr, theta_ptr, grad_x_ptr, grad_theta_partial_ptr,
+    grad_out_ptr, x_ptr, theta_ptr, grad_x_ptr, grad_theta_partial_ptr, dx_scale_ptr,
     # sizes
     C, H, W, H_OUT, W_OUT, NUM_PBLOCKS,
     # strides (elements)
@@ -92,7 +92,7 @@ def _warp_bwd_kernel(
     stride_dn, stride_dc, stride_dh, stride_dw,
     # meta-parameters
     PROJECTIVE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
-    NEED_X: tl.constexpr, NEED_THETA: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_THETA: tl.constexpr, DETERMINISTIC: tl.constexpr,
     ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -106,15 +106,18 @@ def _warp_bwd_kernel(
     iy, diy = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
 
     row = pid
+    dx_scale = 1.0
+    if DETERMINISTIC:
+        dx_scale = tl.load(dx_scale_ptr + n)
     if INDEX_64:
         n = n.to(tl.int64)
         p = p.to(tl.int64)
     ho = p // W_OUT
     g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
     d_ix, d_iy = backprop_channels(
-        grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy,
+        grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, dx_scale,
         C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
-        MODE, NEED_X, NEED_THETA and MODE == MODE_BILINEAR, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+        MODE, NEED_X, NEED_THETA and MODE == MODE_BILINEAR, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
     if NEED_THETA and MODE == MODE_BILINEAR:
         # chain: pixel coord -> normalised source coord -> (u, v, w) -> theta rows
@@ -208,15 +211,39 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners):
     return out
 
 
-def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta):
-    """Launch ``_warp_bwd_kernel``. Returns (grad_x or None, grad_theta or None) in the inputs' dtypes."""
+def fixed_point_scale(grad_out: torch.Tensor) -> torch.Tensor:
+    """Per-image power-of-two scale for the deterministic (int64 fixed-point) grad_x scatter.
+
+    An input pixel receives at most one full |grad| from each output pixel (the tap weights of an
+    output pixel sum to 1), so |sum| <= max|grad_out[n]| * H_out * W_out; the scale maps that bound
+    to 2**62. Resolution: 2**-62 of the bound, i.e. ~2**-(62 - log2(H_out * W_out)) of the largest
+    incoming gradient. Computed on the device: no host synchronisation.
+    """
+    n = grad_out.shape[0]
+    amax = grad_out.detach().abs().amax(dim=(1, 2, 3)).double() if grad_out.numel() else grad_out.new_zeros(n, dtype=torch.float64)
+    bound = amax * float(grad_out.shape[2] * grad_out.shape[3])
+    exp = torch.floor(62.0 - torch.log2(bound.clamp_min(1e-300))).clamp(max=120.0)
+    exp = torch.where(torch.isfinite(bound) & (bound > 0), exp, torch.zeros_like(exp))
+    return torch.exp2(exp).float()
+
+
+def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta, deterministic=False,
+             blocks=None):
+    """Launch ``_warp_bwd_kernel``. Returns (grad_x or None, grad_theta or None) in the inputs' dtypes.
+
+    ``deterministic``: grad_x is accumulated in int64 fixed point (bit-identical run to run);
+    grad_theta is always deterministic (per-program partial sums reduced in a fixed order).
+    ``blocks``: (BLOCK_P, BLOCK_C) override, for tests.
+    """
     n, c, h, w = x.shape
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
     acc = acc_dtype(x.dtype)
-    # fp32 (fp64) scatter buffer in x's memory format, cast to x's dtype at the end
     fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-    grad_x = torch.empty(x.shape, dtype=acc, device=x.device, memory_format=fmt).zero_() if need_x else None
-    block_p, block_c = block_sizes(c, is_channels_last(x))
+    buf_dtype = torch.int64 if deterministic else acc
+    # fp32 (fp64) scatter buffer in x's memory format, cast to x's dtype at the end
+    grad_x = torch.empty(x.shape, dtype=buf_dtype, device=x.device, memory_format=fmt).zero_() if need_x else None
+    scale = fixed_point_scale(grad_out) if (need_x and deterministic) else None
+    block_p, block_c = blocks or block_sizes(c, is_channels_last(x))
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     partial = torch.zeros((n * num_pblocks, 9), dtype=acc, device=x.device) if need_theta else None
     if n > 0 and (need_x or need_theta):
@@ -224,14 +251,21 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
         dummy = grad_x if grad_x is not None else x
         _warp_bwd_kernel[(n * num_pblocks,)](
             grad_out, x, theta9, dummy, partial if partial is not None else theta9,
+            scale if scale is not None else theta9,
             c, h, w, h_out, w_out, num_pblocks,
             *grad_out.stride(), *x.stride(), *dummy.stride(),
             PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
             ALIGN_CORNERS=align_corners, NEED_X=need_x, NEED_THETA=need_theta,
+            DETERMINISTIC=bool(deterministic and need_x),
             ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, grad_out),
             BLOCK_P=block_p, BLOCK_C=block_c,
         )
-    gx = grad_x.to(x.dtype) if need_x else None
+    gx = None
+    if need_x:
+        if deterministic:
+            gx = (grad_x.to(torch.float64) / scale.double().view(n, 1, 1, 1)).to(x.dtype)
+        else:
+            gx = grad_x.to(x.dtype)
     gt = None
     if need_theta:
         rows = theta.shape[1]
@@ -273,7 +307,8 @@ def aot_configs():
                 configs.append(KernelConfig(
                     f"warp_bwd/{kind}/{mode}/{padding}/{storage}/{layout}", _warp_bwd_kernel,
                     {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "fp32",
-                     "grad_theta_partial_ptr": "fp32"}, dict(common, NEED_X=True, NEED_THETA=True), bwd_strides))
+                     "grad_theta_partial_ptr": "fp32", "dx_scale_ptr": "fp32"},
+                    dict(common, NEED_X=True, NEED_THETA=True, DETERMINISTIC=False), bwd_strides))
     # int64 indexing and theta-only backward, once each
     block_p, block_c = block_sizes(3, False)
     base = dict(PROJECTIVE=False, MODE=0, PADDING=0, ALIGN_CORNERS=True, ACC=tl.float32, BLOCK_P=block_p, BLOCK_C=block_c)
@@ -282,6 +317,16 @@ def aot_configs():
                                 _layout_strides("xo", False, 3)))
     configs.append(KernelConfig("warp_bwd/affine/bilinear/zeros/fp32/nchw/theta-only", _warp_bwd_kernel,
                                 {"grad_out_ptr": "fp32", "x_ptr": "fp32", "theta_ptr": "fp32", "grad_x_ptr": "fp32",
-                                 "grad_theta_partial_ptr": "fp32"}, dict(base, INDEX_64=False, NEED_X=False, NEED_THETA=True),
+                                 "grad_theta_partial_ptr": "fp32", "dx_scale_ptr": "fp32"},
+                                dict(base, INDEX_64=False, NEED_X=False, NEED_THETA=True, DETERMINISTIC=False),
                                 _layout_strides("gxd", False, 3)))
+    for storage, cl in (("fp32", False), ("bf16", True)):
+        block_p, block_c = block_sizes(64 if cl else 3, cl)
+        configs.append(KernelConfig(
+            f"warp_bwd/affine/bilinear/zeros/{storage}/{'nhwc' if cl else 'nchw'}/deterministic", _warp_bwd_kernel,
+            {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "i64",
+             "grad_theta_partial_ptr": "fp32", "dx_scale_ptr": "fp32"},
+            dict(base, ALIGN_CORNERS=False, INDEX_64=False, NEED_X=True, NEED_THETA=True, DETERMINISTIC=True,
+                 BLOCK_P=block_p, BLOCK_C=block_c),
+            _layout_strides("gxd", cl, 64 if cl else 3)))
     return configs

@@ -42,7 +42,8 @@ def warp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, theta: torch.Tenso
         gx, gt = _torch_backward(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta)
     else:
         # any grad_out strides work, including the all-zero strides of an expanded scalar grad
-        gx, gt = kw.warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta)
+        gx, gt = kw.warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta,
+                             deterministic=torch.are_deterministic_algorithms_enabled())
     return (gx if gx is not None else x.new_empty(0)), (gt if gt is not None else theta.new_empty(0))
 
 
