@@ -22,7 +22,9 @@ def parser(exp: Experiment, default_out: str, default_profile: str = "quick") ->
     p.add_argument("--out", default=default_out, help="output folder (results.json, results.md, checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from checkpoints / skip finished runs")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: 1 on machines with <= 4 cores -- on shared 2-core "
+                        "machines two threads ran ~8x slower than one)")
     p.add_argument("--no-progress", action="store_true")
     # schedule overrides (pilots; results then say so through the recorded schedule)
     p.add_argument("--steps", type=int)
@@ -38,8 +40,11 @@ def parser(exp: Experiment, default_out: str, default_profile: str = "quick") ->
 
 def main(exp: Experiment, default_out: str, argv=None, notes: list[str] = ()) -> int:
     a = parser(exp, default_out).parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    import os
+
+    threads = a.threads or (1 if (os.cpu_count() or 1) <= 4 else None)
+    if threads:
+        torch.set_num_threads(threads)
     models = list(exp.models) if a.model == "all" else [m.strip() for m in a.model.split(",") if m.strip()]
     bad = [m for m in models if m not in exp.models]
     if bad:

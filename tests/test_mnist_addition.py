@@ -1,0 +1,52 @@
+"""The MNIST-addition recipe end to end on the smoke profile: every model trains (loss falls),
+results.json / results.md / the transformer figure are written, the CLI runs."""
+import json
+
+import pytest
+import torch
+
+from repro import mnist_addition as rec
+from repro.harness import train_one
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("model", ["fcn", "cnn", "st-fcn", "2xst-fcn"])
+def test_smoke_training_reduces_loss(model, tmp_path):
+    exp = rec.EXPERIMENT
+    # the CNN costs ~10x an FCN step on CPU: fewer, smaller batches
+    kw = dict(steps=16, batch_size=16, log_every=4, ckpt_every=8) if model == "cnn" else {}
+    prof = exp.profile("smoke", model, lr=3e-3, **kw)
+    r = train_one(exp, model, prof, 0, tmp_path, progress=False)
+    first, last = r["history"][0]["loss"], r["history"][-1]["loss"]
+    assert last < first, r["history"]
+    assert 0 <= r["error"] <= 100 and r["n_test"] == 500
+
+
+def test_recipe_writes_results_table_and_figure(tmp_path):
+    code = rec.main(["--profile", "smoke", "--model", "fcn,2xst-fcn", "--out", str(tmp_path), "--no-progress",
+                     "--steps", "10"])
+    assert code == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["experiment"] == "mnist_addition" and data["profile"] == "smoke" and data["device"] == "cpu"
+    assert list(data["models"]) == ["fcn", "2xst-fcn"]
+    for name, r in data["models"].items():
+        assert {"error", "seeds", "iterations", "versions", "wall_time_s", "images_per_s", "params"} <= set(r)
+        assert r["iterations"] == 10 and r["paper_error"] == rec.PAPER[name]
+    md = (tmp_path / "results.md").read_text()
+    assert "| 2xst-fcn | 5.8 |" in md and "Deviations from the paper" in md
+    assert (tmp_path / "transformers.png").stat().st_size > 1000
+
+
+def test_profiles_match_the_paper():
+    p = rec.PROFILES["paper"]
+    assert (p.steps, p.batch_size, p.lr, p.milestones, p.gamma, p.optimizer, len(p.seeds)) == (
+        150_000, 256, 0.01, (50_000, 100_000), 0.1, "sgd", 3)
+    assert p.lr_at(49_999) == 0.01 and p.lr_at(50_000) == pytest.approx(0.001) and p.lr_at(100_000) == pytest.approx(1e-4)
+    assert set(rec.PROFILES) == {"paper", "quick", "smoke"}
