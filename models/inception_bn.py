@@ -147,12 +147,13 @@ class BNInception(nn.Module):
         """State-dict keys a pretrained file must provide (classifier keys only with one)."""
         return [k for k in self.state_dict() if not k.endswith("num_batches_tracked")]
 
-    def load_pretrained(self, src, *, strict: bool = True) -> dict:
+    def load_pretrained(self, src, *, strict: bool = True, check_only: bool = False) -> dict:
         """Load ImageNet weights from a file path (or an in-memory state dict).
 
         See the module docstring for the key layout. Raises :class:`PretrainedLayoutError`
         naming the missing / unexpected keys and the shape mismatches. Returns a summary dict
-        (``loaded``, ``ignored`` keys).
+        (``loaded``, ``ignored`` keys). ``check_only``: validate the layout, load nothing (works for a
+        model built on the meta device).
         """
         if isinstance(src, (str, os.PathLike)):
             if not os.path.isfile(src):
@@ -183,13 +184,16 @@ class BNInception(nn.Module):
         if strict and (missing or unexpected or mismatched):
             raise PretrainedLayoutError(_layout_message(src, missing, unexpected, mismatched,
                                                         len(self.expected_keys())))
+        summary = {"loaded": len([k for k in fixed if k in own]), "ignored": ignored,
+                   "missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+        if check_only:
+            return summary
         for k in own:
             if k.endswith("num_batches_tracked") and k not in fixed:
                 fixed[k] = own[k]
         self.load_state_dict({k: v for k, v in fixed.items() if k in own and k not in
                               {m.split(":")[0] for m in mismatched}}, strict=False)
-        return {"loaded": len([k for k in fixed if k in own]), "ignored": ignored,
-                "missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+        return summary
 
 
 def _unwrap(sd):
