@@ -73,7 +73,7 @@ def cmd_show(args):
         from .svhn import SVHN
         if not args.svhn_dir:
             sys.exit("show svhn needs --svhn-dir DIR (the SVHN format-1 root with train/ test/ extra/)")
-        ds = SVHN(args.svhn_dir, args.split, size=args.size or 64, limit=args.n)
+        ds = SVHN(args.svhn_dir, args.split, size=args.size or 64, limit=args.n, val_size=0 if args.split == "train" else 5000)
         panels, titles = [], []
         for i in range(min(args.n, len(ds))):
             img, lab, length = ds[i]
@@ -149,7 +149,14 @@ def main(argv=None):
         os.environ["STN_MNIST_DIR"] = args.mnist_dir
     if args.data_dir:
         os.environ["STN_DATA_DIR"] = args.data_dir
-    {"show": cmd_show, "build": cmd_build, "mnist": cmd_mnist}[args.cmd](args)
+    from .cub import CUBLayoutError
+    from .mnist import MnistError
+    from .svhn import SVHNLayoutError
+
+    try:
+        {"show": cmd_show, "build": cmd_build, "mnist": cmd_mnist}[args.cmd](args)
+    except (CUBLayoutError, SVHNLayoutError, MnistError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
