@@ -136,3 +136,13 @@ def test_idx_directory_errors(tmp_path):
         M.load_idx_dir(d)
     with pytest.raises(M.MnistError, match="magic"):
         M.parse_idx(b"\x01\x02\x03\x04")
+
+
+def test_installed_wheel_file_is_hash_checked(tmp_path, monkeypatch):
+    monkeypatch.delenv("STN_MNIST_DIR", raising=False)
+    fake = tmp_path / "mnist.pkl.gz"
+    fake.write_bytes(_evil_pickle(tmp_path / "pwned"))
+    monkeypatch.setattr(M, "installed_wheel_pkl", lambda: fake)
+    with pytest.raises(M.MnistHashError, match="refusing to unpickle"):
+        M.load_mnist_arrays(cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "cache" / "mnist" / M.CACHE_NAME).exists()
