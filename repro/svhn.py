@@ -78,20 +78,20 @@ def to_input(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(127.5).sub_(1.0)
 
 
-def load_real(data_dir: str, size: int) -> dict:
-    """SVHN format 1 through ``repro.data.svhn``: {'train', 'val', 'test'} sets with ``.images``
-    uint8 (N, 3, S, S), ``.labels`` int64 (N, 5) (10 = blank); ``.lengths`` optional."""
+def load_real(data_dir: str, size: int, train_split: str | None = None, val_size: int = 5000) -> dict:
+    """SVHN format 1 through ``repro.data.svhn.SVHN``: {'train', 'val', 'test'} with ``.images``
+    uint8 (N, 3, S, S), ``.labels`` int64 (N, 5) (10 = blank), ``.lengths``. The training split is
+    ``train+extra`` when ``DIR/extra/`` exists (as Goodfellow et al., whom the paper follows), else
+    ``train``; ``val`` is the 5k validation split carved out of ``train``."""
     try:
-        from repro.data import svhn as svhn_data  # the data loaders' module (owned by repro/data)
+        from repro.data.svhn import SVHN
     except ImportError as e:
         raise SystemExit(f"repro.data.svhn is not available ({e}); use --synthetic for the stand-in") from e
-    for fn in ("load_splits", "load_svhn_splits", "splits"):
-        if hasattr(svhn_data, fn):
-            out = getattr(svhn_data, fn)(data_dir, size=size)
-            return {k: out[k] for k in ("train", "val", "test")}
-    if hasattr(svhn_data, "load_svhn"):
-        return {s: svhn_data.load_svhn(data_dir, s, size=size) for s in ("train", "val", "test")}
-    raise SystemExit("repro.data.svhn has no load_splits / load_svhn function this recipe knows")
+    if train_split is None:
+        train_split = "train+extra" if (Path(data_dir) / "extra").is_dir() else "train"
+    return {"train": SVHN(data_dir, train_split, size, val_size=val_size),
+            "val": SVHN(data_dir, "val", size, val_size=val_size),
+            "test": SVHN(data_dir, "test", size), "train_split": train_split}
 
 
 def synthetic_splits(size: int, sizes: tuple[int, int, int], seed: int = 0) -> dict:
@@ -176,6 +176,7 @@ def make_visualise(splits: dict, label: str):
         import matplotlib.pyplot as plt
 
         ds = splits["test"]
+        n = min(n, len(ds.labels))
         x = to_input(ds.images[:n].to(device))
         size = x.shape[-1]
         fig, axes = plt.subplots(len(st) * 2, n, figsize=(1.6 * n, 3.4 * len(st)), squeeze=False)
@@ -280,6 +281,9 @@ def _pre_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true", help="use the MNIST-built stand-in instead of SVHN")
     p.add_argument("--size", type=int, default=None, help="input size: 64 | 128 (32 for smoke tests)")
     p.add_argument("--width", type=float, default=None, help="channel multiplier (1 = the paper's network)")
+    p.add_argument("--train-split", default=None, choices=["train", "train+extra"],
+                   help="SVHN training split (default: train+extra when DIR/extra exists)")
+    p.add_argument("--val-size", type=int, default=5000, help="SVHN validation split size (the paper: 5k)")
     p.add_argument("--n-train", type=int, default=None, help="stand-in training images (default per profile)")
     p.add_argument("--n-test", type=int, default=None, help="stand-in test images (default per profile)")
     p.add_argument("--benchmark", action="store_true", help="time per step of the three models, then exit")
@@ -335,7 +339,7 @@ def main(argv=None) -> int:
         return 2
     rest = []
     skip_next = False
-    mine = {"--data", "--synthetic", "--size", "--width", "--n-train", "--n-test", "--benchmark", "--bench-batch",
+    mine = {"--data", "--train-split", "--val-size", "--synthetic", "--size", "--width", "--n-train", "--n-test", "--benchmark", "--bench-batch",
             "--bench-steps"}
     for i, a in enumerate(argv):  # drop this recipe's own options, keep the harness's
         if skip_next:
@@ -352,12 +356,15 @@ def main(argv=None) -> int:
         n_train, n_val, n_test = SYNTH_SIZES[pre.profile]
         splits = synthetic_splits(size, (pre.n_train or n_train, n_val, pre.n_test or n_test))
     else:
-        splits = load_real(pre.data, size)
+        splits = load_real(pre.data, size, pre.train_split, pre.val_size)
     exp = build_experiment(splits, size=size, width=width, synthetic=pre.synthetic)
     notes = [f"Network width x{width} ({'the paper' if width == 1 else 'reduced from the paper'}), input {size}px; "
              f"sequence error = % of images with any of the 5 heads wrong; columns 'error' = test, "
              f"results.json also has val_error (the 5k validation split) and per-head error.",
              "Classifier: the paper's five fc[11] heads (class 10 = no digit), no separate length head."]
+    if not pre.synthetic:
+        notes.insert(0, f"SVHN format 1 from {pre.data}: trained on `{splits['train_split']}` "
+                        f"({len(splits['train'])} images), 5k validation split, test {len(splits['test'])} images.")
     if pre.synthetic:
         notes.insert(0, "**These numbers are on the synthetic SVHN stand-in (1-5 real MNIST digits composed on "
                         "textured backgrounds, repro/svhn_synthetic.py), NOT on SVHN.** For reference only, the "
