@@ -95,7 +95,8 @@ def tps_warp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, points: torch.
         acc = kw.acc_dtype(x.dtype)
         m64, _, ctrl = layout(control_points, k, x.device, acc)
         coef = torch.einsum("jk,nkd->njd", m64, points.to(torch.float64)).to(acc).contiguous()
-        gx, gcoef = kt.tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, need_points)
+        gx, gcoef = kt.tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, need_points,
+                               deterministic=torch.are_deterministic_algorithms_enabled())
     gp = None
     if need_points:
         gp = torch.einsum("jk,njd->nkd", m64, gcoef.to(torch.float64)).to(points.dtype).contiguous()

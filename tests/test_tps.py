@@ -260,6 +260,25 @@ def test_layout_solved_once_per_layout(device, monkeypatch):
     assert len(calls) == 2
 
 
+def test_deterministic_backward_is_bit_identical(device, triton_backend):
+    """With torch's deterministic algorithms on, grad_x is accumulated in int64 fixed point
+    (bit-identical run to run) and still matches the reference; grad_points never uses atomics."""
+    x = torch.randn(2, 3, 5, 6, device=device)
+    points = random_points(2, grid_control_points(9, device=device), 0.3)
+    g = torch.randn(2, 3, 7, 4, device=device)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = run(x, points, (7, 4), g)
+        second = run(x, points, (7, 4), g)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert torch.equal(first[1], second[1]) and torch.equal(first[2], second[2])
+    _, rgx, rgp = reference(x, points, grid_control_points(9, device=device), (7, 4), "bilinear", "zeros", False, g)
+    assert_close(first[1], rgx, torch.float32, "deterministic grad_x", TPS_TOL)
+    assert_close_param_grad(first[2], rgp, torch.float32, "deterministic grad_points")
+
+
 # ----------------------------------------------------------------------------- gradcheck (float64)
 
 
