@@ -8,6 +8,7 @@ kernels instead.
 import os
 
 ON_GPU = os.environ.get("STN_TEST_CUDA", "0") == "1"
+DEVICE = "cuda" if ON_GPU else "cpu"  # for tests that cannot take the fixture (hypothesis)
 if not ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 import stn_triton
 from stn_triton import torch_path
-from tolerances import TOL, assert_close, assert_close_param_grad
+from conftest import DEVICE
+from tolerances import assert_close, assert_close_param_grad
 
 MODES = ["bilinear", "nearest"]
 PADDINGS = ["zeros", "border", "reflection"]
@@ -230,7 +231,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 def test_property_random_shapes_and_thetas(n, c, h, w, ho, wo, projective, mode, padding_mode, align_corners,
                                            channels_last, seed):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, c, h, w, generator=g)
+    x = torch.randn(n, c, h, w, generator=g).to(DEVICE)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     theta = torch.eye(3)[None].repeat(n, 1, 1)
@@ -239,6 +240,7 @@ def test_property_random_shapes_and_thetas(n, c, h, w, ho, wo, projective, mode,
         theta[:, 2, :2] = 0.1 * torch.randn(n, 2, generator=g)
     else:
         theta = theta[:, :2]
+    theta = theta.to(DEVICE)
     with stn_triton.use_backend("triton"):
         out = stn_triton.warp(x, theta, (ho, wo), mode=mode, padding_mode=padding_mode, align_corners=align_corners)
     ref = reference(x, theta, (ho, wo), mode, padding_mode, align_corners)
@@ -282,6 +284,7 @@ def test_devices_must_match():
         stn_triton.warp(x, theta)
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter is off on GPU runs")
 def test_triton_backend_without_gpu_or_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with stn_triton.use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
@@ -333,15 +336,16 @@ def test_int64_index_switch():
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 def test_opcheck(backend, channels_last):
-    x = torch.randn(2, 3, 5, 6)
+    x = torch.randn(2, 3, 5, 6, device=DEVICE)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    theta = random_theta(2)
+    theta = random_theta(2, device=DEVICE)
     with stn_triton.use_backend(backend):
         torch.library.opcheck(torch.ops.stn_triton.warp.default,
                               (x.requires_grad_(), theta.requires_grad_(), 4, 7, "bilinear", "reflection", True))
         torch.library.opcheck(torch.ops.stn_triton.warp_backward.default,
-                              (torch.randn(2, 3, 4, 7), x.detach(), theta.detach(), "bilinear", "zeros", False, True, True))
+                              (torch.randn(2, 3, 4, 7, device=DEVICE), x.detach(), theta.detach(), "bilinear", "zeros",
+                               False, True, True))
 
 
 def test_torch_compile_fullgraph_small_stn():

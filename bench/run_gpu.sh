@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Everything only a GPU can show, in one call on a lent GPU machine (torch + triton preinstalled,
+# no registry: the working tree runs with PYTHONPATH=.). Usage, from the repository root:
+#
+#   STN_GIT_COMMIT=<sha> bash bench/run_gpu.sh [tests|bench|recipes|all]   (default: all)
+#
+# Writes under $OUT (or bench/results/run-<stamp>/ when OUT is unset):
+#   env.txt          device, driver, versions, commit
+#   gpu_tests.log    the test-suite on cuda (STN_TEST_CUDA=1: compiled kernels, GPU-only tests)
+#   bench.json       pytest-benchmark JSON of `pytest bench/` (copy it to bench/results/ and
+#                    regenerate the summary with `python -m bench.summarize bench/results/<file>.json`)
+#   recipes/         paper-profile recipe results, when asked for
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TRITON_DEFAULT_FP_FUSION=1
+unset TRITON_INTERPRET
+stage="${1:-all}"
+out="${OUT:-bench/results/run-$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$out"
+status=0
+
+{
+  date -u +"date: %Y-%m-%dT%H:%M:%SZ"
+  echo "commit: ${STN_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+  python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| triton', triton.__version__)"
+} | tee "$out/env.txt"
+
+if [[ "$stage" == tests || "$stage" == all ]]; then
+  echo "== GPU tests"
+  STN_TEST_CUDA=1 python -m pytest tests -q -x -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | tail -25
+  status=$((status | ${PIPESTATUS[0]}))
+fi
+
+if [[ "$stage" == bench || "$stage" == all ]]; then
+  echo "== pytest bench/"
+  python -m pytest bench -q -p no:cacheprovider --benchmark-json="$out/bench.json" \
+      --benchmark-columns=median,rounds 2>&1 | tail -5
+  status=$((status | ${PIPESTATUS[0]}))
+  python -m bench.summarize "$out/bench.json" | tee "$out/summary.md" | tail -60
+fi
+
+if [[ "$stage" == recipes || "$stage" == all ]]; then
+  echo "== paper-profile recipes (one seed each, resumable; see repro/README)"
+  mkdir -p "$out/recipes"
+  for model in fcn st-fcn 2xst-fcn cnn; do
+    python -m repro.mnist_addition --profile paper --device cuda --model "$model" --seeds 0 \
+        --out "$out/recipes/mnist_addition" 2>&1 | tail -3
+    status=$((status | ${PIPESTATUS[0]}))
+  done
+fi
+exit $status

@@ -1,0 +1,194 @@
+"""Throughput of the warp (affine) and TPS warp against the PyTorch paths.
+
+Providers: ``stn_triton`` (the fused kernels), ``torch_eager`` (``affine_grid`` + ``grid_sample``;
+for TPS the torch-op composition kornia uses: solve, O(H*W*K) radial features, matmul,
+``grid_sample``), ``torch_compile`` (``torch.compile`` of the torch path), ``kornia`` (TPS, when
+installed). Passes: ``fwd``; ``fwd_bwd`` (grads of x and theta); ``bwd_theta`` (forward + grad
+of theta only, x frozen: the localisation-net case).
+"""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import stn_triton
+from stn_triton import torch_path
+
+from .cases import CASES, PASSES, bytes_fused, bytes_unfused
+from .conftest import HAS_CUDA
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+GPU_ONLY = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device: GPU comparison skipped")
+
+
+# ----------------------------------------------------------------------------- the computations
+
+
+def torch_affine(x, theta, size):
+    grid = F.affine_grid(theta.to(x.dtype), (x.shape[0], x.shape[1], *size), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def torch_tps(x, points, size):
+    cps = torch_path.default_control_points(points.shape[1], points.dtype, points.device)
+    grid = torch_path.tps_grid(points, cps, *size, False)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def stn_affine(x, theta, size):
+    return stn_triton.warp(x, theta, size)
+
+
+def stn_tps(x, points, size):
+    return stn_triton.tps_warp(x, points, size)
+
+
+_compiled = {}
+
+
+def compiled(fn):
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=False)
+    return _compiled[fn]
+
+
+def kornia_tps(x, points, size):
+    kornia = pytest.importorskip("kornia")
+    k = points.shape[1]
+    src = torch_path.default_control_points(k, points.dtype, points.device).expand_as(points)
+    # kornia's TPS maps destination -> source points; weights solved per call, as a user would
+    kw, aw = kornia.geometry.transform.get_tps_transform(src, points)
+    return kornia.geometry.transform.warp_image_tps(x, src, kw, aw, align_corners=False)
+
+
+FUNCS = {
+    ("affine", "stn_triton"): stn_affine,
+    ("affine", "torch_eager"): torch_affine,
+    ("affine", "torch_compile"): lambda x, t, s: compiled(torch_affine)(x, t, s),
+    ("tps", "stn_triton"): stn_tps,
+    ("tps", "torch_eager"): torch_tps,
+    ("tps", "torch_compile"): lambda x, t, s: compiled(torch_tps)(x, t, s),
+    ("tps", "kornia"): kornia_tps,
+}
+
+
+# ----------------------------------------------------------------------------- inputs and timing
+
+
+def make_inputs(case, dtype, channels_last, transform, k, pass_, seed):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.rand(case.n, case.c, case.h, case.w, device=DEVICE, generator=g).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    if transform == "affine":
+        p = torch.eye(2, 3, device=DEVICE).expand(case.n, 2, 3) + 0.1 * torch.randn(case.n, 2, 3, device=DEVICE, generator=g)
+    else:
+        p = stn_triton.params.tps(0.05 * torch.randn(case.n, 2 * k, device=DEVICE, generator=g), k)
+    x.requires_grad_(pass_ == "fwd_bwd")
+    p.requires_grad_(pass_ != "fwd")
+    go = torch.randn(case.n, case.c, case.h_out, case.w_out, device=DEVICE, generator=g).to(dtype)
+    return x, p.contiguous().detach().requires_grad_(pass_ != "fwd"), go
+
+
+def step_fn(fn, pass_, size):
+    def run(inputs):
+        x, p, go = inputs
+        if pass_ == "fwd":
+            with torch.no_grad():
+                return fn(x, p, size)
+        out = fn(x, p, size)
+        wrt = [x, p] if pass_ == "fwd_bwd" else [p]
+        return torch.autograd.grad(out, wrt, go)
+    return run
+
+
+def rotating_sets(make, set_bytes, l2_bytes):
+    """Enough independent input sets that cycling through them exceeds twice the L2 cache."""
+    count = 1 if not HAS_CUDA else min(8, max(2, math.ceil(2 * (l2_bytes or 50 * 2**20) / max(set_bytes, 1))))
+    return [make(i) for i in range(count)]
+
+
+def time_ms(run, sets):
+    if HAS_CUDA:
+        from triton.testing import do_bench
+
+        it = itertools.cycle(sets)
+        return do_bench(lambda: run(next(it)), warmup=25, rep=100, return_mode="median")
+    import time
+
+    run(sets[0])
+    t0 = time.perf_counter()
+    reps = 3
+    for _ in range(reps):
+        run(sets[0])
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def bench_case(benchmark, env_info, copy_bandwidth, case, transform, k, provider, pass_, dtype_name, channels_last):
+    if case.gpu_only and not HAS_CUDA:
+        pytest.skip("no CUDA device: GPU-sized shape skipped")
+    if provider != "torch_eager" and provider != "stn_triton" and not HAS_CUDA:
+        pytest.skip("no CUDA device: GPU comparison skipped")
+    if channels_last and case.c < 3:
+        pytest.skip("channels_last is the same layout as NCHW for C < 3")
+    dtype = DTYPES[dtype_name]
+    size = (case.h_out, case.w_out)
+    fn = FUNCS[(transform, provider)]
+    elem = torch.finfo(dtype).bits // 8
+    params = 6 if transform == "affine" else 2 * k
+    set_bytes = bytes_fused(case, pass_, elem, params)
+    sets = rotating_sets(lambda i: make_inputs(case, dtype, channels_last, transform, k, pass_, i),
+                         set_bytes, env_info.get("l2_bytes"))
+    run = step_fn(fn, pass_, size)
+    ms = time_ms(run, sets)
+    eager_ms = ms if provider == "torch_eager" else time_ms(step_fn(FUNCS[(transform, "torch_eager")], pass_, size), sets)
+    gbps = set_bytes / (ms * 1e-3) / 1e9
+    benchmark.extra_info.update(env_info)
+    benchmark.extra_info.update(
+        case=case.id, transform=f"{transform}{k if transform == 'tps' else ''}", provider=provider, pass_=pass_,
+        dtype=dtype_name, layout="nhwc" if channels_last else "nchw", median_ms=ms, torch_eager_ms=eager_ms,
+        speedup_vs_eager=eager_ms / ms, gbps=gbps,
+        copy_bw_fraction=(gbps / copy_bandwidth) if copy_bandwidth else None, copy_bandwidth_gbps=copy_bandwidth,
+        bytes_fused=set_bytes, bytes_unfused=bytes_unfused(case, pass_, elem, params) if transform == "affine" else None,
+    )
+    it = itertools.cycle(sets)
+
+    def timed():
+        run(next(it))
+        if HAS_CUDA:
+            torch.cuda.synchronize()  # the device work is inside the timed call
+
+    benchmark.pedantic(timed, rounds=10 if HAS_CUDA else 2, warmup_rounds=2 if HAS_CUDA else 0)
+
+
+PROVIDERS = ["stn_triton", "torch_eager", "torch_compile"]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("pass_", PASSES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_affine(benchmark, env_info, copy_bandwidth, case, provider, pass_, dtype_name, channels_last):
+    if not HAS_CUDA and dtype_name != "fp32":
+        pytest.skip("CPU run: fp32 only")
+    benchmark.group = f"affine/{case.id}/{pass_}/{dtype_name}"
+    bench_case(benchmark, env_info, copy_bandwidth, case, "affine", 0, provider, pass_, dtype_name, channels_last)
+
+
+TPS_CASES = [c for c in CASES if c.name in ("mnist", "svhn64", "cub448", "large-c64")]
+
+
+@pytest.mark.parametrize("k", [16, 64])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd_bwd"])
+@pytest.mark.parametrize("provider", PROVIDERS + ["kornia"])
+@pytest.mark.parametrize("case", TPS_CASES, ids=lambda c: c.id)
+def test_tps(benchmark, env_info, copy_bandwidth, case, provider, pass_, k):
+    benchmark.group = f"tps{k}/{case.id}/{pass_}"
+    bench_case(benchmark, env_info, copy_bandwidth, case, "tps", k, provider, pass_, "fp32", False)
