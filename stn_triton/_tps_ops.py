@@ -44,7 +44,16 @@ def layout(control_points: Optional[torch.Tensor], k: int, device: torch.device,
         c64 = torch_path.default_control_points(k, torch.float64, device)
     else:
         c64 = control_points.detach().to(device=device, dtype=torch.float64).contiguous()
-    entry = (torch_path.tps_coefficient_map(c64).contiguous(), c64, c64.to(dtype).contiguous())
+    try:
+        m64 = torch_path.tps_coefficient_map(c64).contiguous()
+    except RuntimeError as err:  # torch.linalg.LinAlgError: singular system
+        raise ValueError(
+            f"the thin-plate-spline system of these {k} control points is singular: control points must be "
+            "distinct and not all on one line"
+        ) from err
+    if not torch.isfinite(m64).all():
+        raise ValueError(f"the thin-plate-spline system of these {k} control points is singular or not finite")
+    entry = (m64, c64, c64.to(dtype).contiguous())
     with _lock:
         _cache[key] = entry
         while len(_cache) > _CACHE_SIZE:

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -54,7 +55,9 @@ def reference_grid(points, cps, size, align_corners):
     rhs = torch.cat([points.double(), points.new_zeros(n, 3, 2, dtype=torch.float64)], dim=1)
     coef = torch.linalg.solve(L, rhs)  # (N, K+3, 2): w, then a0, a_x, a_y
     eye = torch.eye(2, 3, dtype=torch.float64, device=c.device)[None]
-    base = F.affine_grid(eye, (1, 1, *size), align_corners=align_corners).reshape(-1, 2)  # (P, 2)
+    with warnings.catch_warnings():  # affine_grid warns about unit-size grids with align_corners=True
+        warnings.simplefilter("ignore", UserWarning)
+        base = F.affine_grid(eye, (1, 1, *size), align_corners=align_corners).reshape(-1, 2)  # (P, 2)
     phi = torch.cat([_u(((base[:, None] - c[None]) ** 2).sum(-1)), torch.ones_like(base[:, :1]), base], dim=1)
     return torch.einsum("pj,njd->npd", phi, coef).reshape(n, *size, 2)
 
@@ -246,6 +249,18 @@ def test_empty_batch(device, triton_backend):
     assert x.grad.shape == x.shape and points.grad.shape == points.shape
 
 
+def test_expanded_grad_out(device, triton_backend):
+    """out.sum().backward() hands the backward an all-zero-stride grad_out."""
+    x = torch.randn(1, 2, 5, 5, device=device)
+    points = random_points(1, grid_control_points(16, device=device))
+    xg, pg = x.clone().requires_grad_(), points.clone().requires_grad_()
+    stn_triton.tps_warp(xg, pg, (4, 6), padding_mode="reflection").sum().backward()
+    _, rgx, rgp = reference(x, points, grid_control_points(16, device=device), (4, 6), "bilinear", "reflection",
+                            False, torch.ones(1, 2, 4, 6, device=device))
+    assert_close(xg.grad, rgx, torch.float32, "grad_x", TPS_TOL)
+    assert_close_param_grad(pg.grad, rgp, torch.float32, "grad_points")
+
+
 def test_layout_solved_once_per_layout(device, monkeypatch):
     _tps_ops.clear_cache()
     calls = []
@@ -313,6 +328,11 @@ def test_bad_inputs():
         stn_triton.tps_grid(torch.zeros(2, 6, 2), (3, 3))
     with pytest.raises(ValueError, match="may not require grad"):
         stn_triton.tps_warp(x, good, control_points=grid_control_points(4).float().requires_grad_())
+    with pytest.raises(ValueError, match="singular"):
+        line = torch.stack([torch.linspace(-1, 1, 4), torch.linspace(-1, 1, 4)], dim=1)  # collinear
+        stn_triton.tps_warp(x, good, control_points=line)
+    with pytest.raises(ValueError, match="singular"):
+        stn_triton.tps_warp(x, good, control_points=torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
     with pytest.raises(TypeError, match="floating-point"):
         stn_triton.tps_warp(x, good.long())
     with pytest.raises(ValueError, match="mode"):
@@ -324,8 +344,8 @@ def test_bad_inputs():
 # ----------------------------------------------------------------------------- custom op & compile
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
-@pytest.mark.parametrize("explicit", [False, True], ids=["default-cps", "explicit-cps"])
+@pytest.mark.parametrize("backend,explicit", [("triton", True), ("torch", False), ("torch", True)],
+                         ids=["triton-explicit-cps", "torch-default-cps", "torch-explicit-cps"])
 def test_opcheck(backend, explicit):
     x = torch.randn(2, 2, 4, 5).to(memory_format=torch.channels_last)
     cps = grid_control_points(4).float() if explicit else None
