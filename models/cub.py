@@ -1,6 +1,7 @@
 """CUB-200-2011 multi-stream spatial transformer network (supplement 1.5).
 
-* Localisation net, shared by all N transformers: the BN-Inception trunk without its classifier
+* Localisation net (:class:`SharedLocalisation`, a ``stn_triton.modules.SpatialTransformer`` so
+  the harness applies the localisation lr multiplier), shared by all N transformers: the BN-Inception trunk without its classifier
   and last pooling (1024 x 7 x 7 at 224), then conv 1x1 -> 128 (+ReLU), fc[128] (+ReLU),
   fc[2N] (the regression layer).
 * N translation-only transformers at a fixed scale (0.5 of the image side): transformer i has
@@ -31,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import stn_triton
+from stn_triton.modules import SpatialTransformer
+
 from .inception_bn import BNInception
 
 NORMS = {
@@ -76,6 +79,58 @@ def tile_centres(n: int, scale: float = 0.5) -> list[tuple[float, float]]:
     return pts
 
 
+class SharedLocalisation(SpatialTransformer):
+    """N translation-only spatial transformers at a fixed scale sharing one localisation net.
+
+    A :class:`stn_triton.modules.SpatialTransformer` (so the training harness gives its
+    parameters the localisation learning rate) whose localisation net is the truncated
+    BN-Inception (``trunk``, no classifier, no last pooling) + conv 1x1 -> 128 (``conv``) +
+    fc[128] (``fc``), and whose regression layer (``regressor``, fc[2N]) outputs the N crop
+    centres (tx_i, ty_i); ``theta_i = [[s, 0, tx_i], [0, s, ty_i]]``. With ``downscale = 2`` a
+    fixed 2x2 average pooling feeds the localisation net (448 inputs). ``forward(xn)`` returns
+    the crops (B, N, C, crop, crop) and theta (B, N, 2, 3).
+    """
+
+    def __init__(self, trunk: BNInception, n_st: int, *, loc_side: int, crop_size: int, scale: float = 0.5,
+                 downscale: int = 1):
+        nn.Module.__init__(self)  # SpatialTransformer's own __init__ builds a single-transform head
+        self.transform, self.k, self.n_params = "translation", 16, 2 * n_st
+        self.out_size = (crop_size, crop_size)
+        self.mode, self.padding_mode, self.align_corners = "bilinear", "zeros", False
+        self.n_st, self.scale, self.downscale = n_st, float(scale), downscale
+        fs = loc_side // 32
+        self.trunk = trunk
+        self.conv = nn.Conv2d(trunk.out_dim, 128, 1)
+        self.fc = nn.Linear(128 * fs * fs, 128)
+        self.regressor = nn.Linear(128, 2 * n_st)
+        self.reset_regressor()
+
+    def reset_regressor(self) -> None:
+        """Zero weights, bias = :func:`tile_centres` (the tiling initialisation)."""
+        with torch.no_grad():
+            self.regressor.weight.zero_()
+            self.regressor.bias.copy_(torch.tensor([c for xy in tile_centres(self.n_st, self.scale) for c in xy]))
+
+    def theta(self, xn: torch.Tensor) -> torch.Tensor:
+        z = F.avg_pool2d(xn, self.downscale) if self.downscale > 1 else xn
+        z = F.relu(self.conv(self.trunk.features(z)), inplace=True)
+        t = self.regressor(F.relu(self.fc(z.flatten(1)), inplace=True)).view(-1, self.n_st, 2)
+        theta = t.new_zeros(t.shape[0], self.n_st, 2, 3)
+        theta[..., 0, 0] = self.scale
+        theta[..., 1, 1] = self.scale
+        theta[..., 0, 2] = t[..., 0]
+        theta[..., 1, 2] = t[..., 1]
+        return theta
+
+    def forward(self, xn: torch.Tensor):
+        theta = self.theta(xn)
+        crops = [stn_triton.warp(xn, theta[:, i].contiguous().to(xn.dtype), self.out_size) for i in range(self.n_st)]
+        return torch.stack(crops, 1), theta
+
+    def extra_repr(self) -> str:
+        return f"n_st={self.n_st}, scale={self.scale}, out_size={self.out_size}, downscale={self.downscale}"
+
+
 class CUBSTNet(nn.Module):
     """N x ST-CNN for CUB (``n_st`` in {2, 4}; 0 = the single-stream CNN baseline).
 
@@ -90,8 +145,9 @@ class CUBSTNet(nn.Module):
         dropout: before the classifier (0 = none; not specified by the paper).
 
     ``forward(x)`` with x (B, 3, input_size, input_size) RGB in [0, 1] returns logits (B, classes);
-    ``last_thetas`` holds the (B, N, 2, 3) transforms of the last call (detached) and
-    ``last_crops`` nothing (call :meth:`crops` for figures).
+    ``last_thetas`` holds the (B, N, 2, 3) transforms of the last call (detached); :meth:`crops`
+    returns the crops themselves (figures). The localisation part is ``self.loc``, a
+    :class:`SharedLocalisation` (``None`` for the CNN baseline).
     """
 
     def __init__(self, n_st: int = 2, *, input_size: int = 224, crop_size: int = 224, num_classes: int = 200,
@@ -107,15 +163,9 @@ class CUBSTNet(nn.Module):
         n_streams = max(n_st, 1)
         self.streams = nn.ModuleList(BNInception(None, width=width) for _ in range(n_streams))
         d = self.streams[0].out_dim
-        if n_st > 0:
-            self.loc_trunk = BNInception(None, width=width)
-            fs = (input_size // self.downscale) // 32
-            self.loc_conv = nn.Conv2d(self.loc_trunk.out_dim, 128, 1)
-            self.loc_fc = nn.Linear(128 * fs * fs, 128)
-            self.loc_out = nn.Linear(128, 2 * n_st)
-            self.reset_tiling()
-        else:
-            self.loc_trunk = None
+        self.loc = (SharedLocalisation(BNInception(None, width=width), n_st, loc_side=input_size // self.downscale,
+                                       crop_size=crop_size, scale=scale, downscale=self.downscale)
+                    if n_st > 0 else None)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(n_streams * d, num_classes)
         self.last_thetas: torch.Tensor | None = None
@@ -123,17 +173,18 @@ class CUBSTNet(nn.Module):
     # ----------------------------------------------------------------------------- parts
     def reset_tiling(self) -> None:
         """Zero regression weights, bias = :func:`tile_centres` (the tiling initialisation)."""
-        with torch.no_grad():
-            self.loc_out.weight.zero_()
-            self.loc_out.bias.copy_(torch.tensor([c for xy in tile_centres(self.n_st, self.scale) for c in xy]))
+        if self.loc is not None:
+            self.loc.reset_regressor()
+
+    @property
+    def loc_trunk(self) -> BNInception | None:
+        return None if self.loc is None else self.loc.trunk
 
     def trunk_modules(self) -> list[BNInception]:
-        return list(self.streams) + ([self.loc_trunk] if self.loc_trunk is not None else [])
+        return list(self.streams) + ([self.loc.trunk] if self.loc is not None else [])
 
     def loc_parameters(self):
-        if self.loc_trunk is None:
-            return []
-        return [p for m in (self.loc_trunk, self.loc_conv, self.loc_fc, self.loc_out) for p in m.parameters()]
+        return [] if self.loc is None else list(self.loc.parameters())
 
     def load_pretrained(self, src) -> dict:
         """Load ImageNet BN-Inception weights into every stream and the localisation trunk."""
@@ -149,23 +200,12 @@ class CUBSTNet(nn.Module):
 
     def thetas(self, xn: torch.Tensor) -> torch.Tensor:
         """(B, N, 2, 3) transforms for a normalised input."""
-        z = F.avg_pool2d(xn, self.downscale) if self.downscale > 1 else xn
-        z = F.relu(self.loc_conv(self.loc_trunk.features(z)), inplace=True)
-        t = self.loc_out(F.relu(self.loc_fc(z.flatten(1)), inplace=True)).view(-1, self.n_st, 2)
-        b = t.shape[0]
-        theta = t.new_zeros(b, self.n_st, 2, 3)
-        theta[..., 0, 0] = self.scale
-        theta[..., 1, 1] = self.scale
-        theta[..., 0, 2] = t[..., 0]
-        theta[..., 1, 2] = t[..., 1]
-        return theta
+        return self.loc.theta(xn)
 
     def crops(self, x: torch.Tensor, normalise: bool = True):
         """(list of N crops (B, 3, crop, crop), theta (B, N, 2, 3)) for RGB input x."""
-        xn = self.norm(x) if normalise else x
-        theta = self.thetas(xn)
-        size = (self.crop_size, self.crop_size)
-        return [stn_triton.warp(xn, theta[:, i].contiguous(), size) for i in range(self.n_st)], theta
+        c, theta = self.loc(self.norm(x) if normalise else x)
+        return list(c.unbind(1)), theta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xn = self.norm(x)

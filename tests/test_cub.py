@@ -72,7 +72,16 @@ def test_tiling_init_and_forward():
     assert crops[0].shape == (2, 3, 32, 32)
     torch.testing.assert_close(crops[0], m.norm(x)[..., :32, :32], atol=1e-4, rtol=1e-4)
     out.sum().backward()
-    assert m.loc_out.bias.grad is not None and m.loc_out.bias.grad.abs().sum() > 0
+    assert m.loc.regressor.bias.grad is not None and m.loc.regressor.bias.grad.abs().sum() > 0
+
+
+def test_localisation_gets_the_loc_lr():
+    from repro.harness.core import Profile, make_optimizer
+
+    m = _tiny(2)
+    opt = make_optimizer(m, Profile("t", steps=1, batch_size=1, lr=0.01, loc_lr_mult=1e-3))
+    groups = {g["lr_mult"]: sum(p.numel() for p in g["params"]) for g in opt.param_groups}
+    assert groups[1e-3] == sum(p.numel() for p in m.loc_parameters()) > 0
 
 
 def test_cnn_baseline_tiny():
@@ -118,7 +127,7 @@ def test_cub_model_loads_into_every_trunk():
     m.load_pretrained(sd)
     for t in m.trunk_modules():
         torch.testing.assert_close(t.conv1_7x7_s2.weight, sd["conv1_7x7_s2.weight"])
-    assert m.loc_out.weight.abs().sum() == 0  # tiling init untouched
+    assert m.loc.regressor.weight.abs().sum() == 0  # tiling init untouched
 
 
 def test_ten_views_and_posterior_average():
