@@ -3,6 +3,7 @@
     python -m bench.static            # every registered specialisation, sm_80 and sm_90
     python -m bench.static --quick    # one specialisation per kernel
     python -m bench.static --json     # machine-readable
+    python -m bench.static --bytes    # bytes-moved model per benchmark shape (no compile)
 
 Per kernel specialisation and architecture: registers per thread, spilled (local) bytes, shared
 memory, and the global load / store / atomic instructions in the SASS with their vector widths.
@@ -56,13 +57,31 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bytes_table() -> str:
+    """Fused vs unfused (affine_grid + grid_sample) bytes per benchmark shape: the best speedup
+    fusion alone can give where both are bandwidth-bound."""
+    from bench.cases import CASES, PASSES, bytes_fused, bytes_unfused
+
+    lines = [f"{'case':44s} {'dtype':5s} {'pass':9s} {'fused MB':>10s} {'unfused MB':>11s} {'ratio':>6s}"]
+    for case in CASES:
+        for dtype, elem in (("fp32", 4), ("bf16", 2)):
+            for pass_ in PASSES:
+                f, u = bytes_fused(case, pass_, elem), bytes_unfused(case, pass_, elem)
+                lines.append(f"{case.id:44s} {dtype:5s} {pass_:9s} {f / 1e6:10.2f} {u / 1e6:11.2f} {u / f:6.2f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     ap.add_argument("--quick", action="store_true", help="one specialisation per kernel")
     ap.add_argument("--arch", type=int, nargs="+", default=None, help="compute capabilities (default 80 90)")
     ap.add_argument("--match", default=None, help="only specialisations whose label contains this")
+    ap.add_argument("--bytes", action="store_true", help="print the bytes-moved model per benchmark shape and exit")
     args = ap.parse_args(argv)
+    if args.bytes:
+        print(bytes_table())
+        return 0
     rows = collect(args.quick, args.arch, args.match)
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     return 1 if any(r["spill_bytes"] > 0 for r in rows) else 0
