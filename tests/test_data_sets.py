@@ -223,3 +223,25 @@ def test_colocalisation_set(tmp_path, monkeypatch):
 def test_unknown_name():
     with pytest.raises(ValueError, match="unknown data set"):
         sets.OnlineStream("XYZ", 4)
+
+
+def test_fixed_stream(tmp_path, monkeypatch):
+    x, y = M.load_mnist("train")
+    monkeypatch.setattr(sets, "digit_pool", lambda split, device="cpu": (x[:50], y[:50]))
+    monkeypatch.setattr(sets, "_MEMO", {})
+    monkeypatch.setenv("STN_DATA_DIR", str(tmp_path))
+    ds = sets.make("addition", "train", 0)
+    fs = sets.stream("addition", "fixed", 16, seed=0)
+    assert isinstance(fs, sets.FixedStream) and fs.channels == 2 and fs.num_classes == 19
+    seen = torch.cat([fs.indices(s) for s in range(3)])  # 48 of the 50: no repeats within an epoch
+    assert len(set(seen.tolist())) == 48
+    b = fs.batch(1)
+    idx = fs.indices(1)
+    assert torch.equal(b.images, ds.images[idx]) and torch.equal(b.digit_labels, ds.digit_labels[idx])
+    again = sets.FixedStream("addition", 16, seed=0).batch(1)
+    assert torch.equal(again.images, b.images)
+    ranks = [sets.FixedStream("addition", 16, 0, rank=r, world_size=2) for r in range(2)]
+    assert torch.equal(ranks[1].indices(2), fs.indices(5))
+    assert isinstance(sets.stream("RTS", "online", 4), sets.OnlineStream)
+    with pytest.raises(ValueError, match="mode"):
+        sets.stream("RTS", "bogus", 4)

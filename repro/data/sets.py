@@ -259,3 +259,68 @@ class OnlineStream:
     def __repr__(self):
         return (f"OnlineStream({self.name!r}, batch_size={self.batch_size}, seed={self.seed}, device={self.device}, "
                 f"rank={self.rank}, world_size={self.world_size})")
+
+
+class FixedStream:
+    """Batches from the fixed set ``make(name, split, seed)``, with :class:`OnlineStream`'s interface.
+
+    ``batch(step)`` is a pure function of (name, seed, rank, world_size, step): global batch
+    g = step·world_size + rank covers positions g·B … g·B + B − 1 of an endless sequence of
+    epochs, each a permutation of the set seeded by (name, "fixed-order", seed, epoch). The set is
+    kept on ``device`` as uint8 and converted per batch.
+    """
+
+    def __init__(self, name: str, batch_size: int, seed: int = 0, device="cpu", rank: int = 0,
+                 world_size: int = 1, split: str = "train", order_seed: int | None = None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        ds = make(name, split, seed)
+        self.name, self.batch_size, self.seed = name, int(batch_size), int(seed)
+        self.order_seed = self.seed if order_seed is None else int(order_seed)
+        self.device = torch.device(device)
+        self.rank, self.world_size, self.split = int(rank), int(world_size), split
+        self.channels, self.size, self.num_classes = ds.channels, ds.size, ds.num_classes
+        self._images = ds.images_u8.to(self.device)
+        mv = (lambda t: None if t is None else t.to(self.device))
+        self._labels, self._digit_labels, self._boxes = mv(ds.labels), mv(ds.digit_labels), mv(ds.boxes)
+        self._n = ds.labels.shape[0]
+        self._perm_cache: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perm_cache:
+            if len(self._perm_cache) > 4:
+                self._perm_cache.clear()
+            g = distort.generator(self.name, "fixed-order", self.split, self.order_seed, epoch)
+            self._perm_cache[epoch] = torch.randperm(self._n, generator=g)
+        return self._perm_cache[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        start = (int(step) * self.world_size + self.rank) * self.batch_size
+        pos = torch.arange(start, start + self.batch_size)
+        epochs, offs = pos // self._n, pos % self._n
+        out = torch.empty_like(pos)
+        for e in epochs.unique().tolist():
+            m = epochs == e
+            out[m] = self._perm(e)[offs[m]]
+        return out
+
+    def batch(self, step: int) -> Batch:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        idx = self.indices(step).to(self.device)
+        pick = (lambda t: None if t is None else t[idx])
+        return Batch(self._images[idx].to(torch.float32).div_(255.0), self._labels[idx], pick(self._digit_labels),
+                     pick(self._boxes))
+
+    @property
+    def steps_per_epoch(self) -> float:
+        return self._n / (self.batch_size * self.world_size)
+
+
+def stream(name: str, mode: str, batch_size: int, seed: int = 0, device="cpu", rank: int = 0, world_size: int = 1):
+    """Training batches for a recipe: ``mode`` 'online' (:class:`OnlineStream`) or 'fixed' (:class:`FixedStream`)."""
+    if mode == "online":
+        return OnlineStream(name, batch_size, seed, device, rank, world_size)
+    if mode == "fixed":
+        return FixedStream(name, batch_size, seed, device, rank, world_size)
+    raise ValueError(f"mode must be 'online' or 'fixed', got {mode!r}")
