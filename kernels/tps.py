@@ -224,9 +224,12 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
     scale = fixed_point_scale(grad_out) if (need_x and deterministic) else None
     block_p, block_c = block_sizes(c, fmt == torch.channels_last)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
-    # every row is written by its program when need_coef (zeros only matter for nearest)
-    partial = torch.zeros((n * num_pblocks, k + 3, 2), dtype=acc, device=x.device) if need_coef else None
-    if n > 0 and (need_x or need_coef):
+    bilinear = mode == "bilinear"
+    partial = None
+    if need_coef:  # bilinear: every program writes all of its rows; nearest: the gradient is 0
+        alloc = torch.empty if bilinear else torch.zeros
+        partial = alloc((n * num_pblocks, k + 3, 2), dtype=acc, device=x.device)
+    if n > 0 and (need_x or (need_coef and bilinear)):
         dummy = grad_x if grad_x is not None else x
         _tps_bwd_kernel[(n * num_pblocks,)](
             grad_out, x, coef, ctrl, dummy, partial if partial is not None else coef,
