@@ -181,12 +181,17 @@ def needs_int64(*tensors: torch.Tensor) -> bool:
 
 
 def theta_as_3x3(theta: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """(N, 2, 3) or (N, 3, 3) -> contiguous (N, 9) in ``acc``, affine padded with the row [0, 0, 1]."""
+    """(N, 2, 3) or (N, 3, 3) -> contiguous (N, 9) in ``acc``, affine padded with the row [0, 0, 1].
+
+    Device-side only (no host -> device copy), so it is safe inside CUDA-graph capture.
+    """
     n = theta.shape[0]
     if theta.shape[1] == 3:
         return theta.to(acc).reshape(n, 9).contiguous()
-    last = torch.tensor([0.0, 0.0, 1.0], dtype=acc, device=theta.device).expand(n, 1, 3)
-    return torch.cat([theta.to(acc), last], dim=1).reshape(n, 9).contiguous()
+    out = torch.zeros((n, 3, 3), dtype=acc, device=theta.device)
+    out[:, :2] = theta
+    out[:, 2, 2] = 1.0
+    return out.view(n, 9)
 
 
 def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners):
