@@ -17,10 +17,14 @@ def summarize(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
     rows = defaultdict(dict)
+    e2e = defaultdict(dict)
     env = {}
     for b in data["benchmarks"]:
         e = b["extra_info"]
         if "median_ms" not in e:
+            continue
+        if "model" in e:  # end-to-end training step
+            e2e[e["model"]][e["backend"]] = e
             continue
         env = {k: e.get(k) for k in ("device", "driver", "cuda", "torch", "triton", "commit", "copy_bandwidth_gbps")}
         key = (e["transform"], e["case"], e["pass_"], e["dtype"], e["layout"])
@@ -44,6 +48,12 @@ def summarize(path: str) -> str:
         )
         lines[-1] += (f"{ours['gbps']:.0f} | {frac * 100:.0f}% | " if frac else f"{ours['gbps']:.1f} | - | ")
         lines[-1] += f"{ours['speedup_vs_eager']:.2f}x | " + (f"{comp['median_ms'] / ours['median_ms']:.2f}x |" if comp else "- |")
+    if e2e:
+        lines += ["", "| model (training step) | Triton path steps/s | torch path steps/s | speedup |", "|---|---|---|---|"]
+        for model, r in sorted(e2e.items()):
+            if "triton" in r and "torch" in r:
+                t, p = r["triton"]["steps_per_s"], r["torch"]["steps_per_s"]
+                lines.append(f"| {model} | {t:.1f} | {p:.1f} | {t / p:.2f}x |")
     return "\n".join(lines)
 
 
