@@ -113,6 +113,37 @@ def round_half_even(v):
 
 
 @triton.jit
+def bilinear_taps(ix, iy, H, W, p_mask, INDEX_64: tl.constexpr):
+    """The 2x2 taps of pixel coordinates (ix, iy): top-left integer corner (x0, y0), fractions
+    (fx, fy) and the in-bounds masks of the four taps as [BLOCK_P, 1] columns (nw, ne, sw, se)."""
+    x0f = tl.floor(ix)
+    y0f = tl.floor(iy)
+    fx = ix - x0f
+    fy = iy - y0f
+    x0 = x0f.to(tl.int32)
+    y0 = y0f.to(tl.int32)
+    if INDEX_64:
+        x0 = x0.to(tl.int64)
+        y0 = y0.to(tl.int64)
+    mx0 = (x0 >= 0) & (x0 < W)
+    mx1 = (x0 + 1 >= 0) & (x0 + 1 < W)
+    my0 = p_mask & (y0 >= 0) & (y0 < H)
+    my1 = p_mask & (y0 + 1 >= 0) & (y0 + 1 < H)
+    return x0, y0, fx, fy, (my0 & mx0)[:, None], (my0 & mx1)[:, None], (my1 & mx0)[:, None], (my1 & mx1)[:, None]
+
+
+@triton.jit
+def nearest_tap(ix, iy, H, W, p_mask, INDEX_64: tl.constexpr):
+    """The nearest pixel (round half to even) and its in-bounds mask as a [BLOCK_P, 1] column."""
+    xn = round_half_even(ix).to(tl.int32)
+    yn = round_half_even(iy).to(tl.int32)
+    if INDEX_64:
+        xn = xn.to(tl.int64)
+        yn = yn.to(tl.int64)
+    return xn, yn, (p_mask & (xn >= 0) & (xn < W) & (yn >= 0) & (yn < H))[:, None]
+
+
+@triton.jit
 def sample_channels(
     x_img, out_ptr, out_off, p_mask, ix, iy,
     C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
@@ -126,28 +157,12 @@ def sample_channels(
     """
     c_range = tl.arange(0, BLOCK_C)
     if MODE == MODE_BILINEAR:
-        x0f = tl.floor(ix)
-        y0f = tl.floor(iy)
-        fx = ix - x0f
-        fy = iy - y0f
-        x0 = x0f.to(tl.int32)
-        y0 = y0f.to(tl.int32)
-        if INDEX_64:
-            x0 = x0.to(tl.int64)
-            y0 = y0.to(tl.int64)
-        mx0 = (x0 >= 0) & (x0 < W)
-        mx1 = (x0 + 1 >= 0) & (x0 + 1 < W)
-        my0 = p_mask & (y0 >= 0) & (y0 < H)
-        my1 = p_mask & (y0 + 1 >= 0) & (y0 + 1 < H)
+        x0, y0, fx, fy, m_nw, m_ne, m_sw, m_se = bilinear_taps(ix, iy, H, W, p_mask, INDEX_64)
         w_nw = ((1.0 - fx) * (1.0 - fy))[:, None]
         w_ne = (fx * (1.0 - fy))[:, None]
         w_sw = ((1.0 - fx) * fy)[:, None]
         w_se = (fx * fy)[:, None]
         off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
-        m_nw = (my0 & mx0)[:, None]
-        m_ne = (my0 & mx1)[:, None]
-        m_sw = (my1 & mx0)[:, None]
-        m_se = (my1 & mx1)[:, None]
         for c0 in range(0, C, BLOCK_C):
             c = c0 + c_range
             c_mask = (c < C)[None, :]
@@ -159,12 +174,7 @@ def sample_channels(
             o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
             tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
     else:
-        xn = round_half_even(ix).to(tl.int32)
-        yn = round_half_even(iy).to(tl.int32)
-        if INDEX_64:
-            xn = xn.to(tl.int64)
-            yn = yn.to(tl.int64)
-        m = (p_mask & (xn >= 0) & (xn < W) & (yn >= 0) & (yn < H))[:, None]
+        xn, yn, m = nearest_tap(ix, iy, H, W, p_mask, INDEX_64)
         off = (yn * stride_xh + xn * stride_xw)[:, None]
         for c0 in range(0, C, BLOCK_C):
             c = c0 + c_range
@@ -209,23 +219,9 @@ def backprop_channels(
     d_ix = tl.zeros([BLOCK_P], dtype=ACC)
     d_iy = tl.zeros([BLOCK_P], dtype=ACC)
     if MODE == MODE_BILINEAR:
-        x0f = tl.floor(ix)
-        y0f = tl.floor(iy)
-        fx = (ix - x0f)[:, None]
-        fy = (iy - y0f)[:, None]
-        x0 = x0f.to(tl.int32)
-        y0 = y0f.to(tl.int32)
-        if INDEX_64:
-            x0 = x0.to(tl.int64)
-            y0 = y0.to(tl.int64)
-        mx0 = (x0 >= 0) & (x0 < W)
-        mx1 = (x0 + 1 >= 0) & (x0 + 1 < W)
-        my0 = p_mask & (y0 >= 0) & (y0 < H)
-        my1 = p_mask & (y0 + 1 >= 0) & (y0 + 1 < H)
-        m_nw = (my0 & mx0)[:, None]
-        m_ne = (my0 & mx1)[:, None]
-        m_sw = (my1 & mx0)[:, None]
-        m_se = (my1 & mx1)[:, None]
+        x0, y0, fx, fy, m_nw, m_ne, m_sw, m_se = bilinear_taps(ix, iy, H, W, p_mask, INDEX_64)
+        fx = fx[:, None]
+        fy = fy[:, None]
         d_nw = (y0 * stride_dh + x0 * stride_dw)[:, None]
         off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
         for c0 in range(0, C, BLOCK_C):
@@ -249,12 +245,7 @@ def backprop_channels(
                 d_iy += tl.sum(g * ((v_sw - v_nw) * (1.0 - fx) + (v_se - v_ne) * fx), axis=1)
     else:
         if NEED_X:
-            xn = round_half_even(ix).to(tl.int32)
-            yn = round_half_even(iy).to(tl.int32)
-            if INDEX_64:
-                xn = xn.to(tl.int64)
-                yn = yn.to(tl.int64)
-            m = (p_mask & (xn >= 0) & (xn < W) & (yn >= 0) & (yn < H))[:, None]
+            xn, yn, m = nearest_tap(ix, iy, H, W, p_mask, INDEX_64)
             d_off = (yn * stride_dh + xn * stride_dw)[:, None]
             for c0 in range(0, C, BLOCK_C):
                 c = c0 + c_range
