@@ -185,7 +185,7 @@ def make_visualise(test_ds, label: str):
                     s, tx, ty = th[i, j, 0, 0].item(), th[i, j, 0, 2].item(), th[i, j, 1, 2].item()
                     xs = [tx - s, tx + s, tx + s, tx - s, tx - s]
                     ys = [ty - s, ty - s, ty + s, ty + s, ty - s]
-                    ax.plot([(v + 1) / 2 * size for v in xs], [(v + 1) / 2 * size for v in ys],
+                    ax.plot([(v + 1) / 2 * size - 0.5 for v in xs], [(v + 1) / 2 * size - 0.5 for v in ys],
                             color=colours[j % 4], lw=1.5)
                 ax.set_xticks([])
                 ax.set_yticks([])
