@@ -101,6 +101,11 @@ def synthetic_splits(size: int, sizes: tuple[int, int, int], seed: int = 0) -> d
 
     n_train, n_val, n_test = sizes
     path = Path(data_dir()) / "svhn_synthetic" / f"s{size}_n{n_train}_{n_val}_{n_test}_seed{seed}_v1.pt"
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and rank != 0:  # under torchrun rank 0 renders and caches; the others wait for the file
+        deadline = time.time() + 3600
+        while not path.exists() and time.time() < deadline:
+            time.sleep(2)
     if path.exists():
         d = torch.load(path, map_location="cpu", weights_only=True)
         return {k: ss.SVHNSet(*d[k]) for k in ("train", "val", "test")}
