@@ -25,13 +25,15 @@ IN_CH, IN_SIZE, NUM_CLASSES = 2, 42, 19
 
 
 def build(name: str, *, transform: str = "affine", budget: int = PAPER_BUDGET, st_pool: bool = True,
-          width: int | None = None, verbose: bool = False) -> nn.Module:
+          width: int | None = None, standardize: tuple[float, float] | None = None, init: str = "default",
+          verbose: bool = False) -> nn.Module:
     name = name.lower()
     if name not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {name!r}")
     arch, n_st = ("st-fcn", 2) if name == "2xst-fcn" else (name, 1)
     model = mnist.build(arch, in_ch=IN_CH, in_size=IN_SIZE, num_classes=NUM_CLASSES, transform=transform,
-                        st_pool=st_pool, n_st=n_st, budget=budget, width=width, verbose=False)
+                        st_pool=st_pool, n_st=n_st, budget=budget, width=width, standardize=standardize,
+                        init=init, verbose=False)
     model.arch = name
     if verbose:
         from .budget import count_params

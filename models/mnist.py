@@ -72,6 +72,20 @@ def cnn_loc_net(in_ch: int, in_size: int, filters: int = 20, fc: int = 20) -> nn
                          nn.ReLU())
 
 
+class Standardize(nn.Module):
+    """(x - mean) / std with fixed constants (no parameters); MNIST's 0.1307 / 0.3081 by default."""
+
+    def __init__(self, mean: float = 0.1307, std: float = 0.3081):
+        super().__init__()
+        self.mean, self.std = float(mean), float(std)
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+    def extra_repr(self):
+        return f"mean={self.mean}, std={self.std}"
+
+
 class Classifier(nn.Module):
     """A plain classifier (FCN / CNN); ``transformers`` is empty."""
 
@@ -110,13 +124,29 @@ class STClassifier(nn.Module):
         return [st(x)[1] for st in self.sts]
 
 
+def he_init(model: nn.Module) -> nn.Module:
+    """He (Kaiming-normal, fan-in, ReLU gain) weights and zero biases for every Linear / Conv2d,
+    except spatial-transformer regressors (which stay at zero: the identity transform)."""
+    regressors = {id(m.regressor) for m in model.modules() if isinstance(m, SpatialTransformer)}
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and id(m) not in regressors:
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return model
+
+
 def build(arch: str, *, in_ch: int = 1, in_size: int = 28, num_classes: int = 10, transform: str = "affine",
           st_pool: bool = False, n_st: int = 1, budget: int = PAPER_BUDGET, width: int | None = None,
+          standardize: tuple[float, float] | None = None, init: str = "default",
           verbose: bool = False) -> nn.Module:
     """Build ``arch`` (fcn | cnn | st-fcn | st-cnn) with the classifier width solved for ``budget``
     (or fixed by ``width``). ``n_st`` parallel transformers (each sees and warps all ``in_ch``
     channels; outputs concatenated) -- the MNIST-addition 2xST-FCN is ``st-fcn`` with ``n_st=2``.
+    ``standardize=(mean, std)`` prepends a fixed (x - mean) / std to the classifier and to each
+    localisation net (after the transformer, so the warp's zero padding stays black).
+    ``init``: ``"default"`` (PyTorch's layer defaults) or ``"he"`` (:func:`he_init`).
     """
+    norm = (lambda m: nn.Sequential(Standardize(*standardize), *m)) if standardize else (lambda m: m)
     arch = arch.lower()
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
@@ -127,13 +157,13 @@ def build(arch: str, *, in_ch: int = 1, in_size: int = 28, num_classes: int = 10
     pad = cnn_needs_padding(cls_size) if conv else False
 
     def make(w: int) -> nn.Module:
-        body = (cnn_classifier(cls_ch, cls_size, num_classes, w, pad) if conv
-                else fcn_classifier(cls_ch, cls_size, num_classes, w))
+        body = norm(cnn_classifier(cls_ch, cls_size, num_classes, w, pad) if conv
+                    else fcn_classifier(cls_ch, cls_size, num_classes, w))
         if not has_st:
             return Classifier(body, arch, w)
         sts = []
         for _ in range(n_st):
-            loc = cnn_loc_net(in_ch, in_size) if conv else fcn_loc_net(in_ch, in_size)
+            loc = norm(cnn_loc_net(in_ch, in_size) if conv else fcn_loc_net(in_ch, in_size))
             sts.append(SpatialTransformer(loc, transform, (in_size, in_size)))
         return STClassifier(sts, st_pool, body, arch, w)
 
@@ -141,6 +171,10 @@ def build(arch: str, *, in_ch: int = 1, in_size: int = 28, num_classes: int = 10
         width = fit_width(_CountOnly(make, conv, cls_ch, cls_size, num_classes, in_ch, in_size, has_st, n_st,
                                      transform), budget)
     model = make(width)
+    if init == "he":
+        he_init(model)
+    elif init != "default":
+        raise ValueError(f"init must be 'default' or 'he', got {init!r}")
     if pad:
         model.note = f"convs zero-padded ('same'): the classifier's {cls_size}px input is too small unpadded"
     if verbose:

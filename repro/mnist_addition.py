@@ -40,7 +40,11 @@ NAME = "mnist_addition"
 MODELS = ("fcn", "cnn", "st-fcn", "2xst-fcn")
 PAPER = {"fcn": 47.7, "cnn": 14.7, "st-fcn": 18.5, "2xst-fcn": 5.8}
 DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / NAME)
-TRANSFORM = "affine"
+import os
+
+TRANSFORM = os.environ.get("STN_ADD_TRANSFORM", "affine")
+STANDARDIZE = (0.06, 0.2) if os.environ.get("STN_ADD_STD", "0") == "1" else None
+INIT = os.environ.get("STN_ADD_INIT", "default")
 
 QUICK_NOTE = ("quick profile (deviation from the paper, for a 2-core CPU): Adam instead of SGD, far fewer "
               "iterations, smaller batch; the CNN gets fewer iterations still (it is ~10x the FCN's cost per step)")
@@ -60,7 +64,8 @@ MODEL_OVERRIDES: dict = {}
 def build_model(name: str, transform: str | None = None, verbose: bool = False):
     from stn_triton.models import addition
 
-    return addition.build(name, transform=transform or TRANSFORM, verbose=verbose)
+    return addition.build(name, transform=transform or TRANSFORM, standardize=STANDARDIZE, init=INIT,
+                          verbose=verbose)
 
 
 def train_data(model_name, *, seed, rank, world_size, device, batch_size):

@@ -113,3 +113,15 @@ def test_st_cnn_localisation_net_shape():
 def test_verbose_prints_count(capsys):
     addition.build("fcn", verbose=True)
     assert "parameters" in capsys.readouterr().out
+
+
+def test_he_init_keeps_identity_regressors_and_standardize_is_parameter_free():
+    m = addition.build("2xst-fcn", init="he", standardize=(0.06, 0.2))
+    assert abs(count_params(m) - 400_000) / 400_000 < 0.01
+    for st in m.sts:
+        assert torch.count_nonzero(st.regressor.weight) == 0 and torch.count_nonzero(st.regressor.bias) == 0
+    assert isinstance(m.body[0], mnist.Standardize) and isinstance(m.sts[0].loc_net[0], mnist.Standardize)
+    x = torch.rand(2, 2, 42, 42)
+    assert torch.equal(m.sts[1](x)[0], m.sts[1](x)[0])
+    with pytest.raises(ValueError):
+        addition.build("fcn", init="xavier")

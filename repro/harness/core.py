@@ -393,8 +393,18 @@ def _fmt(v, nd=2):
 
 def write_results(exp: Experiment, profile_name: str, device: str, model_results: dict, out_dir: Path,
                   profiles: dict[str, Profile], extra_notes: list[str] = ()) -> dict:
-    """Merge into ``out_dir/results.json`` and rewrite ``results.md`` (paper vs ours)."""
+    """Merge into ``out_dir/results.json`` and rewrite ``results.md`` (paper vs ours). Holds an
+    exclusive lock on ``out_dir/.results.lock`` so separate processes (one model each) can share
+    an output folder."""
+    import fcntl
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _write_results(exp, profile_name, device, model_results, out_dir, profiles, extra_notes)
+
+
+def _write_results(exp, profile_name, device, model_results, out_dir, profiles, extra_notes):
     path = out_dir / "results.json"
     data = {}
     if path.exists():
@@ -420,9 +430,11 @@ def write_results(exp: Experiment, profile_name: str, device: str, model_results
                      f"{r.get('seeds')} | {r.get('iterations'):,} | {r.get('params'):,} | "
                      f"{'' if wall is None else f'{wall / 60:.1f} min'} | {_fmt(r.get('images_per_s'), 0)} |")
     lines += ["", "Schedules:", ""]
-    for name in data["models"]:
-        if name in profiles:
-            lines.append(f"- `{name}`: {profiles[name].describe()}" + (f" -- {profiles[name].note}" if profiles[name].note else ""))
+    for name, r in data["models"].items():
+        prof = profiles.get(name) or (Profile(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in r["schedule"].items()})
+                                      if "schedule" in r else None)
+        if prof is not None:
+            lines.append(f"- `{name}`: {prof.describe()}" + (f" -- {prof.note}" if prof.note else ""))
     if extra_notes:
         lines += ["", *extra_notes]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
