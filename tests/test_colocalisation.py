@@ -1,0 +1,107 @@
+"""repro.colocalisation: IoU against hand-worked boxes, attention windows as boxes, the triplet loss
+against a direct evaluation of supplement eq. (1), the localiser / descriptor shapes, a smoke run."""
+import itertools
+import json
+
+import pytest
+import torch
+
+from repro import colocalisation as co
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ((0, 0, 2, 2), (0, 0, 2, 2), 1.0),          # identical
+    ((0, 0, 2, 2), (1, 1, 3, 3), 1 / 7),        # overlap 1, union 4 + 4 - 1
+    ((0, 0, 4, 4), (1, 1, 3, 3), 4 / 16),       # contained
+    ((0, 0, 2, 2), (2, 0, 4, 2), 0.0),          # touching edges
+    ((0, 0, 1, 1), (5, 5, 6, 6), 0.0),          # disjoint
+    ((0, 0, 28, 28), (14, 0, 42, 28), 1 / 3),   # half a digit box off: 392 / 1176
+    ((10, 20, 38, 48), (12, 22, 40, 50), 676 / 892),  # 26*26 / (2*784 - 676)
+])
+def test_iou_hand_worked(a, b, expected):
+    got = co.iou(torch.tensor([a], dtype=torch.float32), torch.tensor([b], dtype=torch.float32))
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+    assert co.iou(torch.tensor(b, dtype=torch.float32), torch.tensor(a, dtype=torch.float32)).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_attention_box():
+    from stn_triton.params import attention
+
+    th = attention(torch.tensor([[0.0, 0.0, 0.0], [1 / 3 - 1, 0.0, 0.0], [-0.5, 0.5, -0.25]]))
+    boxes = co.attention_box(th, 84, 84)
+    assert torch.allclose(boxes[0], torch.tensor([0.0, 0, 84, 84]))
+    assert torch.allclose(boxes[1], torch.tensor([28.0, 28, 56, 56]), atol=1e-4)
+    # s = 0.5, tx = 0.5 -> x in [0, 1] -> [42, 84]; ty = -0.25 -> y in [-0.75, 0.25] -> [10.5, 52.5]
+    assert torch.allclose(boxes[2], torch.tensor([42.0, 10.5, 84, 52.5]), atol=1e-4)
+
+
+def test_triplet_loss_matches_eq1_direct():
+    """sum_n sum_{m != n} max(0, |e(I_n^T) - e(I_m^T)|^2 - |e(I_n^T) - e(I_n^rand)|^2 + alpha), evaluated
+    by loops over a tiny data set of N = 4 (descriptors scaled so some terms are active, some not)."""
+    g = torch.Generator().manual_seed(0)
+    N, D, alpha = 4, 5, 1.0
+    e_t = torch.randn(N, D, generator=g, dtype=torch.float64) * 0.6
+    e_rand = torch.randn(N, D, generator=g, dtype=torch.float64) * 0.6
+    direct, active = 0.0, 0
+    for n in range(N):
+        for m in range(N):
+            if m == n:
+                continue
+            dp = sum((e_t[n, k].item() - e_t[m, k].item()) ** 2 for k in range(D))
+            dn = sum((e_t[n, k].item() - e_rand[n, k].item()) ** 2 for k in range(D))
+            direct += max(0.0, dp - dn + alpha)
+            active += dp - dn + alpha > 0
+    assert 0 < active < N * (N - 1)  # the hinge is exercised on both sides
+    pairs = [(n, m) for n, m in itertools.product(range(N), range(N)) if n != m]
+    i = torch.tensor([p[0] for p in pairs])
+    j = torch.tensor([p[1] for p in pairs])
+    got = co.triplet_loss(e_t[i], e_t[j], e_rand[i], alpha, reduction="sum")
+    assert got.item() == pytest.approx(direct, rel=1e-12)
+    assert co.triplet_loss(e_t[i], e_t[j], e_rand[i], alpha).item() == pytest.approx(direct / len(pairs), rel=1e-12)
+
+
+def test_localiser_and_descriptor():
+    st = co.localiser()
+    net = st.loc_net
+    assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear", "ReLU"]
+    assert net[0].out_channels == 8 and net[0].kernel_size == (9, 9) and net[0].stride == (4, 4)
+    assert st.regressor.out_features == 3 and st.transform == "attention"
+    x = torch.rand(3, 1, 84, 84)
+    y, th = st(x)
+    assert y.shape == (3, 1, 28, 28)
+    assert torch.allclose(co.attention_box(th), torch.tensor([[28.0, 28, 56, 56]] * 3), atol=1e-4)
+    from repro import distorted_mnist as dm
+
+    cnn = dm.build_model("P", "cnn")
+    d = co.Descriptor(cnn)
+    w = cnn.width
+    assert d(y).shape == (3, w * 10 * 10 + w * 2 * 2 + 10)
+    assert torch.allclose(d(y)[:, -10:], cnn(y))
+    assert not any(p.requires_grad for p in d.parameters())
+    # the negative crop shares the positive's scale, gradient included, and stays inside the image
+    s = torch.full((64,), 0.4, requires_grad=True)
+    th_r = co.random_crop_theta(s, torch.Generator().manual_seed(0))
+    th_r[:, 0, 0].sum().backward()
+    assert torch.allclose(s.grad, torch.ones(64))
+    b = co.attention_box(th_r.detach())
+    assert (b[:, :2] >= -1e-4).all() and (b[:, 2:] <= 84 + 1e-4).all()
+
+
+def test_cli_smoke(tmp_path):
+    assert co.main(["--profile", "smoke", "--variant", "both", "--digits", "3", "--out", str(tmp_path),
+                    "--no-progress", "--figure-digit", "3"]) == 0
+    for v in ("T", "TC"):
+        r = json.loads((tmp_path / v / "digit3.json").read_text())
+        assert r["steps"] == 4 and 0 <= r["localised_pct"] <= 100 and len(r["snapshots"]) == 3
+        assert (tmp_path / f"steps_{v}_digit3.png").stat().st_size > 1000
+    t = (tmp_path / "table.md").read_text()
+    assert "| 3 | 100 |" in t and "not run" in t
+    assert (tmp_path / "encoder.pt").exists()
