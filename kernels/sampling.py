@@ -254,3 +254,63 @@ def backprop_channels(
                             mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
                 scatter_add(dx_img + (c * stride_dc)[None, :] + d_off, g, m & c_mask, dx_scale, DETERMINISTIC)
     return d_ix, d_iy
+
+
+@triton.jit
+def sample_at(
+    x_ptr, out_ptr, n, p, p_mask, x_s, y_s,
+    C, H, W, W_OUT,
+    stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Forward epilogue of every warp kernel: sample image ``n`` at the normalised source
+    coordinates (x_s, y_s) of output pixels ``p`` (flat, row-major) and store all channels."""
+    ix, _ = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+    iy, _ = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
+    if INDEX_64:  # tensors of >= 2**31 elements: every offset product in int64
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+    ho = p // W_OUT
+    out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
+    sample_channels(
+        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy,
+        C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
+        MODE, ACC, INDEX_64, BLOCK_C,
+    )
+
+
+@triton.jit
+def backprop_at(
+    grad_out_ptr, x_ptr, grad_x_ptr, dx_scale_ptr, n, p, p_mask, x_s, y_s,
+    C, H, W, W_OUT,
+    stride_gn, stride_gc, stride_gh, stride_gw,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dn, stride_dc, stride_dh, stride_dw,
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Backward of :func:`sample_at` for every warp kernel.
+
+    NEED_X: scatters into ``grad_x`` (float atomics, or int64 fixed point with the per-image scale
+    at ``dx_scale_ptr`` when DETERMINISTIC). Returns (g_xs, g_ys): the gradient w.r.t. the
+    *normalised* source coordinates, reduced over channels, 0 on masked pixels (and everywhere
+    unless NEED_COORDS); the caller chains it to its transform's parameters.
+    """
+    ix, dix = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+    iy, diy = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
+    dx_scale = 1.0
+    if DETERMINISTIC:
+        dx_scale = tl.load(dx_scale_ptr + n)
+    if INDEX_64:
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+    ho = p // W_OUT
+    g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
+    d_ix, d_iy = backprop_channels(
+        grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, dx_scale,
+        C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
+        MODE, NEED_X, NEED_COORDS, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+    )
+    return tl.where(p_mask, d_ix * dix, 0.0), tl.where(p_mask, d_iy * diy, 0.0)

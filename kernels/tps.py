@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .sampling import MODE_BILINEAR, backprop_channels, output_coords, sample_channels, source_pixel
+from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
 from .warp import (MODE_CODES, PADDING_CODES, _layout_strides, block_sizes, fixed_point_scale, is_channels_last,
                    needs_int64, tl_dtype)
 
@@ -98,18 +98,10 @@ def _tps_fwd_kernel(
 
     x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
     x_s, y_s = _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, BLOCK_K)
-    ix, _ = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
-    iy, _ = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
-
-    if INDEX_64:
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
-    ho = p // W_OUT
-    out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
-    sample_channels(
-        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy,
-        C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
-        MODE, ACC, INDEX_64, BLOCK_C,
+    sample_at(
+        x_ptr, out_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
+        MODE, PADDING, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_C,
     )
 
 
@@ -136,28 +128,16 @@ def _tps_bwd_kernel(
 
     x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
     x_s, y_s = _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, BLOCK_K)
-    ix, dix = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
-    iy, diy = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
-
-    row = pid
-    dx_scale = 1.0
-    if DETERMINISTIC:  # int64 fixed-point grad_x buffer, per-image scale (sampling.scatter_add)
-        dx_scale = tl.load(dx_scale_ptr + n)
-    if INDEX_64:
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
-    ho = p // W_OUT
-    g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
-    d_ix, d_iy = backprop_channels(
-        grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, dx_scale,
-        C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
-        MODE, NEED_X, NEED_COEF and MODE == MODE_BILINEAR, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+    g_xs, g_ys = backprop_at(
+        grad_out_ptr, x_ptr, grad_x_ptr, dx_scale_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        stride_gn, stride_gc, stride_gh, stride_gw, stride_xn, stride_xc, stride_xh, stride_xw,
+        stride_dn, stride_dc, stride_dh, stride_dw,
+        MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_COEF and MODE == MODE_BILINEAR, DETERMINISTIC,
+        ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
     if NEED_COEF and MODE == MODE_BILINEAR:
-        # pixel coord -> normalised source coord; 0 on masked pixels
-        g_xs = tl.where(p_mask, d_ix * dix, 0.0)
-        g_ys = tl.where(p_mask, d_iy * diy, 0.0)
-        out_row = grad_coef_partial_ptr + row * (K + 3) * 2
+        # basis [U(|p - c_k|), 1, x_t, y_t] x grad source coord, one partial row block per program
+        out_row = grad_coef_partial_ptr + pid * (K + 3) * 2
         k_range = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + k_range

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .sampling import MODE_BILINEAR, backprop_channels, output_coords, sample_channels, source_pixel
+from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
 
 
 @triton.jit
@@ -65,18 +65,10 @@ def _warp_fwd_kernel(
 
     x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
     x_s, y_s, inv_w = _source_coords(theta_ptr, n, x_t, y_t, PROJECTIVE)
-    ix, _ = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
-    iy, _ = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
-
-    if INDEX_64:  # tensors of >= 2**31 elements: every offset product in int64
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
-    ho = p // W_OUT
-    out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
-    sample_channels(
-        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy,
-        C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
-        MODE, ACC, INDEX_64, BLOCK_C,
+    sample_at(
+        x_ptr, out_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
+        MODE, PADDING, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_C,
     )
 
 
@@ -102,30 +94,18 @@ def _warp_bwd_kernel(
 
     x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
     x_s, y_s, inv_w = _source_coords(theta_ptr, n, x_t, y_t, PROJECTIVE)
-    ix, dix = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
-    iy, diy = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
-
-    row = pid
-    dx_scale = 1.0
-    if DETERMINISTIC:
-        dx_scale = tl.load(dx_scale_ptr + n)
-    if INDEX_64:
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
-    ho = p // W_OUT
-    g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
-    d_ix, d_iy = backprop_channels(
-        grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, dx_scale,
-        C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
-        MODE, NEED_X, NEED_THETA and MODE == MODE_BILINEAR, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+    g_xs, g_ys = backprop_at(
+        grad_out_ptr, x_ptr, grad_x_ptr, dx_scale_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        stride_gn, stride_gc, stride_gh, stride_gw, stride_xn, stride_xc, stride_xh, stride_xw,
+        stride_dn, stride_dc, stride_dh, stride_dw,
+        MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_THETA and MODE == MODE_BILINEAR, DETERMINISTIC,
+        ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
     if NEED_THETA and MODE == MODE_BILINEAR:
-        # chain: pixel coord -> normalised source coord -> (u, v, w) -> theta rows
-        g_xs = d_ix * dix
-        g_ys = d_iy * diy
+        # chain: normalised source coord -> (u, v, w) -> theta rows; one partial row per program
         g_u = g_xs * inv_w
         g_v = g_ys * inv_w
-        out_row = grad_theta_partial_ptr + row * 9
+        out_row = grad_theta_partial_ptr + pid * 9
         tl.store(out_row + 0, tl.sum(g_u * x_t, axis=0))
         tl.store(out_row + 1, tl.sum(g_u * y_t, axis=0))
         tl.store(out_row + 2, tl.sum(g_u, axis=0))
