@@ -30,14 +30,15 @@ def representatives(configs):
     return picked
 
 
-def collect(quick: bool = False, archs=None, match: str | None = None) -> list[dict]:
+def collect(quick: bool = False, archs=None, match=None) -> list[dict]:
     from stn_triton.kernels import aot
 
     configs = aot.all_configs()
     if quick:
         configs = representatives(configs)
     if match:
-        configs = [c for c in configs if match in c.label]
+        patterns = [match] if isinstance(match, str) else list(match)
+        configs = [c for c in configs if any(m in c.label for m in patterns)]
     rows = []
     for cfg in configs:
         for arch in archs or aot.ARCHS:
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     ap.add_argument("--quick", action="store_true", help="one specialisation per kernel")
     ap.add_argument("--arch", type=int, nargs="+", default=None, help="compute capabilities (default 80 90)")
-    ap.add_argument("--match", default=None, help="only specialisations whose label contains this")
+    ap.add_argument("--match", nargs="+", default=None, help="only specialisations whose label contains one of these")
     ap.add_argument("--bytes", action="store_true", help="print the bytes-moved model per benchmark shape and exit")
     args = ap.parse_args(argv)
     if args.bytes:

@@ -273,8 +273,3 @@ def aot_configs():
         constexprs=dict(det.constexprs, DETERMINISTIC=True)))
     return configs
 
-
-def core_aot_configs():
-    """What the default test run compiles: K = 16 and K = 64, fwd + bwd, fp32 NCHW bilinear / zeros."""
-    return [c for c in aot_configs() if c.label.split("/", 1)[1] in ("K16/bilinear/zeros/fp32/nchw",
-                                                                        "K64/bilinear/zeros/fp32/nchw")]

@@ -7,7 +7,6 @@ contract as the kernels) and cast back.
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 import torch.nn.functional as F

@@ -11,13 +11,10 @@ Groups: forward + gradients per K / modes & paddings / layouts & dtypes / proper
 gradcheck / exceptions / custom op & compile / AOT.
 """
 import itertools
-import json
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
+from test_aot import check_rows, static_report  # every specialisation: test_aot's slow test
 import torch
 import torch.nn.functional as F
 
@@ -25,7 +22,6 @@ import stn_triton
 from stn_triton import _tps_ops, torch_path
 from tolerances import TPS_TOL, assert_close, assert_close_param_grad
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ["bilinear", "nearest"]
 PADDINGS = ["zeros", "border", "reflection"]
 
@@ -385,43 +381,12 @@ def test_torch_compile_fullgraph_tiny_tps():
 # ----------------------------------------------------------------------------- AOT (real compiler)
 
 
-_AOT_SCRIPT = """
-import json, sys
-from stn_triton.kernels import aot, tps
-configs = tps.aot_configs() if sys.argv[1] == "all" else tps.core_aot_configs()
-rows = [aot.compile_config(c, a).as_dict() for c in configs for a in (aot.ARCHS if sys.argv[1] == "all" else (90,))]
-print(json.dumps(rows))
-"""
-
-
-def aot_rows(which):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, which], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-3000:]
-    return json.loads(proc.stdout)
-
-
-def check_aot(rows):
-    assert rows
-    for r in rows:
-        where = f"{r['label']} sm_{r['arch']}: {r['registers']} registers"
-        assert r["spill_bytes"] == 0, f"{where}, {r['spill_bytes']} bytes of local memory (spills)"
-        assert r["registers"] <= 255, where
-        assert r["global_loads"] > 0 and r["global_stores"] + r["atomics"] > 0, where
-
-
 def test_aot_core_tps_kernels_sm90_no_spills():
     """K = 16 and K = 64, forward and backward, compiled for sm_90: zero spills."""
-    rows = aot_rows("core")
-    check_aot(rows)
+    rows = static_report("--arch", "90", "--match", "tps_fwd/K16/bilinear/zeros/fp32/nchw", "tps_bwd/K16/bilinear/zeros/fp32/nchw",
+                         "tps_fwd/K64/bilinear/zeros/fp32/nchw", "tps_bwd/K64/bilinear/zeros/fp32/nchw")
+    check_rows(rows)
     labels = {r["label"] for r in rows}
     for k in (16, 64):
         for kind in ("fwd", "bwd"):
             assert any(lab.startswith(f"tps_{kind}/K{k}/") for lab in labels)
-
-
-@pytest.mark.slow
-def test_aot_every_tps_specialisation_no_spills():
-    check_aot(aot_rows("all"))
