@@ -184,8 +184,9 @@ def load_trained(dataset: str, model: str, out: Path, seed: int = 0) -> torch.nn
     return m.eval()
 
 
-def figure(out: str | Path, n: int = 6, datasets=DATASETS) -> Path | None:
-    """For each data set: ``n`` test inputs, then each trained ST-CNN's output (undoing the distortion)."""
+def figure(out: str | Path, n: int = 5, datasets=DATASETS, prefix: str = "st-") -> Path | None:
+    """For each data set: ``n`` test inputs, then each trained spatial transformer's output (ST-FCNs and
+    ST-CNNs; ``prefix="st-cnn"`` for the ST-CNNs only), i.e. the distortion as the network undoes it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,14 +195,14 @@ def figure(out: str | Path, n: int = 6, datasets=DATASETS) -> Path | None:
     out = Path(out)
     rows = []
     for ds in datasets:
-        sts = [(m, load_trained(ds, m, out)) for m in models_for(ds) if m.startswith("st-cnn")]
+        sts = [(m, load_trained(ds, m, out)) for m in models_for(ds) if m.startswith(prefix)]
         sts = [(m, net) for m, net in sts if net is not None]
         if sts:
             rows.append((ds, sts))
     if not rows:
         return None
     cols = 1 + max(len(s) for _, s in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.35 * n * cols * 0.55 + 0.5, 1.25 * len(rows) + 0.6),
+    fig, axes = plt.subplots(len(rows), cols, figsize=(0.75 * n * cols + 0.5, 1.0 * len(rows) + 0.7),
                              squeeze=False)
     for r, (ds, sts) in enumerate(rows):
         x = test_set(ds).images[:n]
@@ -214,13 +215,13 @@ def figure(out: str | Path, n: int = 6, datasets=DATASETS) -> Path | None:
             with torch.no_grad():
                 y = net.transformed(x)[0]
             axes[r, j + 1].imshow(strip(y), cmap="gray", vmin=0, vmax=1)
-            axes[r, j + 1].set_title(f"{LABEL[m]} output", fontsize=9)
+            axes[r, j + 1].set_title(LABEL[m], fontsize=8)
         for j in range(len(sts) + 1, cols):
             axes[r, j].axis("off")
     for a in axes.flat:
         a.set_xticks([])
         a.set_yticks([])
-    fig.suptitle("Distorted MNIST: test inputs and the ST-CNN's transformer outputs", fontsize=10)
+    fig.suptitle("Distorted MNIST: test inputs and the spatial transformers' outputs (ST-FCN, ST-CNN)", fontsize=10)
     fig.tight_layout()
     path = out / "transformers.png"
     fig.savefig(path, dpi=90)
