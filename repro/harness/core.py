@@ -430,11 +430,16 @@ def _write_results(exp, profile_name, device, model_results, out_dir, profiles, 
                      f"{r.get('seeds')} | {r.get('iterations'):,} | {r.get('params'):,} | "
                      f"{'' if wall is None else f'{wall / 60:.1f} min'} | {_fmt(r.get('images_per_s'), 0)} |")
     lines += ["", "Schedules:", ""]
+    notes = []
     for name, r in data["models"].items():
         prof = profiles.get(name) or (Profile(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in r["schedule"].items()})
                                       if "schedule" in r else None)
         if prof is not None:
-            lines.append(f"- `{name}`: {prof.describe()}" + (f" -- {prof.note}" if prof.note else ""))
+            lines.append(f"- `{name}`: {prof.describe()}")
+            if prof.note and prof.note not in notes:
+                notes.append(prof.note)
+    if notes:
+        lines += ["", *[f"Profile note: {n}." if not n.endswith(".") else f"Profile note: {n}" for n in notes]]
     if extra_notes:
         lines += ["", *extra_notes]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
