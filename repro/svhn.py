@@ -194,7 +194,7 @@ def make_visualise(splits: dict, label: str):
             m.eval()
             with torch.no_grad():
                 out = m(x)
-                warped = m.sts[sorted(m.sts, key=int)[0]](x)[0] if name == "st-single" else None
+                warped = m.sts[sorted(m.sts, key=int)[0]](x)[0]  # the first transformer acts on the image
             pred = (out[0] if isinstance(out, tuple) else out).argmax(-1).cpu()
             boxes = composite_boxes(m.last_thetas)
             for i in range(n):
@@ -207,12 +207,9 @@ def make_visualise(splits: dict, label: str):
                 s = "".join(str(int(v)) for v in pred[i] if v < 10)
                 t = "".join(str(int(v)) for v in ds.labels[i] if v < 10)
                 ax.set_title(f"{s} ({t})", fontsize=7, color="k" if s == t else "r")
-                ax2 = axes[2 * r + 1, i]
-                if warped is not None:
-                    ax2.imshow(((warped[i].cpu() + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy())
-                else:
-                    ax2.set_visible(False)
+                axes[2 * r + 1, i].imshow(((warped[i].cpu() + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy())
             axes[2 * r, 0].set_ylabel(name, fontsize=8)
+            axes[2 * r + 1, 0].set_ylabel(f"{name}\nST1 output", fontsize=8)
         for a in axes.flat:
             a.set_xticks([])
             a.set_yticks([])
