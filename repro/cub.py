@@ -34,9 +34,10 @@ The supplement gives no CUB schedule ("hyper-parameters estimated by cross-valid
 ``paper`` is **our choice**: SGD momentum 0.9, batch 64, lr 0.01 (x0.1 at 6k and 8.5k), 10k
 iterations (~107 epochs), weight decay 1e-4, dropout 0.5 before the classifier, one seed, and the
 localisation net (truncated Inception + head) at 1e-3 x the base lr (``--loc-lr-mult``): the
-gradient w.r.t. the crop centres sums image gradients over a whole 224 crop of 0..255-scaled
-pixels, and at the base lr the centres leave the image within a few steps (seen in the smoke
-runs: NaN by step 3 at lr 1e-3).
+gradient w.r.t. the crop centres sums image gradients over a whole crop of 0..255-scaled pixels
+(|dL/d regressor| ~ 1e3 at the first step), and at the base lr the centres left the image and the
+loss went NaN within 3 steps -- observed only in tiny-width, random-weight smoke runs on CPU, not
+measured at full size; ``1e-3`` is a guess to tune (``--loc-lr-mult``).
 ``quick`` is a short pilot of the same; ``smoke`` (seconds, tiny widths / sizes) exists for the
 tests.
 """
