@@ -250,6 +250,18 @@ def train_encoder(prof: CoProfile, out: Path, seed: int = 0, progress: bool = Tr
     return m, info
 
 
+def ink_inside(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Fraction of each image's total intensity inside its box (pixel centres inside the box)."""
+    h, w = images.shape[-2:]
+    yc = torch.arange(h, dtype=images.dtype) + 0.5
+    xc = torch.arange(w, dtype=images.dtype) + 0.5
+    inx = (xc[None] >= boxes[:, 0:1]) & (xc[None] < boxes[:, 2:3])  # (N, W)
+    iny = (yc[None] >= boxes[:, 1:2]) & (yc[None] < boxes[:, 3:4])  # (N, H)
+    mask = (iny[:, :, None] & inx[:, None, :]).to(images.dtype)
+    img = images.sum(1)
+    return (img * mask).flatten(1).sum(1) / img.flatten(1).sum(1).clamp(min=1e-12)
+
+
 # --- one optimisation ----------------------------------------------------------------------------
 @torch.no_grad()
 def predict_boxes(st: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -303,7 +315,11 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
     wall = time.perf_counter() - t0
     pb = predict_boxes(st, images)
     ious = iou(pb, boxes)
+    with torch.no_grad():  # how much of each image's ink the final window holds (0: an empty, black crop)
+        ink_in = ink_inside(images, pb)
     return {"localised_pct": round(100.0 * (ious > 0.5).float().mean().item(), 1),
+            "empty_window_pct": round(100.0 * (ink_in < 0.05).float().mean().item(), 1),
+            "mean_ink_inside": round(ink_in.mean().item(), 4), "final_boxes": [[round(v, 2) for v in b] for b in pb.tolist()],
             "mean_iou": round(ious.mean().item(), 4), "final_loss": losses[-1] if losses else None,
             "wall_time_s": round(wall, 1), "steps": prof.steps, "snapshots": snaps,
             "loss_history": [round(x, 4) for x in losses[::max(1, len(losses) // 50)]]}

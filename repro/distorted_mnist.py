@@ -312,6 +312,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", choices=DATASETS)
     ap.add_argument("--all", action="store_true", help="the whole Table-1 grid + TC (implies --resume)")
     ap.add_argument("--datasets", default=",".join(DATASETS), help="with --all: comma-separated subset")
+    ap.add_argument("--reverse", action="store_true",
+                    help="with --all: walk the grid backwards (a second process can then share a grid: "
+                         "finished runs are skipped)")
     ap.add_argument("--data", choices=("online", "fixed"), default="online", help="training data mode")
     ap.add_argument("--table", action="store_true", help="only rebuild table.md and the figure")
     ap.add_argument("--no-figure", action="store_true")
@@ -346,14 +349,15 @@ def main(argv=None) -> int:
             rest = rest[:i] + rest[i + 2:]
         else:
             sel = "all"
-        for ds in want:
-            models = models_for(ds) if sel == "all" else [m for m in sel.split(",") if m in models_for(ds)]
-            for m in models:  # one harness call per model: a failure (e.g. NaN) does not stop the grid
-                t = time.perf_counter()
-                c = cli_main(experiment(ds, a.data), str(Path(out) / ds), rest + ["--model", m], notes=notes(a.data))
-                print(f"[grid] {ds} {m}: exit {c} ({time.perf_counter() - t:.0f} s)", flush=True)
-                code = code or c
-                write_table(out, _extra(Path(out)))
+        jobs = [(ds, m) for ds in want
+                for m in (models_for(ds) if sel == "all" else [m for m in sel.split(",") if m in models_for(ds)])]
+        for ds, m in (reversed(jobs) if a.reverse else jobs):
+            # one harness call per model: a failure (e.g. NaN) does not stop the grid
+            t = time.perf_counter()
+            c = cli_main(experiment(ds, a.data), str(Path(out) / ds), rest + ["--model", m], notes=notes(a.data))
+            print(f"[grid] {ds} {m}: exit {c} ({time.perf_counter() - t:.0f} s)", flush=True)
+            code = code or c
+            write_table(out, _extra(Path(out)))
     else:
         if a.dataset is None:
             print("give --dataset R|RTS|P|E|TC, or --all", file=sys.stderr)

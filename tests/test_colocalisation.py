@@ -105,3 +105,12 @@ def test_cli_smoke(tmp_path):
     t = (tmp_path / "table.md").read_text()
     assert "| 3 | 100 |" in t and "not run" in t
     assert (tmp_path / "encoder.pt").exists()
+
+
+def test_ink_inside():
+    img = torch.zeros(2, 1, 10, 10)
+    img[:, :, 2:4, 2:4] = 1.0  # 4 ink pixels at rows/cols 2..3
+    img[1, :, 8, 8] = 4.0  # image 1: as much ink again in pixel (8, 8)
+    boxes = torch.tensor([[2.0, 2, 4, 4], [0.0, 0, 5, 5]])
+    assert torch.allclose(co.ink_inside(img, boxes), torch.tensor([1.0, 0.5]))
+    assert co.ink_inside(img[:1], torch.tensor([[5.0, 5, 10, 10]])).item() == 0.0
