@@ -394,12 +394,15 @@ def _fmt(v, nd=2):
 def write_results(exp: Experiment, profile_name: str, device: str, model_results: dict, out_dir: Path,
                   profiles: dict[str, Profile], extra_notes: list[str] = ()) -> dict:
     """Merge into ``out_dir/results.json`` and rewrite ``results.md`` (paper vs ours). Holds an
-    exclusive lock on ``out_dir/.results.lock`` so separate processes (one model each) can share
+    exclusive lock (a file in the temp folder named after ``out_dir``) so separate processes (one model each) can share
     an output folder."""
     import fcntl
+    import hashlib
+    import tempfile
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".results.lock", "w") as lock:
+    key = hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"stn_results_{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _write_results(exp, profile_name, device, model_results, out_dir, profiles, extra_notes)
 
