@@ -325,6 +325,67 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
             "loss_history": [round(x, 4) for x in losses[::max(1, len(losses) // 50)]]}
 
 
+# --- diagnosis: eq. (1) at fixed windows ----------------------------------------------------------
+def box_theta(boxes: torch.Tensor, width: int = CANVAS) -> torch.Tensor:
+    """Square pixel-edge boxes (N, 4) -> attention thetas (inverse of :func:`attention_box`)."""
+    s = (boxes[:, 2] - boxes[:, 0]) / width
+    tx = (boxes[:, 0] + boxes[:, 2]) / width - 1
+    ty = (boxes[:, 1] + boxes[:, 3]) / width - 1
+    z = torch.zeros_like(s)
+    return torch.stack([torch.stack([s, z, tx], 1), torch.stack([z, s, ty], 1)], 1)
+
+
+def emptiest_corner_boxes(images: torch.Tensor) -> torch.Tensor:
+    """Per image, the 28x28 corner window holding the least ink (a stand-in for 'an empty crop')."""
+    c = CANVAS - CROP
+    cands = torch.tensor([[0, 0], [c, 0], [0, c], [c, c]], dtype=torch.float32)
+    out = []
+    for img in images:
+        inks = [img[0, y:y + CROP, x:x + CROP].sum() for x, y in cands.int().tolist()]
+        x, y = cands[int(torch.stack(inks).argmin())]
+        out.append(torch.stack([x, y, x + CROP, y + CROP]))
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def expected_loss(images: torch.Tensor, theta: torch.Tensor, desc: nn.Module, alpha: float = 1.0,
+                  samples: int = 2000, seed: int = 0) -> float:
+    """Monte-Carlo mean of the eq. (1) hinge when every image's window is fixed at ``theta``
+    (random pairs n != m, random same-size negatives inside the image)."""
+    from stn_triton import warp
+
+    g = torch.Generator().manual_seed(seed)
+    n = images.shape[0]
+    e_t = desc(warp(images, theta, (CROP, CROP)))
+    tot = 0.0
+    for _ in range(0, samples, 250):
+        i = torch.randint(0, n, (250,), generator=g)
+        j = (i + torch.randint(1, n, (250,), generator=g)) % n
+        th_r = random_crop_theta(theta[i, 0, 0], g)
+        e_r = desc(warp(images[i], th_r, (CROP, CROP)))
+        tot += triplet_loss(e_t[i], e_t[j], e_r, alpha, reduction="sum").item()
+    return tot / (250 * ((samples + 249) // 250))
+
+
+def diagnose(enc: nn.Module, variants=VARIANTS, digits=range(10), seed: int = 0, samples: int = 1000) -> dict:
+    """eq. (1) evaluated at the true boxes, at each image's emptiest 28x28 corner, and at the centred
+    initial window: which configuration does the objective (with this encoder) prefer?"""
+    from repro.data import colocalisation_set
+
+    desc = Descriptor(enc)
+    out = {}
+    for v in variants:
+        for d in digits:
+            ds = colocalisation_set(v, d, seed=seed)
+            x = ds.images
+            centre = torch.tensor([[28.0, 28, 56, 56]]).expand(x.shape[0], 4)
+            out[f"{v}/{d}"] = {k: round(expected_loss(x, box_theta(b), desc, samples=samples, seed=seed), 2)
+                               for k, b in (("true_boxes", ds.boxes), ("emptiest_corner", emptiest_corner_boxes(x)),
+                                            ("centre", centre))}
+            print(f"[diagnose] {v} digit {d}: {out[f'{v}/{d}']}", flush=True)
+    return out
+
+
 # --- outputs -------------------------------------------------------------------------------------
 def figure(out: Path, variant: str, digit: int, seed: int = 0, n_cols: int = 6) -> Path | None:
     """Supplement Figure 1: the predicted boxes of three images over the SGD steps."""
@@ -426,6 +487,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--init-scale", type=float)
     ap.add_argument("--figure-digit", type=int, default=8, help="digit shown in the steps figure (supplement: 8)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="only evaluate eq. (1) at the true boxes / emptiest corners / centre (writes diagnose.json)")
     a = ap.parse_args(argv)
     import os
 
@@ -450,6 +513,11 @@ def main(argv=None) -> int:
 
     variants = VARIANTS if a.variant == "both" else (a.variant,)
     digits = [int(d) for d in a.digits.split(",") if d.strip()]
+    if a.diagnose:
+        res = diagnose(enc, variants, digits, a.seed)
+        (out / "diagnose.json").write_text(json.dumps({"encoder": enc_info, "alpha": prof.alpha, "losses": res}, indent=1))
+        write_table(out)
+        return 0
     for v in variants:
         for d in digits:
             p = out / v / f"digit{d}.json"

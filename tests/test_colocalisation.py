@@ -114,3 +114,11 @@ def test_ink_inside():
     boxes = torch.tensor([[2.0, 2, 4, 4], [0.0, 0, 5, 5]])
     assert torch.allclose(co.ink_inside(img, boxes), torch.tensor([1.0, 0.5]))
     assert co.ink_inside(img[:1], torch.tensor([[5.0, 5, 10, 10]])).item() == 0.0
+
+
+def test_box_theta_inverts_attention_box_and_corner_boxes():
+    boxes = torch.tensor([[10.0, 20, 38, 48], [0.0, 56, 28, 84]])
+    assert torch.allclose(co.attention_box(co.box_theta(boxes)), boxes, atol=1e-4)
+    img = torch.ones(1, 1, 84, 84)
+    img[..., 56:, 56:] = 0  # bottom-right corner is empty
+    assert co.emptiest_corner_boxes(img).tolist() == [[56.0, 56.0, 84.0, 84.0]]
