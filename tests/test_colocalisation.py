@@ -73,11 +73,18 @@ def test_localiser_and_descriptor():
     net = st.loc_net
     assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear", "ReLU"]
     assert net[0].out_channels == 8 and net[0].kernel_size == (9, 9) and net[0].stride == (4, 4)
-    assert st.regressor.out_features == 3 and st.transform == "attention"
+    assert st.regressor.out_features == 3
+    assert sum(p.numel() for p in st.parameters()) == 5947  # conv 656 + fc 5192 + fc 72 + regressor 27
     x = torch.rand(3, 1, 84, 84)
     y, th = st(x)
     assert y.shape == (3, 1, 28, 28)
     assert torch.allclose(co.attention_box(th), torch.tensor([[28.0, 28, 56, 56]] * 3), atol=1e-4)
+    assert (th[:, 0, 1] == 0).all() and (th[:, 1, 0] == 0).all() and torch.equal(th[:, 0, 0], th[:, 1, 1])  # attention
+    # the window never leaves the image, whatever the regressor says
+    with torch.no_grad():
+        st.regressor.bias.copy_(torch.tensor([5.0, -50.0, 50.0]))
+    b = co.attention_box(st.theta(x))
+    assert (b[:, :2] >= -1e-3).all() and (b[:, 2:] <= 84 + 1e-3).all()
     from repro import distorted_mnist as dm
 
     cnn = dm.build_model("P", "cnn")
