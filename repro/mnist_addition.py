@@ -31,8 +31,8 @@ the prior for 1,200 iterations of batch 64), so the models keep PyTorch's defaul
 and raw [0, 1] inputs. With a CPU budget of minutes the models are still early in training, far
 from the paper's 150k iterations.
 
-Environment knobs (for investigations): ``STN_ADD_TRANSFORM`` (default ``affine``; e.g. ``tps``),
-``STN_ADD_STD=1`` (fixed input standardisation), ``STN_ADD_INIT=he``.
+Recipe options (for investigations): ``--transform`` (default ``affine``; e.g. ``tps``),
+``--standardize`` (fixed input standardisation), ``--init he``.
 
 Deviations from the paper (all profiles)
 ----------------------------------------
@@ -43,7 +43,9 @@ Deviations from the paper (all profiles)
 """
 from __future__ import annotations
 
-import os
+import argparse
+import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -57,9 +59,7 @@ MODELS = ("fcn", "cnn", "st-fcn", "2xst-fcn")
 PAPER = {"fcn": 47.7, "cnn": 14.7, "st-fcn": 18.5, "2xst-fcn": 5.8}
 DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / NAME)
 
-TRANSFORM = os.environ.get("STN_ADD_TRANSFORM", "affine")
-STANDARDIZE = (0.06, 0.2) if os.environ.get("STN_ADD_STD", "0") == "1" else None
-INIT = os.environ.get("STN_ADD_INIT", "default")
+STANDARDIZE = (0.06, 0.2)  # mean / std of the addition inputs, used with --standardize
 
 QUICK_NOTE = ("deviation from the paper, sized for a 2-core CPU: Adam (lr 1e-3, /10 for the last 20%) instead of "
               "SGD 0.01, 3.5k instead of 150k iterations, 1 seed instead of 3; CNN: 300 iterations of batch 64 "
@@ -81,10 +81,11 @@ MODEL_OVERRIDES: dict = {
 }
 
 
-def build_model(name: str, transform: str | None = None, verbose: bool = False):
+def build_model(name: str, transform: str = "affine", standardize: bool = False, init: str = "default",
+                verbose: bool = False):
     from stn_triton.models import addition
 
-    return addition.build(name, transform=transform or TRANSFORM, standardize=STANDARDIZE, init=INIT,
+    return addition.build(name, transform=transform, standardize=STANDARDIZE if standardize else None, init=init,
                           verbose=verbose)
 
 
@@ -172,8 +173,28 @@ NOTES = [
 ]
 
 
+def _recipe_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--transform", default="affine",
+                   help="transformer of the ST models: affine (default) | projective | attention | tps | tps(K)")
+    p.add_argument("--standardize", action="store_true", help="fixed input standardisation (x - 0.06) / 0.2")
+    p.add_argument("--init", default="default", choices=["default", "he"], help="weight initialisation")
+    return p
+
+
 def main(argv=None) -> int:
-    return cli_main(EXPERIMENT, DEFAULT_OUT, argv, notes=NOTES)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:  # this recipe's own options, then the shared harness options
+        from repro.harness.cli import parser as harness_parser
+
+        print(__doc__)
+        print("recipe options:\n" + _recipe_parser().format_help().split("\n", 1)[1])
+        print("shared harness options:\n" + harness_parser(EXPERIMENT, DEFAULT_OUT).format_help().split("\n", 1)[1])
+        return 0
+    opts, rest = _recipe_parser().parse_known_args(argv)
+    exp = dataclasses.replace(EXPERIMENT, build_model=functools.partial(
+        build_model, transform=opts.transform, standardize=opts.standardize, init=opts.init))
+    return cli_main(exp, DEFAULT_OUT, rest, notes=NOTES)
 
 
 if __name__ == "__main__":
