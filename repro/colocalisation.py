@@ -71,6 +71,8 @@ class CoProfile:
     encoder_steps: int = 350
     encoder_batch: int = 32
     snapshot_every: int = 10
+    descriptor: str = "concat"
+    fixed_scale: bool = False
     note: str = ""
 
 
@@ -135,8 +137,9 @@ class Localiser(nn.Module):
     :class:`stn_triton.SpatialTransformer`. (With the unbounded parameterisation the window escapes
     the image in the first SGD steps: two all-black crops are a zero-loss solution of eq. (1).)"""
 
-    def __init__(self, init_scale: float = CROP / CANVAS):
+    def __init__(self, init_scale: float = CROP / CANVAS, fixed_scale: bool = False):
         super().__init__()
+        self.fixed_scale = bool(fixed_scale)  # variant: translation only, the scale held at init_scale
         self.loc_net = loc_net()
         self.regressor = nn.Linear(8, 3)
         self.init_logit = math.log(init_scale / (1 - init_scale))
@@ -145,7 +148,7 @@ class Localiser(nn.Module):
 
     def theta(self, x):
         v = self.regressor(self.loc_net(x))
-        s = torch.sigmoid(v[:, 0] + self.init_logit)
+        s = torch.sigmoid(v[:, 0] * (0.0 if self.fixed_scale else 1.0) + self.init_logit)
         t = (1 - s)[:, None] * torch.tanh(v[:, 1:])
         z = torch.zeros_like(s)
         return torch.stack([torch.stack([s, z, t[:, 0]], 1), torch.stack([z, s, t[:, 1]], 1)], 1)
@@ -157,15 +160,24 @@ class Localiser(nn.Module):
         return warp(x, th, (CROP, CROP)), th
 
 
-def localiser(init_scale: float = CROP / CANVAS) -> nn.Module:
-    return Localiser(init_scale)
+def localiser(init_scale: float = CROP / CANVAS, fixed_scale: bool = False) -> nn.Module:
+    return Localiser(init_scale, fixed_scale)
+
+
+DESCRIPTORS = ("concat", "layer-l2")
 
 
 class Descriptor(nn.Module):
-    """e(.): a frozen distorted-MNIST CNN; returns [hidden 1, hidden 2, logits] flattened, concatenated."""
+    """e(.): a frozen distorted-MNIST CNN; returns [hidden 1, hidden 2, logits] flattened, concatenated
+    (``mode="concat"``, the paper's). ``mode="layer-l2"`` (a variant, not in the paper) L2-normalises
+    each of the three blocks first, so that the 8,900-d first layer no longer dominates and the
+    squared distances lie in [0, 12], where the margin alpha = 1 matters."""
 
-    def __init__(self, cnn: nn.Module):
+    def __init__(self, cnn: nn.Module, mode: str = "concat"):
         super().__init__()
+        if mode not in DESCRIPTORS:
+            raise ValueError(f"descriptor mode must be one of {DESCRIPTORS}, got {mode!r}")
+        self.mode = mode
         body = cnn.body if hasattr(cnn, "body") else cnn
         layers = list(body.children())
         # Conv ReLU Pool | Conv ReLU Pool | Flatten Linear   (stn_triton.models.mnist.cnn_classifier)
@@ -185,7 +197,10 @@ class Descriptor(nn.Module):
     def forward(self, x):
         a = self.h1(x)
         b = self.h2(a)
-        return torch.cat([a.flatten(1), b.flatten(1), self.head(b)], 1)
+        parts = [a.flatten(1), b.flatten(1), self.head(b)]
+        if self.mode == "layer-l2":  # each layer's block scaled to unit length (not in the paper)
+            parts = [F.normalize(p, dim=1) for p in parts]
+        return torch.cat(parts, 1)
 
 
 def random_crop_theta(scale: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -273,8 +288,8 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
     """One co-localisation optimisation over ``images`` (N, 1, 84, 84); ``boxes`` only for the metric."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
-    st = localiser(prof.init_scale)
-    desc = Descriptor(enc)
+    st = localiser(prof.init_scale, prof.fixed_scale)
+    desc = Descriptor(enc, prof.descriptor)
     opt = torch.optim.SGD(st.parameters(), lr=prof.lr, momentum=prof.momentum)
     n = images.shape[0]
     snaps = []  # (step, boxes of the tracked images, fraction localised)
@@ -367,12 +382,13 @@ def expected_loss(images: torch.Tensor, theta: torch.Tensor, desc: nn.Module, al
     return tot / (250 * ((samples + 249) // 250))
 
 
-def diagnose(enc: nn.Module, variants=VARIANTS, digits=range(10), seed: int = 0, samples: int = 1000) -> dict:
+def diagnose(enc: nn.Module, variants=VARIANTS, digits=range(10), seed: int = 0, samples: int = 1000,
+             descriptor: str = "concat") -> dict:
     """eq. (1) evaluated at the true boxes, at each image's emptiest 28x28 corner, and at the centred
     initial window: which configuration does the objective (with this encoder) prefer?"""
     from repro.data import colocalisation_set
 
-    desc = Descriptor(enc)
+    desc = Descriptor(enc, descriptor)
     out = {}
     for v in variants:
         for d in digits:
@@ -486,6 +502,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--init-scale", type=float)
+    ap.add_argument("--descriptor", choices=DESCRIPTORS, help="concat (paper) or layer-l2 (variant)")
+    ap.add_argument("--fixed-scale", action="store_true", default=None,
+                    help="variant: hold the window's scale at --init-scale (translation only)")
     ap.add_argument("--figure-digit", type=int, default=8, help="digit shown in the steps figure (supplement: 8)")
     ap.add_argument("--diagnose", action="store_true",
                     help="only evaluate eq. (1) at the true boxes / emptiest corners / centre (writes diagnose.json)")
@@ -496,7 +515,8 @@ def main(argv=None) -> int:
     if threads:
         torch.set_num_threads(threads)
     prof = PROFILES[a.profile]
-    ov = {k: v for k, v in {"steps": a.steps, "batch": a.batch_size, "lr": a.lr, "init_scale": a.init_scale}.items()
+    ov = {k: v for k, v in {"steps": a.steps, "batch": a.batch_size, "lr": a.lr, "init_scale": a.init_scale,
+                                 "descriptor": a.descriptor, "fixed_scale": a.fixed_scale}.items()
           if v is not None}
     prof = replace(prof, **ov)
     out = Path(a.out)
@@ -514,7 +534,7 @@ def main(argv=None) -> int:
     variants = VARIANTS if a.variant == "both" else (a.variant,)
     digits = [int(d) for d in a.digits.split(",") if d.strip()]
     if a.diagnose:
-        res = diagnose(enc, variants, digits, a.seed)
+        res = diagnose(enc, variants, digits, a.seed, descriptor=prof.descriptor)
         (out / "diagnose.json").write_text(json.dumps({"encoder": enc_info, "alpha": prof.alpha, "losses": res}, indent=1))
         write_table(out)
         return 0
