@@ -185,11 +185,9 @@ def _recipe_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:  # this recipe's own options, then the shared harness options
-        from repro.harness.cli import parser as harness_parser
+        from repro.harness.cli import print_recipe_help
 
-        print(__doc__)
-        print("recipe options:\n" + _recipe_parser().format_help().split("\n", 1)[1])
-        print("shared harness options:\n" + harness_parser(EXPERIMENT, DEFAULT_OUT).format_help().split("\n", 1)[1])
+        print_recipe_help(__doc__, _recipe_parser(), EXPERIMENT, DEFAULT_OUT)
         return 0
     opts, rest = _recipe_parser().parse_known_args(argv)
     exp = dataclasses.replace(EXPERIMENT, build_model=functools.partial(

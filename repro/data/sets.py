@@ -19,8 +19,6 @@ streams), distortions are fresh every batch and rendered on ``device`` in one ba
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 import torch
 
 from . import distort
-from .mnist import data_dir, load_mnist
+from .mnist import atomic_savez, data_dir, load_mnist
 
 VERSION = 1
 CHUNK = 4096
@@ -143,17 +141,7 @@ def _save(path: Path, ds: FixedSet) -> None:
         arrays["digit_labels"] = ds.digit_labels.numpy()
     if ds.boxes is not None:
         arrays["boxes"] = ds.boxes.numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_savez(path, arrays)
 
 
 def _load(path: Path, name, split, seed) -> FixedSet:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .mnist import data_dir
+from .mnist import atomic_savez, data_dir
 
 MAX_DIGITS = 5
 BLANK = 10
@@ -147,10 +147,7 @@ def _cached_dir(root: Path, sub: str, size: int, cache: bool, cache_dir=None):
             return z["images"], z["labels"], z["lengths"]
     images, labels, lengths, _ = preprocess_dir(root / sub, size)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels, lengths=lengths)
-        os.replace(tmp, path)
+        atomic_savez(path, {"images": images, "labels": labels, "lengths": lengths})
     return images, labels, lengths
 
 

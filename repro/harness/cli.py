@@ -38,6 +38,13 @@ def parser(exp: Experiment, default_out: str, default_profile: str = "quick") ->
     return p
 
 
+def print_recipe_help(doc: str, recipe_parser: argparse.ArgumentParser, exp: Experiment, default_out: str) -> None:
+    """``--help`` of a recipe with options of its own: its docstring, its options, then the harness's."""
+    print(doc)
+    print("recipe options:\n" + recipe_parser.format_help().split("\n", 1)[1])
+    print("shared harness options:\n" + parser(exp, default_out).format_help().split("\n", 1)[1])
+
+
 def main(exp: Experiment, default_out: str, argv=None, notes: list[str] = ()) -> int:
     a = parser(exp, default_out).parse_args(argv)
     import os

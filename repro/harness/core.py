@@ -421,7 +421,7 @@ def _write_results(exp, profile_name, device, model_results, out_dir, profiles, 
     path.write_text(json.dumps(data, indent=1) + "\n")
 
     lines = [f"# {exp.name}: profile `{profile_name}`, device `{device}`", "",
-             f"| model | paper error % | ours error % | difference | seeds | iterations | params | wall time | images/s |",
+             "| model | paper error % | ours error % | difference | seeds | iterations | params | wall time | images/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in data["models"].items():
         paper = exp.paper.get(name)
