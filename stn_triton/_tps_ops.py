@@ -134,17 +134,11 @@ def _torch_backward(grad_out, x, points, control_points, mode, padding_mode, ali
     phi = torch_path.tps_features(c64, h_out, w_out, align_corners)  # (P, K+3) float64
     coef = torch.einsum("jk,nkd->njd", m64, points.to(torch.float64))
     grid = torch.einsum("pj,njd->npd", phi, coef).reshape(n, h_out, w_out, 2).to(cdt)
-    gx, ggrid = torch.ops.aten.grid_sampler_2d_backward(
-        grad_out.to(cdt), x.to(cdt), grid, kw.MODE_CODES[mode], kw.PADDING_CODES[padding_mode], align_corners,
-        [need_x, need_points],
-    )
-    if need_x:
-        fmt = torch.channels_last if kw.is_channels_last(x) else torch.contiguous_format
-        gx = gx.to(dtype=x.dtype, memory_format=fmt)
+    gx, ggrid = torch_path.sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_points)
     gcoef = None
     if need_points:
         gcoef = torch.einsum("pj,npd->njd", phi, ggrid.reshape(n, -1, 2).to(torch.float64))
-    return (gx if need_x else None), gcoef, m64
+    return gx, gcoef, m64
 
 
 def _setup_context(ctx, inputs, output):

@@ -68,13 +68,7 @@ def _torch_backward(grad_out, x, theta, mode, padding_mode, align_corners, need_
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
     th = theta.to(cdt)
     grid = torch_path.transform_grid(th, h_out, w_out, align_corners)
-    gx, ggrid = torch.ops.aten.grid_sampler_2d_backward(
-        grad_out.to(cdt), x.to(cdt), grid, kw.MODE_CODES[mode], kw.PADDING_CODES[padding_mode], align_corners,
-        [need_x, need_theta],
-    )
-    if need_x:
-        fmt = torch.channels_last if kw.is_channels_last(x) else torch.contiguous_format
-        gx = gx.to(dtype=x.dtype, memory_format=fmt)
+    gx, ggrid = torch_path.sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_theta)
     gt = None
     if need_theta:
         n = x.shape[0]
@@ -86,7 +80,7 @@ def _torch_backward(grad_out, x, theta, mode, padding_mode, align_corners, need_
             g_w = -(g * src).sum(-1) * inv_w
             g = torch.cat([g * inv_w[..., None], g_w[..., None]], dim=-1)
         gt = torch.einsum("npj,pk->njk", g, base).to(theta.dtype).contiguous()
-    return (gx if need_x else None), gt
+    return gx, gt
 
 
 def _setup_context(ctx, inputs, output):

@@ -58,6 +58,26 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
+_ATEN_MODES = {"bilinear": 0, "nearest": 1}  # at::native::GridSamplerInterpolation
+_ATEN_PADDINGS = {"zeros": 0, "border": 1, "reflection": 2}  # at::native::GridSamplerPadding
+
+
+def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_grid):
+    """Backward of :func:`sample` through aten's grid-sampler backward, in fp32 (fp64 for fp64).
+
+    Returns (grad_x in x's dtype and memory format, or None; grad_grid in the compute dtype, or None).
+    """
+    cdt = compute_dtype(x.dtype)
+    gx, ggrid = torch.ops.aten.grid_sampler_2d_backward(
+        grad_out.to(cdt), x.to(cdt), grid.to(cdt), _ATEN_MODES[mode], _ATEN_PADDINGS[padding_mode], align_corners,
+        [need_x, need_grid],
+    )
+    if need_x:
+        fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        gx = gx.to(dtype=x.dtype, memory_format=fmt)
+    return (gx if need_x else None), (ggrid if need_grid else None)
+
+
 def warp(x, theta, h_out, w_out, mode="bilinear", padding_mode="zeros", align_corners=False):
     """Reference affine/projective warp: ``grid_sample(x, transform_grid(theta))``."""
     grid = transform_grid(theta.to(compute_dtype(x.dtype)), h_out, w_out, align_corners)
