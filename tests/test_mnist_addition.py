@@ -3,18 +3,12 @@ results.json / results.md / the transformer figure are written, the CLI runs."""
 import json
 
 import pytest
-import torch
 
 from repro import mnist_addition as rec
 from repro.harness import train_one
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("model", ["fcn", "cnn", "st-fcn", "2xst-fcn"])

@@ -7,13 +7,7 @@ import torch
 from stn_triton.models import svhn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 CPU cores shared by several processes: one intra-op thread is ~10x faster than oversubscribing
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _conv(ci, co):
