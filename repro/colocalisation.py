@@ -46,6 +46,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+
+from repro.harness.figures import save_figure
 import torch.nn.functional as F
 from torch import nn
 
@@ -437,12 +439,7 @@ def figure(out: Path, variant: str, digit: int, seed: int = 0, n_cols: int = 6) 
                 ax.set_xlabel(f"step {s['step']}\n({100 * s['localised']:.0f}% of 100)", fontsize=8)
     fig.suptitle(f"Co-localisation {variant}, digit {digit}: predicted box (red) over SGD steps; "
                  f"true box dashed green", fontsize=9)
-    fig.tight_layout()
-    path = out / f"steps_{variant}_digit{digit}.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
+    return save_figure(fig, out / f"steps_{variant}_digit{digit}.png", dpi=90)
 
 
 def write_table(out: Path) -> Path:

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from repro.harness.figures import save_figure
 from repro.harness import Experiment, Profile
 from repro.harness.cli import main as cli_main
 
@@ -192,12 +193,7 @@ def make_visualise(test_ds, label: str):
                 ax.set_yticks([])
             axes[r, 0].set_ylabel(name, fontsize=8)
         fig.suptitle(f"{label}: transformer crops on test images (centre views)", fontsize=9)
-        fig.tight_layout()
-        path = Path(out_dir) / "transformers.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        print(f"wrote {path}")
-        return path
+        return save_figure(fig, Path(out_dir) / "transformers.png")
 
     return visualise
 

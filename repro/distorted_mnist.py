@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from repro.harness.figures import save_figure
 from repro.harness import Experiment, Profile, classification_error
 from repro.harness.cli import main as cli_main
 
@@ -224,12 +225,7 @@ def figure(out: str | Path, n: int = 5, datasets=DATASETS, prefix: str = "st-") 
         a.set_xticks([])
         a.set_yticks([])
     fig.suptitle("Distorted MNIST: test inputs and the spatial transformers' outputs (ST-FCN, ST-CNN)", fontsize=10)
-    fig.tight_layout()
-    path = out / "transformers.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
+    return save_figure(fig, out / "transformers.png", dpi=90)
 
 
 def _load_results(out: Path, ds: str) -> dict:

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from repro.harness.figures import save_figure
 from repro.harness import Experiment, Profile, classification_error
 from repro.harness.cli import main as cli_main
 
@@ -153,12 +154,7 @@ def visualise(models: dict, out_dir: Path, device, n: int = 6) -> Path | None:
         a.set_xticks([])
         a.set_yticks([])
     fig.suptitle("MNIST addition: inputs and spatial-transformer outputs (test examples)", fontsize=10)
-    fig.tight_layout()
-    path = Path(out_dir) / "transformers.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    print(f"wrote {path}")
-    return path
+    return save_figure(fig, Path(out_dir) / "transformers.png")
 
 
 EXPERIMENT = Experiment(name=NAME, models=MODELS, build_model=build_model, train_data=train_data,

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from repro.harness.figures import save_figure
 from repro.harness import Experiment, FixedSource, Profile
 from repro.harness.cli import main as cli_main
 
@@ -215,12 +216,7 @@ def make_visualise(splits: dict, label: str):
             a.set_yticks([])
         fig.suptitle(f"{label}: transformer windows on test images (red = ST1, blue/yellow/green = ST2-4 "
                      f"composed); prediction (truth)", fontsize=8)
-        fig.tight_layout()
-        path = Path(out_dir) / "transformers.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        print(f"wrote {path}")
-        return path
+        return save_figure(fig, Path(out_dir) / "transformers.png")
 
     return visualise
 
