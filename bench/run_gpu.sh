@@ -9,7 +9,8 @@
 #   gpu_tests.log    the test-suite on cuda (STN_TEST_CUDA=1: compiled kernels, GPU-only tests)
 #   bench.json       pytest-benchmark JSON of `pytest bench/` (copy it to bench/results/ and
 #                    regenerate the summary with `python -m bench.summarize bench/results/<file>.json`)
-#   recipes/         paper-profile recipe results, when asked for
+#   recipes/         paper-profile recipe results, when asked for (set STN_RECIPE_OUT to a folder
+#                    carried between calls, e.g. repro/results/mnist_addition_paper, to resume there)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -42,11 +43,12 @@ if [[ "$stage" == bench || "$stage" == all ]]; then
 fi
 
 if [[ "$stage" == recipes || "$stage" == all ]]; then
-  echo "== paper-profile recipes (one seed each, resumable; see repro/README)"
+  # --resume: a call cut off by the device's 10-minute limit continues where it stopped when rerun
+  echo "== paper-profile recipes (one seed each, resumable)"
   mkdir -p "$out/recipes"
   for model in fcn st-fcn 2xst-fcn cnn; do
-    python -m repro.mnist_addition --profile paper --device cuda --model "$model" --seeds 0 \
-        --out "$out/recipes/mnist_addition" 2>&1 | tail -3
+    python -m repro.mnist_addition --profile paper --device cuda --model "$model" --seeds 0 --resume \
+        --out "${STN_RECIPE_OUT:-$out/recipes/mnist_addition}" 2>&1 | tail -3
     status=$((status | ${PIPESTATUS[0]}))
   done
 fi
