@@ -4,6 +4,11 @@
 #
 #   STN_GIT_COMMIT=<sha> bash bench/run_gpu.sh [tests|bench|recipes|all]   (default: all)
 #
+# The device runs one command for at most 10 minutes, and `pytest bench/` with every case
+# (torch.compile compiles each shape once) may take longer: split it across calls with
+# STN_BENCH_ARGS, e.g. STN_BENCH_ARGS='-k "test_affine and fp32"', then '-k "test_affine and bf16"',
+# '-k "test_tps or e2e"'; each call writes its own bench.json.
+#
 # Writes under $OUT (or bench/results/run-<stamp>/ when OUT is unset):
 #   env.txt          device, driver, versions, commit
 #   gpu_tests.log    the test-suite on cuda (STN_TEST_CUDA=1: compiled kernels, GPU-only tests)
@@ -36,8 +41,9 @@ fi
 
 if [[ "$stage" == bench || "$stage" == all ]]; then
   echo "== pytest bench/"
-  python -m pytest bench -q -p no:cacheprovider --benchmark-json="$out/bench.json" \
-      --benchmark-columns=median,rounds 2>&1 | tail -5
+  # shellcheck disable=SC2086  (STN_BENCH_ARGS is deliberately word-split: it holds pytest options)
+  eval python -m pytest bench -q -p no:cacheprovider --benchmark-json="$out/bench.json" \
+      --benchmark-columns=median,rounds ${STN_BENCH_ARGS:-} 2>&1 | tail -5
   status=$((status | ${PIPESTATUS[0]}))
   python -m bench.summarize "$out/bench.json" | tee "$out/summary.md" | tail -60
 fi

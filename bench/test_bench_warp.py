@@ -50,6 +50,18 @@ _compiled = {}
 
 
 def compiled(fn):
+    """``torch.compile`` of the torch path, one static-shape specialisation per benchmark case.
+
+    Dynamo keys its cache on the function's code object and by default gives up after 8
+    recompiles (falling back to eager *silently*), which would turn later "torch_compile" rows
+    into eager timings: the limits are raised so every case gets its own compiled graph.
+    """
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), 4096))
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 65536)
     if fn not in _compiled:
         _compiled[fn] = torch.compile(fn, dynamic=False)
     return _compiled[fn]

@@ -14,6 +14,7 @@ import itertools
 import warnings
 
 import pytest
+from conftest import DEVICE
 from test_aot import check_rows, static_report  # every specialisation: test_aot's slow test
 import torch
 import torch.nn.functional as F
@@ -343,15 +344,15 @@ def test_bad_inputs():
 @pytest.mark.parametrize("backend,explicit", [("triton", True), ("torch", False), ("torch", True)],
                          ids=["triton-explicit-cps", "torch-default-cps", "torch-explicit-cps"])
 def test_opcheck(backend, explicit):
-    x = torch.randn(2, 2, 4, 5).to(memory_format=torch.channels_last)
-    cps = grid_control_points(4).float() if explicit else None
-    points = random_points(2, grid_control_points(4))
+    x = torch.randn(2, 2, 4, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    cps = grid_control_points(4).float().to(DEVICE) if explicit else None
+    points = random_points(2, grid_control_points(4)).to(DEVICE)
     with stn_triton.use_backend(backend):
         torch.library.opcheck(torch.ops.stn_triton.tps_warp.default,
                               (x.requires_grad_(), points.requires_grad_(), cps, 3, 4, "bilinear", "zeros", False))
         torch.library.opcheck(torch.ops.stn_triton.tps_warp_backward.default,
-                              (torch.randn(2, 2, 3, 4), x.detach(), points.detach(), cps, "bilinear", "border", True,
-                               True, True))
+                              (torch.randn(2, 2, 3, 4, device=DEVICE), x.detach(), points.detach(), cps, "bilinear",
+                               "border", True, True, True))
 
 
 def test_torch_compile_fullgraph_tiny_tps():
