@@ -43,8 +43,8 @@ import triton
 import triton.language as tl
 
 from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
-from .warp import (MODE_CODES, PADDING_CODES, _layout_strides, block_sizes, fixed_point_scale, is_channels_last,
-                   needs_int64, tl_dtype)
+from .layout import empty_output, is_channels_last, memory_format_of
+from .warp import MODE_CODES, PADDING_CODES, _layout_strides, block_sizes, fixed_point_scale, needs_int64, tl_dtype
 
 
 @triton.jit
@@ -170,11 +170,10 @@ def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners):
     accumulation dtype. The output has x's dtype and memory format."""
     n, c, h, w = x.shape
     k = ctrl.shape[0]
-    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-    out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out = empty_output(x, h_out, w_out)
     if n == 0:
         return out
-    block_p, block_c = block_sizes(c, fmt == torch.channels_last)
+    block_p, block_c = block_sizes(c, is_channels_last(x))
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     _tps_fwd_kernel[(n * num_pblocks,)](
         x, coef, ctrl, out,
@@ -198,11 +197,11 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
     k = ctrl.shape[0]
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
     acc = coef.dtype
-    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     buf_dtype = torch.int64 if deterministic else acc
-    grad_x = torch.empty(x.shape, dtype=buf_dtype, device=x.device, memory_format=fmt).zero_() if need_x else None
+    grad_x = torch.empty(x.shape, dtype=buf_dtype, device=x.device, memory_format=memory_format_of(x)).zero_() \
+        if need_x else None
     scale = fixed_point_scale(grad_out) if (need_x and deterministic) else None
-    block_p, block_c = block_sizes(c, fmt == torch.channels_last)
+    block_p, block_c = block_sizes(c, is_channels_last(x))
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     bilinear = mode == "bilinear"
     partial = None

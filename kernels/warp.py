@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .layout import empty_output, is_channels_last, memory_format_of
 from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
 
 
@@ -135,10 +136,6 @@ def tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def is_channels_last(x: torch.Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
 def block_sizes(channels: int, channels_last: bool) -> tuple[int, int]:
     """(BLOCK_P, BLOCK_C). NCHW: many pixels per program, a few channels per step (stores are
     contiguous along pixels). channels_last: a wide channel block (each tap is a contiguous
@@ -177,13 +174,12 @@ def theta_as_3x3(theta: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
 def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners):
     """Launch ``_warp_fwd_kernel``; output has x's dtype and memory format."""
     n, c, h, w = x.shape
-    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-    out = torch.empty((n, c, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out = empty_output(x, h_out, w_out)
     if n == 0:
         return out
     acc = acc_dtype(x.dtype)
     theta9 = theta_as_3x3(theta, acc)
-    block_p, block_c = block_sizes(c, fmt == torch.channels_last)
+    block_p, block_c = block_sizes(c, is_channels_last(x))
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     _warp_fwd_kernel[(n * num_pblocks,)](
         x, theta9, out,
@@ -223,10 +219,10 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
     n, c, h, w = x.shape
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
     acc = acc_dtype(x.dtype)
-    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     buf_dtype = torch.int64 if deterministic else acc
     # fp32 (fp64) scatter buffer in x's memory format, cast to x's dtype at the end
-    grad_x = torch.empty(x.shape, dtype=buf_dtype, device=x.device, memory_format=fmt).zero_() if need_x else None
+    grad_x = torch.empty(x.shape, dtype=buf_dtype, device=x.device, memory_format=memory_format_of(x)).zero_() \
+        if need_x else None
     scale = fixed_point_scale(grad_out) if (need_x and deterministic) else None
     block_p, block_c = blocks or block_sizes(c, is_channels_last(x))
     num_pblocks = triton.cdiv(h_out * w_out, block_p)

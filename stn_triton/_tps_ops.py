@@ -22,6 +22,7 @@ from . import torch_path
 from .backend import resolve_backend
 from stn_triton.kernels import tps as kt
 from stn_triton.kernels import warp as kw
+from stn_triton.kernels.layout import empty_output, memory_format_of
 
 _CACHE_SIZE = 64
 _cache: "collections.OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]" = collections.OrderedDict()
@@ -66,11 +67,6 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def _empty_like_output(x: torch.Tensor, h_out: int, w_out: int) -> torch.Tensor:
-    fmt = torch.channels_last if kw.is_channels_last(x) else torch.contiguous_format
-    return torch.empty((x.shape[0], x.shape[1], h_out, w_out), dtype=x.dtype, device=x.device, memory_format=fmt)
-
-
 @torch.library.custom_op("stn_triton::tps_warp", mutates_args=())
 def tps_warp_op(x: torch.Tensor, points: torch.Tensor, control_points: Optional[torch.Tensor], h_out: int,
                 w_out: int, mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
@@ -88,7 +84,7 @@ def tps_warp_op(x: torch.Tensor, points: torch.Tensor, control_points: Optional[
 
 @tps_warp_op.register_fake
 def _(x, points, control_points, h_out, w_out, mode, padding_mode, align_corners):
-    return _empty_like_output(x, h_out, w_out)
+    return empty_output(x, h_out, w_out)
 
 
 @torch.library.custom_op("stn_triton::tps_warp_backward", mutates_args=())
@@ -114,8 +110,8 @@ def tps_warp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, points: torch.
 
 @tps_warp_backward_op.register_fake
 def _(grad_out, x, points, control_points, mode, padding_mode, align_corners, need_x, need_points):
-    fmt = torch.channels_last if kw.is_channels_last(x) else torch.contiguous_format
-    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt) if need_x else x.new_empty(0)
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x)) if need_x \
+        else x.new_empty(0)
     gp = points.new_empty(points.shape) if need_points else points.new_empty(0)  # contiguous
     return gx, gp
 

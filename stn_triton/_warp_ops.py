@@ -14,11 +14,7 @@ import torch
 from . import torch_path
 from .backend import resolve_backend
 from stn_triton.kernels import warp as kw
-
-
-def _empty_like_output(x: torch.Tensor, h_out: int, w_out: int) -> torch.Tensor:
-    fmt = torch.channels_last if kw.is_channels_last(x) else torch.contiguous_format
-    return torch.empty((x.shape[0], x.shape[1], h_out, w_out), dtype=x.dtype, device=x.device, memory_format=fmt)
+from stn_triton.kernels.layout import empty_output, memory_format_of
 
 
 @torch.library.custom_op("stn_triton::warp", mutates_args=())
@@ -31,7 +27,7 @@ def warp_op(x: torch.Tensor, theta: torch.Tensor, h_out: int, w_out: int, mode: 
 
 @warp_op.register_fake
 def _(x, theta, h_out, w_out, mode, padding_mode, align_corners):
-    return _empty_like_output(x, h_out, w_out)
+    return empty_output(x, h_out, w_out)
 
 
 @torch.library.custom_op("stn_triton::warp_backward", mutates_args=())
@@ -49,8 +45,8 @@ def warp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, theta: torch.Tenso
 
 @warp_backward_op.register_fake
 def _(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta):
-    fmt = torch.channels_last if kw.is_channels_last(x) else torch.contiguous_format
-    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt) if need_x else x.new_empty(0)
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x)) if need_x \
+        else x.new_empty(0)
     gt = torch.empty(theta.shape, dtype=theta.dtype, device=theta.device) if need_theta else theta.new_empty(0)
     return gx, gt
 
@@ -61,8 +57,8 @@ def _torch_backward(grad_out, x, theta, mode, padding_mode, align_corners, need_
     (Autograd is off inside a custom op's implementation, so the chain is written out.)
     """
     if x.shape[0] == 0:
-        fmt = torch.channels_last if kw.is_channels_last(x) else torch.contiguous_format
-        gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=fmt) if need_x else None
+        gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=memory_format_of(x)) \
+            if need_x else None
         return gx, (torch.zeros(theta.shape, dtype=theta.dtype, device=theta.device) if need_theta else None)
     cdt = torch_path.compute_dtype(x.dtype)
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]

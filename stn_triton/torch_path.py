@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from stn_triton.kernels.layout import memory_format_of
+
 
 def _linspace_from_neg_one(steps: int, align_corners: bool, dtype, device) -> torch.Tensor:
     # Exactly what F.affine_grid uses: a single step sits at 0.
@@ -50,12 +52,7 @@ def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, al
         out = x.new_empty((0, x.shape[1], grid.shape[1], grid.shape[2]))
         return out
     out = F.grid_sample(x.to(cdt), grid.to(cdt), mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-    fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-    return out.to(dtype=x.dtype, memory_format=fmt)
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return out.to(dtype=x.dtype, memory_format=memory_format_of(x))
 
 
 _ATEN_MODES = {"bilinear": 0, "nearest": 1}  # at::native::GridSamplerInterpolation
@@ -73,8 +70,7 @@ def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x
         [need_x, need_grid],
     )
     if need_x:
-        fmt = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
-        gx = gx.to(dtype=x.dtype, memory_format=fmt)
+        gx = gx.to(dtype=x.dtype, memory_format=memory_format_of(x))
     return (gx if need_x else None), (ggrid if need_grid else None)
 
 
