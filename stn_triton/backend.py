@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
+import re
 
 import torch
 
@@ -52,6 +54,29 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
+
+
+@functools.cache
+def check_interpreter_compatible() -> None:
+    """Fail clearly where the Triton interpreter is known to break, instead of deep inside a kernel.
+
+    Triton < 3.7's interpreter turns loop bounds such as ``range(0, C, BLOCK_C)`` into Python ints
+    with ``int(array_of_one_element)``, which numpy >= 2.4 rejects (triton 3.7 squeezes first).
+    Compiled kernels on a GPU are unaffected. Cached: package versions do not change in a process.
+    """
+    import numpy
+    import triton
+
+    if _version(triton.__version__) < (3, 7) and _version(numpy.__version__) >= (2, 4):
+        raise RuntimeError(
+            f"the Triton interpreter of triton {triton.__version__} cannot run these kernels with "
+            f"numpy {numpy.__version__} (it converts 1-element arrays to int, which numpy >= 2.4 "
+            "rejects). Install numpy<2.4 or triton>=3.7 to run the kernels on CPU tensors."
+        )
+
+
 def resolve_backend(device: torch.device) -> str:
     """Return ``"triton"`` or ``"torch"`` for tensors on ``device``."""
     name = requested_backend()
@@ -63,4 +88,6 @@ def resolve_backend(device: torch.device) -> str:
             "only on CUDA devices, or on CPU tensors inside the Triton interpreter "
             "(set TRITON_INTERPRET=1 before importing triton). Use backend 'auto' or 'torch'."
         )
+    if name == "triton" and device.type != "cuda":
+        check_interpreter_compatible()
     return name

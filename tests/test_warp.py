@@ -292,6 +292,29 @@ def test_triton_backend_without_gpu_or_interpreter_is_a_clear_error(monkeypatch)
         stn_triton.warp(torch.rand(1, 1, 4, 4), torch.eye(2, 3)[None])
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter is off on GPU runs")
+@pytest.mark.parametrize("versions, ok", [
+    (("3.6.0", "2.4.1"), False), (("3.6.0", "2.3.5"), True), (("3.7.0", "2.4.1"), True),
+])
+def test_interpreter_incompatible_numpy_is_a_clear_error(monkeypatch, versions, ok):
+    import numpy
+    import triton
+
+    from stn_triton import backend
+
+    monkeypatch.setattr(triton, "__version__", versions[0])
+    monkeypatch.setattr(numpy, "__version__", versions[1])
+    backend.check_interpreter_compatible.cache_clear()
+    try:
+        if ok:
+            backend.check_interpreter_compatible()
+        else:
+            with pytest.raises(RuntimeError, match="numpy<2.4 or triton>=3.7"):
+                backend.check_interpreter_compatible()
+    finally:
+        backend.check_interpreter_compatible.cache_clear()
+
+
 def test_unknown_backend_name():
     with pytest.raises(ValueError, match="use_backend"):
         with stn_triton.use_backend("cuda"):
