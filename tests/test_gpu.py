@@ -72,3 +72,27 @@ def test_deterministic_bit_identical_on_gpu():
     a = kw.warp_bwd(go, x, theta, "bilinear", "zeros", False, True, True, deterministic=True)
     b = kw.warp_bwd(go, x, theta, "bilinear", "zeros", False, True, True, deterministic=True)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("k", [16, 64])
+def test_tps_peak_memory_has_no_hwk_term(k):
+    """Fused TPS forward + backward allocates the output and gradients, nothing of size H*W*K."""
+    n, c, h, w = 32, 3, 224, 224
+    x = torch.randn(n, c, h, w, device="cuda", requires_grad=True)
+    g = int(k ** 0.5)
+    t = torch.linspace(-1, 1, g, device="cuda")
+    pts = torch.stack([t.repeat(g), t.repeat_interleave(g)], 1) + 0.05 * torch.randn(n, k, 2, device="cuda")
+    pts.requires_grad_()
+    with stn_triton.use_backend("triton"):
+        stn_triton.tps_warp(x, pts).sum().backward()  # warm-up: layout cache, autotune, allocator
+        x.grad = pts.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        stn_triton.tps_warp(x, pts).sum().backward()
+        torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    image = x.numel() * x.element_size()
+    # out + grad_out + grad_x (+ its fp32/fixed-point buffer) + small per-program partials
+    assert extra < 5 * image, (extra, image)
+    assert extra < n * h * w * k * 4

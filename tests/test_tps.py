@@ -258,6 +258,32 @@ def test_expanded_grad_out(device, triton_backend):
     assert_close_param_grad(pg.grad, rgp, torch.float32, "grad_points")
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="CPU profiler probe; test_gpu checks the CUDA peak")
+def test_no_hwk_sized_intermediate():
+    """The fused path never materialises an [N, H, W, K] tensor, forward or backward.
+
+    The profiler records every aten allocation, including those inside the custom op; the torch
+    path (which does materialise the radial basis) shows that the probe would catch one.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    n, h, w, k = 2, 32, 32, 64
+    hwk_bytes = n * h * w * k * 4
+
+    def largest_allocation(backend):
+        x = torch.randn(n, 1, h, w, requires_grad=True)
+        pts = (grid_control_points(k, torch.float32) + 0.05 * torch.randn(k, 2)).expand(n, k, 2)
+        pts = pts.clone().requires_grad_()
+        with stn_triton.use_backend(backend), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                stn_triton.tps_warp(x, pts).sum().backward()
+        return max(e.cpu_memory_usage for e in prof.events() if e.name.startswith("aten::"))
+
+    assert largest_allocation("torch") >= hwk_bytes  # the probe sees an H*W*K tensor
+    assert largest_allocation("triton") < hwk_bytes / 4  # O(K^2) solve + O(N*C*H*W) buffers only
+
+
 def test_layout_solved_once_per_layout(device, monkeypatch):
     _tps_ops.clear_cache()
     calls = []
