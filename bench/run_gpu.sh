@@ -6,8 +6,8 @@
 #
 # The device runs one command for at most 10 minutes, and `pytest bench/` with every case
 # (torch.compile compiles each shape once) may take longer: split it across calls with
-# STN_BENCH_ARGS, e.g. STN_BENCH_ARGS='-k "test_affine and fp32"', then '-k "test_affine and bf16"',
-# '-k "test_tps or e2e"'; each call writes its own bench.json.
+# STN_BENCH_ARGS, e.g. STN_BENCH_ARGS='-k "test_affine and not deterministic and fp32"', then the
+# same with bf16, then '-k "test_tps or e2e or deterministic"'; each call writes its own bench.json.
 #
 # Writes under $OUT (or bench/results/run-<stamp>/ when OUT is unset):
 #   env.txt          device, driver, versions, commit

@@ -18,6 +18,7 @@ def summarize(path: str) -> str:
         data = json.load(f)
     rows = defaultdict(dict)
     e2e = defaultdict(dict)
+    det = {}
     env = {}
     for b in data["benchmarks"]:
         e = b["extra_info"]
@@ -25,6 +26,9 @@ def summarize(path: str) -> str:
             continue
         if "model" in e:  # end-to-end training step
             e2e[e["model"]][e["backend"]] = e
+            continue
+        if "deterministic_cost" in e:  # deterministic vs atomic backward, same test
+            det[(e["case"], e["dtype"], e["layout"])] = e
             continue
         env = {k: e.get(k) for k in ("device", "driver", "cuda", "torch", "triton", "commit", "copy_bandwidth_gbps")}
         key = (e["transform"], e["case"], e["pass_"], e["dtype"], e["layout"])
@@ -48,6 +52,13 @@ def summarize(path: str) -> str:
         )
         lines[-1] += (f"{ours['gbps']:.0f} | {frac * 100:.0f}% | " if frac else f"{ours['gbps']:.1f} | - | ")
         lines[-1] += f"{ours['speedup_vs_eager']:.2f}x | " + (f"{comp['median_ms'] / ours['median_ms']:.2f}x |" if comp else "- |")
+    if det:
+        lines += ["", "| deterministic fwd+bwd (affine) | dtype | layout | deterministic ms | atomic ms | cost |",
+                  "|---|---|---|---|---|---|"]
+        for key in sorted(det):
+            e = det[key]
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {e['median_ms']:.4f} | {e['atomic_ms']:.4f} | "
+                         f"{e['deterministic_cost']:.2f}x |")
     if e2e:
         lines += ["", "| model (training step) | Triton path steps/s | torch path steps/s | speedup |", "|---|---|---|---|"]
         for model, r in sorted(e2e.items()):

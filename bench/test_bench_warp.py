@@ -204,3 +204,56 @@ TPS_CASES = [c for c in CASES if c.name in ("mnist", "svhn64", "cub448", "large-
 def test_tps(benchmark, env_info, copy_bandwidth, case, provider, pass_, k):
     benchmark.group = f"tps{k}/{case.id}/{pass_}"
     bench_case(benchmark, env_info, copy_bandwidth, case, "tps", k, provider, pass_, "fp32", False)
+
+
+# ----------------------------------------------------------------------------- deterministic backward
+
+
+def deterministic(run):
+    """``run`` with torch's deterministic algorithms on: the warp backward then scatters grad_x in
+    int64 fixed point (bit-identical run to run) instead of float atomics."""
+    def wrapped(inputs):
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            return run(inputs)
+        finally:
+            torch.use_deterministic_algorithms(previous)
+    return wrapped
+
+
+DET_CASES = [c for c in CASES if c.name in ("mnist-add", "svhn64", "svhn-multi-c160", "cub448", "large-c64")]
+
+
+@GPU_ONLY
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("case", DET_CASES, ids=lambda c: c.id)
+def test_affine_deterministic(benchmark, env_info, copy_bandwidth, case, dtype_name, channels_last):
+    """Cost of the deterministic fwd + bwd relative to the atomic one, measured in the same test
+    (torch eager has no deterministic grid_sample backward on CUDA: it raises)."""
+    if channels_last and case.c < 3:
+        pytest.skip("channels_last is the same layout as NCHW for C < 3")
+    benchmark.group = f"affine-deterministic/{case.id}/{dtype_name}"
+    dtype = DTYPES[dtype_name]
+    size = (case.h_out, case.w_out)
+    elem = torch.finfo(dtype).bits // 8
+    set_bytes = bytes_fused(case, "fwd_bwd", elem)
+    sets = rotating_sets(lambda i: make_inputs(case, dtype, channels_last, "affine", 0, "fwd_bwd", i),
+                         set_bytes, env_info.get("l2_bytes"))
+    atomic = step_fn(stn_affine, "fwd_bwd", size)
+    det = deterministic(atomic)
+    ms, atomic_ms = time_ms(det, sets), time_ms(atomic, sets)
+    benchmark.extra_info.update(env_info)
+    benchmark.extra_info.update(
+        case=case.id, transform="affine", provider="stn_triton_deterministic", pass_="fwd_bwd", dtype=dtype_name,
+        layout="nhwc" if channels_last else "nchw", median_ms=ms, atomic_ms=atomic_ms,
+        deterministic_cost=ms / atomic_ms, gbps=set_bytes / (ms * 1e-3) / 1e9,
+    )
+    it = itertools.cycle(sets)
+
+    def timed():
+        det(next(it))
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(timed, rounds=10, warmup_rounds=2)

@@ -116,11 +116,6 @@ def compile_config(cfg: KernelConfig, arch: int) -> CompileReport:
 
 def all_configs() -> list[KernelConfig]:
     """Every kernel module's AOT configurations."""
-    from . import warp
+    from . import fixed_point, tps, warp
 
-    configs = list(warp.aot_configs())
-    try:
-        from . import tps
-    except ImportError:
-        return configs
-    return configs + list(getattr(tps, "aot_configs", lambda: [])())
+    return [*warp.aot_configs(), *tps.aot_configs(), *fixed_point.aot_configs()]

@@ -44,7 +44,8 @@ import triton.language as tl
 
 from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
 from .layout import empty_output, is_channels_last, memory_format_of
-from .warp import MODE_CODES, PADDING_CODES, _layout_strides, block_sizes, fixed_point_scale, needs_int64, tl_dtype
+from .fixed_point import fixed_point_scale, fixed_to_float
+from .warp import MODE_CODES, PADDING_CODES, _layout_strides, block_sizes, needs_int64, tl_dtype
 
 
 @triton.jit
@@ -222,7 +223,7 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
     gx = None
     if need_x:
         if deterministic:
-            gx = (grad_x.to(torch.float64) / scale.double().view(n, 1, 1, 1)).to(x.dtype)
+            gx = fixed_to_float(grad_x, scale, x.dtype, acc)
         else:
             gx = grad_x.to(x.dtype)
     gc = partial.view(n, num_pblocks, k + 3, 2).sum(dim=1) if need_coef else None

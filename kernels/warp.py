@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .fixed_point import fixed_point_scale, fixed_to_float
 from .layout import empty_output, is_channels_last, memory_format_of
 from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
 
@@ -192,22 +193,6 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners):
     return out
 
 
-def fixed_point_scale(grad_out: torch.Tensor) -> torch.Tensor:
-    """Per-image power-of-two scale for the deterministic (int64 fixed-point) grad_x scatter.
-
-    An input pixel receives at most one full |grad| from each output pixel (the tap weights of an
-    output pixel sum to 1), so |sum| <= max|grad_out[n]| * H_out * W_out; the scale maps that bound
-    to 2**62. Resolution: 2**-62 of the bound, i.e. ~2**-(62 - log2(H_out * W_out)) of the largest
-    incoming gradient. Computed on the device: no host synchronisation.
-    """
-    n = grad_out.shape[0]
-    amax = grad_out.detach().abs().amax(dim=(1, 2, 3)).double() if grad_out.numel() else grad_out.new_zeros(n, dtype=torch.float64)
-    bound = amax * float(grad_out.shape[2] * grad_out.shape[3])
-    exp = torch.floor(62.0 - torch.log2(bound.clamp_min(1e-300))).clamp(max=120.0)
-    exp = torch.where(torch.isfinite(bound) & (bound > 0), exp, torch.zeros_like(exp))
-    return torch.exp2(exp).float()
-
-
 def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta, deterministic=False,
              blocks=None):
     """Launch ``_warp_bwd_kernel``. Returns (grad_x or None, grad_theta or None) in the inputs' dtypes.
@@ -244,7 +229,7 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
     gx = None
     if need_x:
         if deterministic:
-            gx = (grad_x.to(torch.float64) / scale.double().view(n, 1, 1, 1)).to(x.dtype)
+            gx = fixed_to_float(grad_x, scale, x.dtype, acc)
         else:
             gx = grad_x.to(x.dtype)
     gt = None

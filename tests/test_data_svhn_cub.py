@@ -37,7 +37,6 @@ def write_digit_struct(path, entries):
 
 
 def fake_svhn(root, n_train=12, n_test=4):
-    rng = np.random.default_rng(0)
     for sub, n in (("train", n_train), ("test", n_test)):
         d = root / sub
         d.mkdir(parents=True)

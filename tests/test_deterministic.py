@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import stn_triton
-from stn_triton.kernels import warp as kw
+from stn_triton.kernels import fixed_point, warp as kw
 from tolerances import assert_close, assert_close_param_grad
 from test_warp import random_theta, reference_grads
 
@@ -55,6 +55,31 @@ def test_bit_identical_across_tilings_and_runs(device, channels_last):
 
 def test_fixed_point_scale_bounds():
     go = torch.tensor([1.0, -3.0, 0.5]).view(1, 1, 1, 3)
-    scale = kw.fixed_point_scale(torch.cat([go, torch.zeros_like(go), torch.full_like(go, float("inf"))]))
+    scale = fixed_point.fixed_point_scale(torch.cat([go, torch.zeros_like(go), torch.full_like(go, float("inf"))]))
     assert scale[0].item() == 2.0 ** (62 - 4)  # bound = 3 * 3 pixels = 9 -> floor(62 - log2 9) = 58
     assert scale[1].item() == 1.0 and scale[2].item() == 1.0  # all-zero / non-finite grads: harmless scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fixed_to_float_matches_float64_division(device, dtype, channels_last):
+    """The one-pass conversion equals int64 -> float64 / scale -> dtype (single rounding here, as
+    the scale is a power of two), per image, in both layouts, with a ragged last block."""
+    buf = torch.randint(-2**62, 2**62, (3, 5, 17, 13), dtype=torch.int64, device=device)
+    buf[1] = torch.randint(-1000, 1000, buf[1].shape, device=device)
+    if channels_last:
+        buf = buf.to(memory_format=torch.channels_last)
+    scale = torch.tensor([2.0 ** 58, 2.0 ** -20, 2.0 ** 120], device=device)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    out = fixed_point.fixed_to_float(buf, scale, dtype, acc)
+    ref = (buf.to(torch.float64) / scale.double().view(3, 1, 1, 1)).to(dtype)
+    assert out.dtype == dtype and out.stride() == buf.stride()
+    if dtype == torch.bfloat16:  # int64 -> fp32 -> bf16 rounds twice: within one bf16 ulp
+        torch.testing.assert_close(out, ref, rtol=2 ** -7, atol=0)
+    else:
+        assert torch.equal(out, ref)
+
+
+def test_fixed_to_float_rejects_float_buffer():
+    with pytest.raises(ValueError, match="int64"):
+        fixed_point.fixed_to_float(torch.zeros(1, 1, 2, 2), torch.ones(1), torch.float32, torch.float32)
