@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 
 from . import torch_path
+from ._double_backward import backward_of_backward
 from .backend import resolve_backend
 from stn_triton.kernels import tps as kt
 from stn_triton.kernels import warp as kw
@@ -153,3 +154,30 @@ def _backward(ctx, grad_out):
 
 
 tps_warp_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _setup_context_backward(ctx, inputs, output):
+    grad_out, x, points, control_points, mode, padding_mode, align_corners, need_x, need_points = inputs
+    ctx.save_for_backward(grad_out, x, points, control_points)
+    ctx.config = (mode, padding_mode, align_corners)
+    ctx.computed = (need_x, need_points)
+
+
+def _double_backward(ctx, gg_x, gg_points):
+    """Second order through the PyTorch path (``stn_triton._double_backward``); the control
+    points stay constants, as in the first-order backward."""
+    grad_out, x, points, control_points = ctx.saved_tensors
+    mode, padding_mode, align_corners = ctx.config
+    h_out, w_out = grad_out.shape[2], grad_out.shape[3]
+    m64, c64, _ = layout(control_points, points.shape[1], x.device, torch.float64)
+
+    def forward(x_, points_):
+        grid = torch_path.tps_grid_from_map(points_, m64, c64, h_out, w_out, align_corners,
+                                            torch_path.compute_dtype(x_.dtype))
+        return torch_path.sample(x_, grid, mode, padding_mode, align_corners)
+
+    d_go, d_x, d_points = backward_of_backward(forward, grad_out, [x, points], ctx.computed, [gg_x, gg_points])
+    return d_go, d_x, d_points, None, None, None, None, None, None
+
+
+tps_warp_backward_op.register_autograd(_double_backward, setup_context=_setup_context_backward)

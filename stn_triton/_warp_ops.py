@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_path
+from ._double_backward import backward_of_backward
 from .backend import resolve_backend
 from stn_triton.kernels import warp as kw
 from stn_triton.kernels.layout import empty_output, memory_format_of
@@ -95,3 +96,26 @@ def _backward(ctx, grad_out):
 
 
 warp_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _setup_context_backward(ctx, inputs, output):
+    grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta = inputs
+    ctx.save_for_backward(grad_out, x, theta)
+    ctx.config = (mode, padding_mode, align_corners)
+    ctx.computed = (need_x, need_theta)
+
+
+def _double_backward(ctx, gg_x, gg_theta):
+    """Second order through the PyTorch path (``stn_triton._double_backward``)."""
+    grad_out, x, theta = ctx.saved_tensors
+    mode, padding_mode, align_corners = ctx.config
+    h_out, w_out = grad_out.shape[2], grad_out.shape[3]
+
+    def forward(x_, theta_):
+        return torch_path.warp(x_, theta_, h_out, w_out, mode, padding_mode, align_corners)
+
+    d_go, d_x, d_theta = backward_of_backward(forward, grad_out, [x, theta], ctx.computed, [gg_x, gg_theta])
+    return d_go, d_x, d_theta, None, None, None, None, None
+
+
+warp_backward_op.register_autograd(_double_backward, setup_context=_setup_context_backward)
