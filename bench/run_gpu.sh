@@ -2,7 +2,7 @@
 # Everything only a GPU can show, in one call on a lent GPU machine (torch + triton preinstalled,
 # no registry: the working tree runs with PYTHONPATH=.). Usage, from the repository root:
 #
-#   STN_GIT_COMMIT=<sha> bash bench/run_gpu.sh [tests|bench|recipes|all]   (default: all)
+#   STN_GIT_COMMIT=<sha> bash bench/run_gpu.sh [tests|bench|tune|recipes|all]   (default: all)
 #
 # The device runs one command for at most 10 minutes, and `pytest bench/` with every case
 # (torch.compile compiles each shape once) may take longer: split it across calls with
@@ -12,6 +12,7 @@
 # Writes under $OUT (or bench/results/run-<stamp>/ when OUT is unset):
 #   env.txt          device, driver, versions, commit
 #   gpu_tests.log    the test-suite on cuda (STN_TEST_CUDA=1: compiled kernels, GPU-only tests)
+#   tune.json/.md    launch-config sweep (python -m bench.tune): default vs best tiling per case
 #   bench.json       pytest-benchmark JSON of `pytest bench/` (copy it to bench/results/ and
 #                    regenerate the summary with `python -m bench.summarize bench/results/<file>.json`)
 #   recipes/         paper-profile recipe results, when asked for (set STN_RECIPE_OUT to a folder
@@ -46,6 +47,13 @@ if [[ "$stage" == bench || "$stage" == all ]]; then
       --benchmark-columns=median,rounds ${STN_BENCH_ARGS:-} 2>&1 | tail -5
   status=$((status | ${PIPESTATUS[0]}))
   python -m bench.summarize "$out/bench.json" | tee "$out/summary.md" | tail -60
+fi
+
+if [[ "$stage" == tune || "$stage" == all ]]; then
+  echo "== launch-config sweep"
+  # shellcheck disable=SC2086  (STN_TUNE_ARGS holds options, e.g. --quick or --kernels warp_fwd warp_bwd)
+  python -m bench.tune --json "$out/tune.json" ${STN_TUNE_ARGS:-} 2>&1 | tee "$out/tune.md" | tail -40
+  status=$((status | ${PIPESTATUS[0]}))
 fi
 
 if [[ "$stage" == recipes || "$stage" == all ]]; then

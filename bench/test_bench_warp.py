@@ -7,7 +7,6 @@ installed). Passes: ``fwd``; ``fwd_bwd`` (grads of x and theta); ``bwd_theta`` (
 of theta only, x frozen: the localisation-net case).
 """
 import itertools
-import math
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from stn_triton import torch_path
 
 from .cases import CASES, PASSES, bytes_fused, bytes_unfused
 from .conftest import HAS_CUDA
+from .timing import rotating_sets, time_ms
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -115,28 +115,6 @@ def step_fn(fn, pass_, size):
         wrt = [x, p] if pass_ == "fwd_bwd" else [p]
         return torch.autograd.grad(out, wrt, go)
     return run
-
-
-def rotating_sets(make, set_bytes, l2_bytes):
-    """Enough independent input sets that cycling through them exceeds twice the L2 cache."""
-    count = 1 if not HAS_CUDA else min(8, max(2, math.ceil(2 * (l2_bytes or 50 * 2**20) / max(set_bytes, 1))))
-    return [make(i) for i in range(count)]
-
-
-def time_ms(run, sets):
-    if HAS_CUDA:
-        from triton.testing import do_bench
-
-        it = itertools.cycle(sets)
-        return do_bench(lambda: run(next(it)), warmup=25, rep=100, return_mode="median")
-    import time
-
-    run(sets[0])
-    t0 = time.perf_counter()
-    reps = 3
-    for _ in range(reps):
-        run(sets[0])
-    return (time.perf_counter() - t0) / reps * 1e3
 
 
 # ----------------------------------------------------------------------------- the benchmark

@@ -45,7 +45,7 @@ import triton.language as tl
 from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
 from .layout import empty_output, is_channels_last, memory_format_of
 from .fixed_point import fixed_point_scale, fixed_to_float
-from .warp import MODE_CODES, PADDING_CODES, _layout_strides, block_sizes, needs_int64, tl_dtype
+from .warp import MODE_CODES, PADDING_CODES, _layout_strides, block_sizes, launch_config, needs_int64, tl_dtype
 
 
 @triton.jit
@@ -166,7 +166,7 @@ def block_k(k: int) -> int:
     return max(2, min(triton.next_power_of_2(k), 8))
 
 
-def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners):
+def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, config=None):
     """Launch ``_tps_fwd_kernel``. ``coef``: (N, K+3, 2), ``ctrl``: (K, 2), both contiguous in the
     accumulation dtype. The output has x's dtype and memory format."""
     n, c, h, w = x.shape
@@ -174,7 +174,7 @@ def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners):
     out = empty_output(x, h_out, w_out)
     if n == 0:
         return out
-    block_p, block_c = block_sizes(c, is_channels_last(x))
+    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     _tps_fwd_kernel[(n * num_pblocks,)](
         x, coef, ctrl, out,
@@ -182,12 +182,13 @@ def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners):
         *x.stride(), *out.stride(),
         MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
         ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, out),
-        BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k),
+        BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps,
     )
     return out
 
 
-def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, need_coef, deterministic=False):
+def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, need_coef, deterministic=False,
+            config=None):
     """Launch ``_tps_bwd_kernel``. Returns (grad_x in x's dtype or None, grad_coef (N, K+3, 2) in
     the accumulation dtype or None).
 
@@ -202,7 +203,7 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
     grad_x = torch.empty(x.shape, dtype=buf_dtype, device=x.device, memory_format=memory_format_of(x)).zero_() \
         if need_x else None
     scale = fixed_point_scale(grad_out) if (need_x and deterministic) else None
-    block_p, block_c = block_sizes(c, is_channels_last(x))
+    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     bilinear = mode == "bilinear"
     partial = None
@@ -218,7 +219,7 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
             *grad_out.stride(), *x.stride(), *dummy.stride(),
             MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
             NEED_X=need_x, NEED_COEF=need_coef, DETERMINISTIC=bool(deterministic and need_x), ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, grad_out),
-            BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k),
+            BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps,
         )
     gx = None
     if need_x:

@@ -148,6 +148,20 @@ def block_sizes(channels: int, channels_last: bool) -> tuple[int, int]:
     return 256, min(c2, 4)
 
 
+def launch_config(channels: int, channels_last: bool, config=None) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_C, num_warps) of a launch: ``config`` when given, as (BLOCK_P, BLOCK_C) or
+    (BLOCK_P, BLOCK_C, num_warps) (tests vary the tiling; ``python -m bench.tune`` sweeps it on a
+    GPU), else ``block_sizes`` with 4 warps."""
+    if config is None:
+        return (*block_sizes(channels, channels_last), 4)
+    block_p, block_c, *rest = config
+    num_warps = rest[0] if rest else 4
+    for name, v in (("BLOCK_P", block_p), ("BLOCK_C", block_c), ("num_warps", num_warps)):
+        if not (isinstance(v, int) and v > 0 and v & (v - 1) == 0):
+            raise ValueError(f"launch config {name} must be a power of two, got {v!r} in {tuple(config)}")
+    return block_p, block_c, num_warps
+
+
 def needs_int64(*tensors: torch.Tensor) -> bool:
     """True when an element offset of any tensor can exceed int32: the kernels then index in int64."""
     limit = 2**31 - 1
@@ -172,15 +186,18 @@ def theta_as_3x3(theta: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return out.view(n, 9)
 
 
-def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners):
-    """Launch ``_warp_fwd_kernel``; output has x's dtype and memory format."""
+def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=None):
+    """Launch ``_warp_fwd_kernel``; output has x's dtype and memory format.
+
+    ``config``: (BLOCK_P, BLOCK_C[, num_warps]) override of the default tiling (``launch_config``).
+    """
     n, c, h, w = x.shape
     out = empty_output(x, h_out, w_out)
     if n == 0:
         return out
     acc = acc_dtype(x.dtype)
     theta9 = theta_as_3x3(theta, acc)
-    block_p, block_c = block_sizes(c, is_channels_last(x))
+    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     _warp_fwd_kernel[(n * num_pblocks,)](
         x, theta9, out,
@@ -188,18 +205,18 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners):
         *x.stride(), *out.stride(),
         PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
         ALIGN_CORNERS=align_corners, ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, out),
-        BLOCK_P=block_p, BLOCK_C=block_c,
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
     )
     return out
 
 
 def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta, deterministic=False,
-             blocks=None):
+             config=None):
     """Launch ``_warp_bwd_kernel``. Returns (grad_x or None, grad_theta or None) in the inputs' dtypes.
 
     ``deterministic``: grad_x is accumulated in int64 fixed point (bit-identical run to run);
     grad_theta is always deterministic (per-program partial sums reduced in a fixed order).
-    ``blocks``: (BLOCK_P, BLOCK_C) override, for tests.
+    ``config``: (BLOCK_P, BLOCK_C[, num_warps]) override of the default tiling (``launch_config``).
     """
     n, c, h, w = x.shape
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
@@ -209,7 +226,7 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
     grad_x = torch.empty(x.shape, dtype=buf_dtype, device=x.device, memory_format=memory_format_of(x)).zero_() \
         if need_x else None
     scale = fixed_point_scale(grad_out) if (need_x and deterministic) else None
-    block_p, block_c = blocks or block_sizes(c, is_channels_last(x))
+    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     partial = torch.zeros((n * num_pblocks, 9), dtype=acc, device=x.device) if need_theta else None
     if n > 0 and (need_x or need_theta):
@@ -224,7 +241,7 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
             ALIGN_CORNERS=align_corners, NEED_X=need_x, NEED_THETA=need_theta,
             DETERMINISTIC=bool(deterministic and need_x),
             ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, grad_out),
-            BLOCK_P=block_p, BLOCK_C=block_c,
+            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
         )
     gx = None
     if need_x:

@@ -44,7 +44,7 @@ def test_bit_identical_across_tilings_and_runs(device, channels_last):
     theta = random_theta(2, device=device, strength=1.5)
     go = torch.randn(2, 6, 11, 13, device=device)
     results = [
-        kw.warp_bwd(go, x, theta, "bilinear", "zeros", False, True, True, deterministic=True, blocks=blocks)
+        kw.warp_bwd(go, x, theta, "bilinear", "zeros", False, True, True, deterministic=True, config=blocks)
         for blocks in [(16, 2), (64, 4), (256, 8), (16, 2)]
     ]
     for gx, gt in results[1:]:
