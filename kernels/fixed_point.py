@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_tensor_device
+
 
 def fixed_point_scale(grad_out: torch.Tensor) -> torch.Tensor:
     """Per-image power-of-two scale (N,) float32 for the int64 fixed-point grad_x scatter.
@@ -56,6 +58,7 @@ def _fixed_to_float_kernel(
     tl.store(out_ptr + base + offs, (v.to(ACC) * inv).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@on_tensor_device
 def fixed_to_float(buf: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, acc: torch.dtype) -> torch.Tensor:
     """``buf / scale[n]`` as ``dtype``, in one pass; ``buf`` (N, C, H, W) int64, NCHW- or NHWC-contiguous."""
     dense = buf.is_contiguous() or buf.is_contiguous(memory_format=torch.channels_last)

@@ -44,6 +44,7 @@ import triton.language as tl
 
 from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
 from .layout import empty_output, is_channels_last, memory_format_of
+from .device import on_tensor_device
 from .fixed_point import fixed_point_scale, fixed_to_float
 from .warp import MODE_CODES, PADDING_CODES, _layout_strides, block_sizes, launch_config, needs_int64, tl_dtype
 
@@ -166,6 +167,7 @@ def block_k(k: int) -> int:
     return max(2, min(triton.next_power_of_2(k), 8))
 
 
+@on_tensor_device
 def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, config=None):
     """Launch ``_tps_fwd_kernel``. ``coef``: (N, K+3, 2), ``ctrl``: (K, 2), both contiguous in the
     accumulation dtype. The output has x's dtype and memory format."""
@@ -187,6 +189,7 @@ def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, conf
     return out
 
 
+@on_tensor_device
 def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, need_coef, deterministic=False,
             config=None):
     """Launch ``_tps_bwd_kernel``. Returns (grad_x in x's dtype or None, grad_coef (N, K+3, 2) in

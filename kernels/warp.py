@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .device import on_tensor_device
 from .fixed_point import fixed_point_scale, fixed_to_float
 from .layout import empty_output, is_channels_last, memory_format_of
 from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
@@ -186,6 +187,7 @@ def theta_as_3x3(theta: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return out.view(n, 9)
 
 
+@on_tensor_device
 def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=None):
     """Launch ``_warp_fwd_kernel``; output has x's dtype and memory format.
 
@@ -210,6 +212,7 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=N
     return out
 
 
+@on_tensor_device
 def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta, deterministic=False,
              config=None):
     """Launch ``_warp_bwd_kernel``. Returns (grad_x or None, grad_theta or None) in the inputs' dtypes.

@@ -96,3 +96,17 @@ def test_tps_peak_memory_has_no_hwk_term(k):
     # out + grad_out + grad_x (+ its fp32/fixed-point buffer) + small per-program partials
     assert extra < 5 * image, (extra, image)
     assert extra < n * h * w * k * 4
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_tensors_on_a_non_current_device():
+    """Tensors on cuda:1 while cuda:0 is current: the kernels must run on cuda:1."""
+    torch.cuda.set_device(0)
+    x = torch.randn(4, 3, 17, 19, device="cuda:1", requires_grad=True)
+    theta = random_theta(4, device="cuda:1").requires_grad_()
+    with stn_triton.use_backend("triton"):
+        out = stn_triton.warp(x, theta, (11, 13))
+        gx, gt = torch.autograd.grad(out.square().sum(), [x, theta])
+    ref = reference(x.detach().cpu(), theta.detach().cpu(), (11, 13), "bilinear", "zeros", False)
+    assert out.device == x.device and gx.device == x.device
+    assert_close(out.cpu(), ref, torch.float32, "forward on cuda:1")
