@@ -3,9 +3,10 @@
 The first-order backward is a fused kernel (``stn_triton::warp_backward`` /
 ``stn_triton::tps_warp_backward``). Differentiating *that* again (gradient penalties, Hessian-vector
 products, meta-learning) is rare and not worth a third kernel, so the backward ops' own autograd
-formula recomputes the first-order gradients with the differentiable PyTorch composition
-(``F.grid_sample`` of the same grid, which PyTorch can differentiate twice) and differentiates
-them. Both paths compute the same function, so the second-order gradient is that of the fused
+formula recomputes the first-order gradients with a differentiable PyTorch composition (the same
+grid, sampled by ``stn_triton._sample_composed``: gathers and arithmetic, which autograd
+differentiates to any order on every torch version, where ``F.grid_sample``'s own backward is not
+differentiable on some) and differentiates them. Both paths compute the same function, so the second-order gradient is that of the fused
 first-order one; ``tests/test_double_backward.py`` checks it with ``gradgradcheck``.
 
 When this backward itself runs with ``create_graph=True`` (third and higher orders), the

@@ -20,6 +20,7 @@ import torch
 
 from . import torch_path
 from ._double_backward import backward_of_backward
+from ._sample_composed import grid_sample_composed
 from .backend import resolve_backend
 from stn_triton.kernels import tps as kt
 from stn_triton.kernels import warp as kw
@@ -174,7 +175,7 @@ def _double_backward(ctx, gg_x, gg_points):
     def forward(x_, points_):
         grid = torch_path.tps_grid_from_map(points_, m64, c64, h_out, w_out, align_corners,
                                             torch_path.compute_dtype(x_.dtype))
-        return torch_path.sample(x_, grid, mode, padding_mode, align_corners)
+        return grid_sample_composed(x_, grid, mode, padding_mode, align_corners)
 
     d_go, d_x, d_points = backward_of_backward(forward, grad_out, [x, points], ctx.computed, [gg_x, gg_points])
     return d_go, d_x, d_points, None, None, None, None, None, None

@@ -13,6 +13,7 @@ import torch
 
 from . import torch_path
 from ._double_backward import backward_of_backward
+from ._sample_composed import grid_sample_composed
 from .backend import resolve_backend
 from stn_triton.kernels import warp as kw
 from stn_triton.kernels.layout import empty_output, memory_format_of
@@ -112,7 +113,8 @@ def _double_backward(ctx, gg_x, gg_theta):
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
 
     def forward(x_, theta_):
-        return torch_path.warp(x_, theta_, h_out, w_out, mode, padding_mode, align_corners)
+        grid = torch_path.transform_grid(theta_.to(torch_path.compute_dtype(x_.dtype)), h_out, w_out, align_corners)
+        return grid_sample_composed(x_, grid, mode, padding_mode, align_corners)
 
     d_go, d_x, d_theta = backward_of_backward(forward, grad_out, [x, theta], ctx.computed, [gg_x, gg_theta])
     return d_go, d_x, d_theta, None, None, None, None, None

@@ -9,6 +9,32 @@ import stn_triton
 from test_warp import random_theta
 
 
+def _grid_sample_twice_differentiable() -> bool:
+    x = torch.rand(1, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    grid = torch.zeros(1, 1, 1, 2, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(F.grid_sample(x, grid, align_corners=False).sum(), [grid], create_graph=True)
+    try:
+        torch.autograd.grad(g.sum(), [x])
+        return True
+    except RuntimeError:  # torch 2.11: "derivative for aten::grid_sampler_2d_backward is not implemented"
+        return False
+
+
+def _composed(x, grid, **kw):
+    from stn_triton._sample_composed import grid_sample_composed
+
+    return grid_sample_composed(x, grid, **kw)
+
+
+# Second-order references: F.grid_sample where this torch can differentiate it twice, and the
+# composed sampler (checked against F.grid_sample at first order below) everywhere.
+REFERENCE_SAMPLERS = [
+    pytest.param(F.grid_sample, id="F.grid_sample", marks=pytest.mark.skipif(
+        not _grid_sample_twice_differentiable(), reason="this torch cannot differentiate grid_sample twice")),
+    pytest.param(_composed, id="composed"),
+]
+
+
 def tiny(device, n=2, c=2, h=5, w=6):
     return torch.randn(n, c, h, w, dtype=torch.float64, device=device, requires_grad=True)
 
@@ -43,7 +69,8 @@ def test_gradgradcheck_tps(device, backend, shape):
                                             eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
-def test_matches_grid_sample_double_backward(device, triton_backend):
+@pytest.mark.parametrize("sampler", REFERENCE_SAMPLERS)
+def test_matches_grid_sample_double_backward(device, triton_backend, sampler):
     """A gradient penalty on grad theta, through stn_triton and through affine_grid + grid_sample."""
     x = tiny(device)
     theta = random_theta(2, device=device, dtype=torch.float64).requires_grad_()
@@ -54,13 +81,14 @@ def test_matches_grid_sample_double_backward(device, triton_backend):
         return torch.autograd.grad(gt.square().sum() + gx.abs().sum(), [x, theta])
 
     ours = penalty(lambda x_, t_: stn_triton.warp(x_, t_, (4, 3)))
-    ref = penalty(lambda x_, t_: F.grid_sample(x_, F.affine_grid(t_, (2, 2, 4, 3), align_corners=False),
-                                               align_corners=False))
+    ref = penalty(lambda x_, t_: sampler(x_, F.affine_grid(t_, (2, 2, 4, 3), align_corners=False),
+                                         align_corners=False))
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b)
 
 
-def test_theta_only_second_order(device, triton_backend):
+@pytest.mark.parametrize("sampler", REFERENCE_SAMPLERS)
+def test_theta_only_second_order(device, triton_backend, sampler):
     """x frozen (the localisation-net case): the Hessian-vector product w.r.t. theta."""
     x = tiny(device).detach()
     theta = random_theta(2, device=device, dtype=torch.float64).requires_grad_()
@@ -68,7 +96,27 @@ def test_theta_only_second_order(device, triton_backend):
     (gt,) = torch.autograd.grad(stn_triton.warp(x, theta).sin().sum(), [theta], create_graph=True)
     assert gt.requires_grad
     (hvp,) = torch.autograd.grad((gt * v).sum(), [theta])
-    ref = F.grid_sample(x, F.affine_grid(theta, x.shape, align_corners=False), align_corners=False)
+    ref = sampler(x, F.affine_grid(theta, x.shape, align_corners=False), align_corners=False)
     (gt_r,) = torch.autograd.grad(ref.sin().sum(), [theta], create_graph=True)
     (hvp_r,) = torch.autograd.grad((gt_r * v).sum(), [theta])
     torch.testing.assert_close(hvp, hvp_r)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_composed_sampler_matches_grid_sample(mode, padding_mode, align_corners):
+    """The differentiable sampler behind second order equals F.grid_sample, value and first-order
+    gradients, with grid points well outside [-1, 1] so every padding rule is exercised."""
+    from stn_triton._sample_composed import grid_sample_composed
+
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    grid = (2.6 * torch.rand(2, 4, 6, 2, dtype=torch.float64) - 1.3).requires_grad_()
+    go = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    outs = []
+    for fn in (F.grid_sample, grid_sample_composed):
+        out = fn(x, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+        gx, gg = torch.autograd.grad(out, [x, grid], go, allow_unused=True)  # nearest: grid unused
+        outs.append((out, gx, torch.zeros_like(grid) if gg is None else gg))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
