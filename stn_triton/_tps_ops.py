@@ -170,7 +170,12 @@ def _double_backward(ctx, gg_x, gg_points):
     grad_out, x, points, control_points = ctx.saved_tensors
     mode, padding_mode, align_corners = ctx.config
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
-    m64, c64, _ = layout(control_points, points.shape[1], x.device, torch.float64)
+    # Solved again here rather than through the host-side layout cache, so this formula can be
+    # traced (torch.compile / AOT autograd); a (K+3) x (K+3) solve is nothing next to the sampling.
+    k = int(points.shape[1])  # a SymInt under symbolic tracing; K fixes the layout anyway
+    c64 = (torch_path.default_control_points(k, torch.float64, x.device) if control_points is None
+           else control_points.detach().to(device=x.device, dtype=torch.float64))
+    m64 = torch_path.tps_coefficient_map(c64)
 
     def forward(x_, points_):
         grid = torch_path.tps_grid_from_map(points_, m64, c64, h_out, w_out, align_corners,

@@ -377,8 +377,8 @@ def test_opcheck(backend, explicit):
         torch.library.opcheck(torch.ops.stn_triton.tps_warp.default,
                               (x.requires_grad_(), points.requires_grad_(), cps, 3, 4, "bilinear", "zeros", False))
         torch.library.opcheck(torch.ops.stn_triton.tps_warp_backward.default,
-                              (torch.randn(2, 2, 3, 4, device=DEVICE), x.detach(), points.detach(), cps, "bilinear",
-                               "border", True, True, True))
+                              (torch.randn(2, 2, 3, 4, device=DEVICE).requires_grad_(), x.detach().requires_grad_(),
+                               points.detach().requires_grad_(), cps, "bilinear", "border", True, True, True))
 
 
 def test_torch_compile_fullgraph_tiny_tps():

@@ -368,8 +368,8 @@ def test_opcheck(backend, channels_last):
         torch.library.opcheck(torch.ops.stn_triton.warp.default,
                               (x.requires_grad_(), theta.requires_grad_(), 4, 7, "bilinear", "reflection", True))
         torch.library.opcheck(torch.ops.stn_triton.warp_backward.default,
-                              (torch.randn(2, 3, 4, 7, device=DEVICE), x.detach(), theta.detach(), "bilinear", "zeros",
-                               False, True, True))
+                              (torch.randn(2, 3, 4, 7, device=DEVICE).requires_grad_(), x.detach().requires_grad_(),
+                               theta.detach().requires_grad_(), "bilinear", "zeros", False, True, True))
 
 
 def test_torch_compile_fullgraph_small_stn():
