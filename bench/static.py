@@ -6,7 +6,9 @@
     python -m bench.static --bytes    # bytes-moved model per benchmark shape (no compile)
 
 Per kernel specialisation and architecture: registers per thread, spilled (local) bytes, shared
-memory, and the global load / store / atomic instructions in the SASS with their vector widths.
+memory, theoretical occupancy (``occ``: the share of the SM's warp slots that fit, from registers,
+shared memory and warps per block), and the global load / store / atomic instructions in the SASS
+with their vector widths.
 Zero spills is the bar. Runs with the Triton interpreter switched off (the AOT compiler needs the
 real ``JITFunction``s), whatever the caller's environment says.
 """
@@ -47,12 +49,14 @@ def collect(quick: bool = False, archs=None, match=None) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'kernel specialisation':58s} {'arch':>5s} {'regs':>5s} {'spill':>6s} {'smem':>6s} {'ld':>4s} {'st':>4s} {'atom':>5s}  load widths"
+    head = (f"{'kernel specialisation':58s} {'arch':>5s} {'regs':>5s} {'spill':>6s} {'smem':>6s} {'occ':>5s} "
+            f"{'ld':>4s} {'st':>4s} {'atom':>5s}  load widths")
     lines = [head, "-" * len(head)]
     for r in rows:
         widths = " ".join(f"{k}b x{v}" for k, v in sorted(r["load_widths"].items()))
         lines.append(f"{r['label']:58s} {'sm_' + str(r['arch']):>5s} {r['registers']:5d} {r['spill_bytes']:6d} "
-                     f"{r['shared_bytes']:6d} {r['global_loads']:4d} {r['global_stores']:4d} {r['atomics']:5d}  {widths}")
+                     f"{r['shared_bytes']:6d} {r['occupancy'] * 100:4.0f}% {r['global_loads']:4d} {r['global_stores']:4d} "
+                     f"{r['atomics']:5d}  {widths}")
     spills = sum(r["spill_bytes"] > 0 for r in rows)
     lines.append(f"{len(rows)} compiled, {spills} with spills")
     return "\n".join(lines)

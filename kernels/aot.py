@@ -57,6 +57,24 @@ class KernelConfig:
         return {(names.index(k),): [["tt.divisibility", 16]] for k in hinted}
 
 
+# Per-SM limits of the targets (CUDA occupancy-calculator rules): warp slots, resident blocks,
+# 32-bit registers (allocated per warp in units of 256), shared memory (1 KiB reserved per block).
+_SM_LIMITS = {80: dict(warps=64, blocks=32, regs=65536, smem=164 * 1024),
+              90: dict(warps=64, blocks=32, regs=65536, smem=228 * 1024)}
+
+
+def occupancy(registers: int, num_warps: int, shared_bytes: int, arch: int) -> float:
+    """Theoretical occupancy: the fraction of an SM's warp slots that resident blocks of this
+    kernel fill, limited by registers, shared memory and the block count. Static evidence only: a
+    gather-bound kernel can hide latency with fewer warps if each has many loads in flight."""
+    lim = _SM_LIMITS[arch]
+    regs_per_warp = -(-registers * 32 // 256) * 256
+    by_regs = (lim["regs"] // max(regs_per_warp, 1)) // num_warps
+    by_smem = lim["smem"] // (shared_bytes + 1024)
+    blocks = min(by_regs, by_smem, lim["warps"] // num_warps, lim["blocks"])
+    return blocks * num_warps / lim["warps"]
+
+
 @dataclasses.dataclass
 class CompileReport:
     label: str
@@ -71,6 +89,7 @@ class CompileReport:
     atomics: int
     load_widths: dict  # bits -> count (LDG.E, LDG.E.64, LDG.E.128 ...)
     store_widths: dict
+    occupancy: float  # theoretical, see occupancy()
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -111,6 +130,7 @@ def compile_config(cfg: KernelConfig, arch: int) -> CompileReport:
         label=cfg.label, kernel=cfg.fn.__name__, arch=arch, registers=regs, spill_bytes=local, shared_bytes=shared,
         num_warps=compiled.metadata.num_warps, global_loads=sum(loads.values()), global_stores=sum(stores.values()),
         atomics=n_atom, load_widths=loads, store_widths=stores,
+        occupancy=occupancy(regs, compiled.metadata.num_warps, shared, arch),
     )
 
 

@@ -51,3 +51,16 @@ def test_channels_last_taps_are_vectorised():
 @pytest.mark.slow
 def test_every_specialisation_compiles_without_spills():
     check_rows(static_report())
+
+
+@pytest.mark.parametrize("regs,warps,smem,arch,expected", [
+    (32, 4, 0, 90, 1.0),         # 1024 registers per warp: all 64 warp slots fill
+    (144, 4, 1024, 90, 0.1875),  # 4608 per warp -> 14 warps by registers -> 3 blocks of 4
+    (204, 4, 1024, 90, 0.125),   # 6656 per warp (rounded to 256) -> 9 warps -> 2 blocks
+    (16, 1, 0, 80, 0.5),         # 32 resident blocks of one warp at most
+    (32, 4, 100 * 1024, 90, 0.125),  # shared memory: 2 blocks of 101 KiB fit in 228 KiB
+])
+def test_occupancy_rules(regs, warps, smem, arch, expected):
+    from stn_triton.kernels.aot import occupancy
+
+    assert occupancy(regs, warps, smem, arch) == expected
