@@ -3,6 +3,8 @@
     python -m bench.tune                  # every kernel x case x dtype x layout below
     python -m bench.tune --quick          # fp32 only, fewer cases
     python -m bench.tune --list           # print the sweep, run nothing (works without a GPU)
+    python -m bench.tune --static         # compile every candidate for sm_90 (no GPU): registers,
+                                          # spills, occupancy of each tiling
     python -m bench.tune --json out.json  # also write every timing
 
 The default tiling (``kernels.warp.launch_config``) was chosen from registers and load widths
@@ -15,6 +17,7 @@ per (kernel, case, dtype, layout), the default's time, the best candidate and th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -136,6 +139,29 @@ def sweep(cases, dtypes, kernels, device="cuda", log=print):
     return rows
 
 
+def static_sweep(kernels, layouts, arch=90, log=print):
+    """Compile every candidate tiling ahead of time (no GPU): registers, spills and occupancy per
+    (kernel, layout, config), from the bilinear / zeros specialisation of ``kernels.aot``."""
+    from stn_triton.kernels import aot
+
+    base = {cfg.label: cfg for cfg in aot.all_configs()}
+    rows = []
+    for kernel in kernels:
+        for layout in layouts:
+            storage, cl = ("bf16", True) if layout == "nhwc" else ("fp32", False)
+            label = f"{kernel}/{'affine' if kernel.startswith('warp') else f'K{TPS_K}'}/bilinear/zeros/{storage}/{layout}"
+            cfg0 = base[label]
+            for bp, bc, nw in candidates(64, cl):  # C = 64: every channel block is admissible
+                cfg = dataclasses.replace(cfg0, label=f"{label} P{bp} C{bc} w{nw}", num_warps=nw,
+                                          constexprs=dict(cfg0.constexprs, BLOCK_P=bp, BLOCK_C=bc))
+                r = aot.compile_config(cfg, arch).as_dict()
+                r.update(kernel_name=kernel, layout=layout, config=[bp, bc, nw])
+                rows.append(r)
+                log(f"{r['label']:60s} regs {r['registers']:3d}  spill {r['spill_bytes']:4d}  "
+                    f"occupancy {r['occupancy'] * 100:3.0f}%")
+    return rows
+
+
 def markdown(rows) -> str:
     lines = ["| kernel | case | dtype | layout | default (P, C, warps) | ms | best | ms | gain |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -150,8 +176,18 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fp32 and three cases only")
     ap.add_argument("--list", action="store_true", help="print the sweep and exit (no GPU needed)")
     ap.add_argument("--kernels", nargs="+", default=KERNELS, choices=KERNELS)
-    ap.add_argument("--json", help="write every timing to this file")
+    ap.add_argument("--static", action="store_true", help="AOT-compile every candidate instead (no GPU)")
+    ap.add_argument("--layouts", nargs="+", default=["nchw", "nhwc"], choices=["nchw", "nhwc"],
+                    help="with --static: which layouts")
+    ap.add_argument("--json", help="write every timing (or, with --static, every compile report) to this file")
     args = ap.parse_args(argv)
+    if args.static:
+        os.environ.pop("TRITON_INTERPRET", None)  # the AOT compiler needs the real JITFunctions
+        rows = static_sweep(args.kernels, args.layouts)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return 1 if any(r["spill_bytes"] for r in rows) else 0
     case_names = QUICK_CASES if args.quick else TUNE_CASES
     dtypes = ["fp32"] if args.quick else ["fp32", "bf16"]
     if args.list:

@@ -35,6 +35,7 @@ class KernelConfig:
     # specialises a real launch: a value of 1 becomes a constant, a multiple of 16 gets the
     # tt.divisibility=16 hint. Pointers always get the hint (torch allocations are 16-aligned).
     specialize: dict = dataclasses.field(default_factory=dict)
+    num_warps: int = 4  # as the launchers use by default (kernels.warp.launch_config)
 
     def all_constexprs(self) -> dict:
         return {**self.constexprs, **{k: 1 for k, v in self.specialize.items() if v == 1}}
@@ -107,7 +108,7 @@ def _width(op: str) -> int:
 def compile_config(cfg: KernelConfig, arch: int) -> CompileReport:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silence 3.9's default-change warning
     src = ASTSource(cfg.fn, cfg.signature(), cfg.all_constexprs(), cfg.attrs())
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32))
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": cfg.num_warps})
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
