@@ -36,6 +36,9 @@ def summarize(path: str) -> str:
     lines = [f"Device: {env.get('device')} (driver {env.get('driver')}, CUDA {env.get('cuda')}), torch {env.get('torch')}, "
              f"triton {env.get('triton')}, commit {env.get('commit')}; measured copy bandwidth "
              f"{(env.get('copy_bandwidth_gbps') or 0):.0f} GB/s.", "",
+             *(["**CPU run: both columns are the PyTorch path on the CPU (smoke numbers, not a performance "
+                "claim; the Triton kernels and torch.compile run on a GPU only).**", ""]
+               if env.get("device") == "cpu" else []),
              "| transform | case | pass | dtype | layout | stn_triton ms | eager ms | compile ms | GB/s | of copy BW | vs eager | vs compile |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(rows):

@@ -29,3 +29,12 @@ def test_summarize_tables(tmp_path):
     assert "| affine | mnist | fwd | fp32 | nchw | 1.0000 | 2.0000 | 1.5000 | 500 | 50% | 2.00x | 1.50x |" in text
     assert "| svhn64 | bf16 | nhwc | 1.2000 | 1.0000 | 1.20x |" in text
     assert "| 2xst-fcn | 30.0 | 10.0 | 3.00x |" in text
+
+
+def test_cpu_run_is_labelled(tmp_path):
+    e = dict(ENV, device="cpu", transform="affine", case="mnist", pass_="fwd", dtype="fp32", layout="nchw",
+             provider="stn_triton", median_ms=1.0, torch_eager_ms=1.0, speedup_vs_eager=1.0, gbps=1.0,
+             copy_bw_fraction=None)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"benchmarks": [{"extra_info": e}]}))
+    assert "CPU run" in summarize(str(path))
