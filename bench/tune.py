@@ -111,7 +111,9 @@ def sweep(cases, dtypes, kernels, device="cuda", log=print):
     for case in cases:
         for dtype_name in dtypes:
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-            tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: rounding of differently ordered sums
+            # A wrong tiling is off by O(1). A right one differs only in the order of float sums: the
+            # grad-theta reductions over ~1e6 terms of either sign move by ~eps * sqrt(terms) of max.
+            tol = 1e-3 if dtype == torch.float32 else 2e-2
             for channels_last in ([False, True] if case.c >= 3 else [False]):
                 for kernel in kernels:
                     elem = dtype.itemsize

@@ -16,11 +16,17 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def static_report(*args):
+def run_compiler_module(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the repository root in a process without TRITON_INTERPRET
+    (this one has the interpreter on, and the AOT compiler needs the real JITFunctions)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "bench.static", "--json", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def static_report(*args):
+    proc = run_compiler_module("bench.static", "--json", *args)
     assert proc.stdout.strip(), proc.stderr[-3000:]
     return json.loads(proc.stdout)
 

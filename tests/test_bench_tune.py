@@ -47,17 +47,11 @@ def test_static_sweep_compiles_candidates(tmp_path):
     """`python -m bench.tune --static`: every candidate tiling of the channels_last forward
     compiles for sm_90 without spills (the AOT compiler needs a process without the interpreter)."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    from test_aot import run_compiler_module
+
     out = tmp_path / "static.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.tune", "--static", "--kernels", "warp_fwd",
-                           "--layouts", "nhwc", "--json", str(out)], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_compiler_module("bench.tune", "--static", "--kernels", "warp_fwd", "--layouts", "nhwc", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [r["config"] for r in rows] == [list(c) for c in tune.candidates(64, True)]
