@@ -53,7 +53,7 @@ import torch
 
 from repro.harness.figures import save_figure
 from repro.harness import Experiment, Profile
-from repro.harness.cli import main as cli_main
+from repro.harness.cli import main as cli_main, recipe_options
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER_ACC = {224: {"cnn": 82.3, "2xst-cnn": 83.1}, 448: {"2xst-cnn": 83.9, "4xst-cnn": 84.1}}
@@ -253,17 +253,11 @@ def build_experiment(pre) -> Experiment:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:  # this recipe's own options, then the shared harness options
-        from repro.harness.cli import print_recipe_help
-
-        dummy = Experiment(name="cub", models=MODELS, build_model=None, train_data=None, evaluate=None,
-                           profiles=PROFILES)
-        print_recipe_help(__doc__, _pre_parser(), dummy, str(RESULTS))
+    stub = Experiment(name="cub", models=MODELS, build_model=None, train_data=None, evaluate=None,
+                      profiles=PROFILES)
+    pre, argv = recipe_options(argv, __doc__, _pre_parser(), stub, str(RESULTS))
+    if pre is None:  # --help
         return 0
-    pre, _ = _pre_parser().parse_known_args(argv)
-    if pre.threads:
-        torch.set_num_threads(pre.threads)
     if not pre.data:
         print("give --data DIR (the extracted CUB_200_2011 folder)", file=sys.stderr)
         return 2

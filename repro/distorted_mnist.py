@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from repro.harness.figures import save_figure
+from repro.paper_schedules import MNIST_PAPER
 from repro.harness import Experiment, Profile, classification_error
 from repro.harness.cli import main as cli_main
 
@@ -108,9 +109,7 @@ QUICK_NOTE = ("quick profile (deviation from the paper, for a shared 2-core CPU)
               "in QUICK_STEPS), single seed; CNN-family models tested on the first 2,000 test images")
 
 PROFILES = {
-    "paper": Profile("paper", steps=150_000, batch_size=256, lr=0.01, milestones=(50_000, 100_000), gamma=0.1,
-                     optimizer="sgd", momentum=0.9, seeds=(0, 1, 2), log_every=500, ckpt_every=5000,
-                     note="supplement 1.3 schedule; momentum 0.9 assumed"),
+    "paper": MNIST_PAPER,
     "quick": Profile("quick", steps=1500, batch_size=64, lr=1e-3, milestones=(1200,), gamma=0.1,
                      optimizer="adam", seeds=(0,), log_every=50, ckpt_every=250, note=QUICK_NOTE),
     "smoke": Profile("smoke", steps=20, batch_size=16, lr=1e-3, optimizer="adam", seeds=(0,), log_every=5,

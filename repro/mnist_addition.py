@@ -52,8 +52,9 @@ from pathlib import Path
 import torch
 
 from repro.harness.figures import save_figure
+from repro.paper_schedules import MNIST_PAPER
 from repro.harness import Experiment, Profile, classification_error
-from repro.harness.cli import main as cli_main
+from repro.harness.cli import main as cli_main, recipe_options
 
 NAME = "mnist_addition"
 MODELS = ("fcn", "cnn", "st-fcn", "2xst-fcn")
@@ -68,9 +69,7 @@ QUICK_NOTE = ("deviation from the paper, sized for a 2-core CPU: Adam (lr 1e-3, 
               "number is not comparable")
 
 PROFILES = {
-    "paper": Profile("paper", steps=150_000, batch_size=256, lr=0.01, milestones=(50_000, 100_000), gamma=0.1,
-                     optimizer="sgd", momentum=0.9, seeds=(0, 1, 2), log_every=500, ckpt_every=5000,
-                     note="supplement 1.3 schedule; momentum 0.9 assumed"),
+    "paper": MNIST_PAPER,
     "quick": Profile("quick", steps=3500, batch_size=256, lr=1e-3, milestones=(2800,), gamma=0.1,
                      optimizer="adam", seeds=(0,), log_every=100, ckpt_every=500, eval_every=1000, eval_limit=2000,
                      note=QUICK_NOTE),
@@ -179,13 +178,11 @@ def _recipe_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:  # this recipe's own options, then the shared harness options
-        from repro.harness.cli import print_recipe_help
-
-        print_recipe_help(__doc__, _recipe_parser(), EXPERIMENT, DEFAULT_OUT)
+    recipe_parser = _recipe_parser()
+    opts, argv = recipe_options(argv, __doc__, recipe_parser, EXPERIMENT, DEFAULT_OUT)
+    if opts is None:  # --help
         return 0
-    opts, rest = _recipe_parser().parse_known_args(argv)
+    _, rest = recipe_parser.parse_known_args(argv)  # the rest goes to the harness
     exp = dataclasses.replace(EXPERIMENT, build_model=functools.partial(
         build_model, transform=opts.transform, standardize=opts.standardize, init=opts.init))
     return cli_main(exp, DEFAULT_OUT, rest, notes=NOTES)

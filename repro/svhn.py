@@ -48,7 +48,7 @@ import torch
 
 from repro.harness.figures import save_figure
 from repro.harness import Experiment, FixedSource, Profile
-from repro.harness.cli import main as cli_main
+from repro.harness.cli import main as cli_main, recipe_options
 
 MODELS = ("cnn", "st-single", "st-multi")
 PAPER = {64: {"cnn": 4.0, "st-single": 3.7, "st-multi": 3.6}, 128: {"cnn": 5.6, "st-single": 3.9, "st-multi": 3.9}}
@@ -331,17 +331,11 @@ def build_experiment(splits: dict, *, size: int, width: float, synthetic: bool, 
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:  # this recipe's own options, then the shared harness options
-        from repro.harness.cli import print_recipe_help
-
-        dummy = Experiment(name="svhn", models=MODELS, build_model=None, train_data=None, evaluate=None,
-                           profiles=PROFILES)
-        print_recipe_help(__doc__, _pre_parser(), dummy, str(RESULTS))
+    stub = Experiment(name="svhn", models=MODELS, build_model=None, train_data=None, evaluate=None,
+                      profiles=PROFILES)
+    pre, argv = recipe_options(argv, __doc__, _pre_parser(), stub, str(RESULTS))
+    if pre is None:  # --help
         return 0
-    pre, _ = _pre_parser().parse_known_args(argv)
-    if pre.threads:
-        torch.set_num_threads(pre.threads)
     size = pre.size or PROFILE_SIZE[pre.profile]
     width = pre.width if pre.width is not None else PROFILE_WIDTH[pre.profile]
     synthetic = pre.synthetic or pre.data is None and pre.benchmark

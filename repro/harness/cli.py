@@ -45,6 +45,21 @@ def print_recipe_help(doc: str, recipe_parser: argparse.ArgumentParser, exp: Exp
     print("shared harness options:\n" + parser(exp, default_out).format_help().split("\n", 1)[1])
 
 
+def recipe_options(argv, doc: str, recipe_parser: argparse.ArgumentParser, exp: Experiment, default_out: str):
+    """A recipe's own options, parsed ahead of the harness's: ``(options, argv)``, where
+    ``argv`` (``None`` means ``sys.argv[1:]``) keeps every argument for the harness to parse too.
+    ``--help`` prints the recipe's options and then the harness's, and returns ``(None, argv)``.
+    ``exp`` only needs its name, models and profiles there."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print_recipe_help(doc, recipe_parser, exp, default_out)
+        return None, argv
+    options, _ = recipe_parser.parse_known_args(argv)
+    if getattr(options, "threads", None):
+        torch.set_num_threads(options.threads)
+    return options, argv
+
+
 def main(exp: Experiment, default_out: str, argv=None, notes: list[str] = ()) -> int:
     a = parser(exp, default_out).parse_args(argv)
     import os
