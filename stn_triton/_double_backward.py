@@ -36,8 +36,14 @@ def backward_of_backward(forward: Callable[..., torch.Tensor], grad_out: torch.T
     higher = torch.is_grad_enabled()  # the engine enables grad mode here iff create_graph=True
 
     def leaf(t: torch.Tensor) -> torch.Tensor:
-        # keep the caller's graph when a higher order is being built, else differentiate a fresh leaf
-        return t if (higher and t.requires_grad) else t.detach().requires_grad_(t.is_floating_point())
+        # The derivative wanted is the *partial* one through this recomputation. With a higher
+        # order being built, an alias (view_as) keeps the result connected to the caller's graph
+        # while the grad below stops at the alias. Differentiating w.r.t. ``t`` itself would also
+        # follow the paths through grad_out and the incoming grads, which the engine chains
+        # separately: counted twice.
+        if higher and t.requires_grad:
+            return t.view_as(t)
+        return t.detach().requires_grad_(t.is_floating_point())
 
     with torch.enable_grad():
         go = leaf(grad_out)

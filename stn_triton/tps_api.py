@@ -74,7 +74,9 @@ def tps_warp(x: torch.Tensor, points: torch.Tensor, size=None, *, control_points
           source(c_k) = points_k, sum w_k = 0, sum w_k c_k = 0.
         * ``mode``, ``padding_mode``, ``align_corners``: as :func:`stn_triton.warp`.
 
-    Gradients flow to ``x`` and ``points``; ``control_points`` may not require grad.
+    Gradients flow to ``x`` and ``points`` (one fused backward kernel, bit-reproducible under
+    ``torch.use_deterministic_algorithms(True)``; higher orders through PyTorch ops);
+    ``control_points`` may not require grad.
 
     Backend: as :func:`stn_triton.warp` (fused Triton kernels on CUDA, which evaluate the spline
     per output pixel without any (N, H*W, K) tensor; PyTorch otherwise). The TPS system is solved

@@ -33,7 +33,11 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
           bounds: such coordinates sample padding.
 
     Backend: Triton kernels for CUDA tensors, PyTorch (``F.grid_sample``) otherwise; see
-    :func:`stn_triton.use_backend`. Gradients flow to ``x`` and ``theta``.
+    :func:`stn_triton.use_backend`.
+
+    Gradients flow to ``x`` and ``theta``: the backward is one fused kernel, and
+    ``torch.use_deterministic_algorithms(True)`` makes it bit-reproducible. Second and higher
+    orders (``create_graph=True``) are supported through PyTorch ops.
 
     Example:
         >>> x = torch.rand(8, 3, 32, 32)

@@ -120,3 +120,21 @@ def test_composed_sampler_matches_grid_sample(mode, padding_mode, align_corners)
         outs.append((out, gx, torch.zeros_like(grid) if gg is None else gg))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b)
+
+
+def test_third_order(device, triton_backend):
+    """create_graph at second order keeps the graph, so a third derivative exists and matches."""
+    from stn_triton._sample_composed import grid_sample_composed
+
+    x = tiny(device).detach()
+    theta = random_theta(2, device=device, dtype=torch.float64).requires_grad_()
+
+    def second_and_third(fn):
+        (g1,) = torch.autograd.grad(fn(x, theta).sin().sum(), [theta], create_graph=True)
+        (g2,) = torch.autograd.grad(g1.square().sum(), [theta], create_graph=True)
+        return g2, torch.autograd.grad(g2.sum(), [theta])[0]
+
+    ours = second_and_third(lambda x_, t_: stn_triton.warp(x_, t_))
+    ref = second_and_third(lambda x_, t_: grid_sample_composed(x_, F.affine_grid(t_, x_.shape, align_corners=False)))
+    torch.testing.assert_close(ours[0], ref[0])  # second order, built with create_graph=True
+    torch.testing.assert_close(ours[1], ref[1])
