@@ -36,7 +36,8 @@ status=0
 
 if [[ "$stage" == tests || "$stage" == all ]]; then
   echo "== GPU tests"
-  STN_TEST_CUDA=1 python -m pytest tests -q -x -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | tail -25
+  # --maxfail, not -x: one borderline tolerance should not cost the rest of the call's results
+  STN_TEST_CUDA=1 python -m pytest tests -q --maxfail=25 -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | tail -25
   status=$((status | ${PIPESTATUS[0]}))
 fi
 

@@ -11,8 +11,8 @@ TINY = Case("tiny", 2, 5, 6, 7, 5, 4, gpu_only=False)  # odd sizes: every tile i
 
 @pytest.mark.parametrize("kernel", tune.KERNELS)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_every_candidate_matches_default(kernel, channels_last):
-    inputs = tune.make_inputs(TINY, torch.float32, channels_last, kernel, 0, "cpu")
+def test_every_candidate_matches_default(device, kernel, channels_last):
+    inputs = tune.make_inputs(TINY, torch.float32, channels_last, kernel, 0, device)
     configs = tune.candidates(TINY.c, channels_last)
     reference = tune.launch(kernel, inputs, TINY, configs[0])
     for cfg in configs[1:]:
