@@ -298,6 +298,36 @@ def test_layout_solved_once_per_layout(device, monkeypatch):
     assert len(calls) == 2
 
 
+def test_explicit_control_points_read_on_host_once_per_tensor(device, monkeypatch):
+    """Repeated calls with the same control-point tensor do no host copy (CUDA-graph friendly);
+    an in-place edit is seen (version counter), and equal contents in a new tensor reuse the solve."""
+    _tps_ops.clear_cache()
+    reads, solves = [], []
+    real_to, real_map = torch.Tensor.to, torch_path.tps_coefficient_map
+
+    def counting_to(self, *args, **kwargs):
+        if args and args[0] == "cpu":
+            reads.append(1)
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    monkeypatch.setattr(torch_path, "tps_coefficient_map", lambda c: solves.append(1) or real_map(c))
+    x = torch.randn(1, 1, 4, 4, device=device)
+    cps = torch.rand(5, 2, device=device) * 2 - 1
+    points = random_points(1, cps)
+    first = stn_triton.tps_warp(x, points, control_points=cps)
+    for _ in range(3):
+        torch.testing.assert_close(stn_triton.tps_warp(x, points, control_points=cps), first)
+    assert (len(reads), len(solves)) == (1, 1)
+    stn_triton.tps_warp(x, points, control_points=cps.clone())  # same layout, new tensor
+    assert (len(reads), len(solves)) == (2, 1)
+    with torch.no_grad():
+        cps[0] = torch.tensor([0.9, -0.9])  # in place: a new layout behind the same tensor
+    moved = stn_triton.tps_warp(x, points, control_points=cps)
+    assert (len(reads), len(solves)) == (3, 2)
+    assert not torch.allclose(moved, first)
+
+
 def test_deterministic_backward_is_bit_identical(device, triton_backend):
     """With torch's deterministic algorithms on, grad_x is accumulated in int64 fixed point
     (bit-identical run to run) and still matches the reference; grad_points never uses atomics."""
