@@ -16,10 +16,12 @@ Backward, same tiling: grad_out is read once per tile; grad_x is scattered with 
 an fp32 (fp64) buffer; the gradient w.r.t. (x_s, y_s) is reduced over channels in registers,
 chained through padding / unnormalisation / the projective division, multiplied by the basis
 [x_t, y_t, 1] and summed over the tile into one row of an fp32 partial buffer
-(N * NUM_PBLOCKS, 9) that the launcher sums afterwards: no (N, H, W, 2) grad-grid tensor and
-no contended atomics on theta.
+(N * NUM_PBLOCKS, ROWS * 3) (ROWS = 2 affine, 3 projective) that the launcher sums afterwards:
+no (N, H, W, 2) grad-grid tensor and no contended atomics on theta.
 
-theta is passed as (N, 9) in ACC precision: rows of the 3x3 matrix, [0, 0, 1] for affine.
+theta is read in place, (N, ROWS, 3) with any strides and float dtype (``theta + n*stn + r*str
++ c*stc``), and converted to ACC in registers: no host-side copy, so the forward is one launch
+and the backward three (zero the grad_x buffer, the kernel, sum the partial rows).
 """
 from __future__ import annotations
 
@@ -34,13 +36,24 @@ from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
 
 
 @triton.jit
-def _source_coords(theta_ptr, n, x_t, y_t, PROJECTIVE: tl.constexpr):
+def _theta(theta_ptr, n, r, c, stride_tn, stride_tr, stride_tc, ACC: tl.constexpr):
+    return tl.load(theta_ptr + n * stride_tn + r * stride_tr + c * stride_tc).to(ACC)
+
+
+@triton.jit
+def _source_coords(theta_ptr, n, stride_tn, stride_tr, stride_tc, x_t, y_t, PROJECTIVE: tl.constexpr,
+                   ACC: tl.constexpr):
     """(x_s, y_s, 1 / w) for output coordinates (x_t, y_t) of image n (w == 1 when affine)."""
-    t = theta_ptr + n * 9
-    u = tl.load(t + 0) * x_t + tl.load(t + 1) * y_t + tl.load(t + 2)
-    v = tl.load(t + 3) * x_t + tl.load(t + 4) * y_t + tl.load(t + 5)
+    u = (_theta(theta_ptr, n, 0, 0, stride_tn, stride_tr, stride_tc, ACC) * x_t
+         + _theta(theta_ptr, n, 0, 1, stride_tn, stride_tr, stride_tc, ACC) * y_t
+         + _theta(theta_ptr, n, 0, 2, stride_tn, stride_tr, stride_tc, ACC))
+    v = (_theta(theta_ptr, n, 1, 0, stride_tn, stride_tr, stride_tc, ACC) * x_t
+         + _theta(theta_ptr, n, 1, 1, stride_tn, stride_tr, stride_tc, ACC) * y_t
+         + _theta(theta_ptr, n, 1, 2, stride_tn, stride_tr, stride_tc, ACC))
     if PROJECTIVE:
-        inv_w = 1.0 / (tl.load(t + 6) * x_t + tl.load(t + 7) * y_t + tl.load(t + 8))
+        inv_w = 1.0 / (_theta(theta_ptr, n, 2, 0, stride_tn, stride_tr, stride_tc, ACC) * x_t
+                       + _theta(theta_ptr, n, 2, 1, stride_tn, stride_tr, stride_tc, ACC) * y_t
+                       + _theta(theta_ptr, n, 2, 2, stride_tn, stride_tr, stride_tc, ACC))
         u = u * inv_w
         v = v * inv_w
     else:
@@ -57,6 +70,7 @@ def _warp_fwd_kernel(
     # strides (elements)
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_on, stride_oc, stride_oh, stride_ow,
+    stride_tn, stride_tr, stride_tc,
     # meta-parameters
     PROJECTIVE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
     ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -67,7 +81,7 @@ def _warp_fwd_kernel(
     p_mask = p < H_OUT * W_OUT
 
     x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
-    x_s, y_s, inv_w = _source_coords(theta_ptr, n, x_t, y_t, PROJECTIVE)
+    x_s, y_s, inv_w = _source_coords(theta_ptr, n, stride_tn, stride_tr, stride_tc, x_t, y_t, PROJECTIVE, ACC)
     sample_at(
         x_ptr, out_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
         stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
@@ -85,6 +99,7 @@ def _warp_bwd_kernel(
     stride_gn, stride_gc, stride_gh, stride_gw,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_dn, stride_dc, stride_dh, stride_dw,
+    stride_tn, stride_tr, stride_tc,
     # meta-parameters
     PROJECTIVE: tl.constexpr, MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
     NEED_X: tl.constexpr, NEED_THETA: tl.constexpr, DETERMINISTIC: tl.constexpr,
@@ -96,7 +111,7 @@ def _warp_bwd_kernel(
     p_mask = p < H_OUT * W_OUT
 
     x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
-    x_s, y_s, inv_w = _source_coords(theta_ptr, n, x_t, y_t, PROJECTIVE)
+    x_s, y_s, inv_w = _source_coords(theta_ptr, n, stride_tn, stride_tr, stride_tc, x_t, y_t, PROJECTIVE, ACC)
     g_xs, g_ys = backprop_at(
         grad_out_ptr, x_ptr, grad_x_ptr, dx_scale_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
         stride_gn, stride_gc, stride_gh, stride_gw, stride_xn, stride_xc, stride_xh, stride_xw,
@@ -104,11 +119,11 @@ def _warp_bwd_kernel(
         MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_THETA and MODE == MODE_BILINEAR, DETERMINISTIC,
         ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
-    if NEED_THETA and MODE == MODE_BILINEAR:
+    if NEED_THETA:  # bilinear only: the launcher returns zeros for nearest
         # chain: normalised source coord -> (u, v, w) -> theta rows; one partial row per program
         g_u = g_xs * inv_w
         g_v = g_ys * inv_w
-        out_row = grad_theta_partial_ptr + pid * 9
+        out_row = grad_theta_partial_ptr + pid * (9 if PROJECTIVE else 6)
         tl.store(out_row + 0, tl.sum(g_u * x_t, axis=0))
         tl.store(out_row + 1, tl.sum(g_u * y_t, axis=0))
         tl.store(out_row + 2, tl.sum(g_u, axis=0))
@@ -173,20 +188,6 @@ def needs_int64(*tensors: torch.Tensor) -> bool:
     return False
 
 
-def theta_as_3x3(theta: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """(N, 2, 3) or (N, 3, 3) -> contiguous (N, 9) in ``acc``, affine padded with the row [0, 0, 1].
-
-    Device-side only (no host -> device copy), so it is safe inside CUDA-graph capture.
-    """
-    n = theta.shape[0]
-    if theta.shape[1] == 3:
-        return theta.to(acc).reshape(n, 9).contiguous()
-    out = torch.zeros((n, 3, 3), dtype=acc, device=theta.device)
-    out[:, :2] = theta
-    out[:, 2, 2] = 1.0
-    return out.view(n, 9)
-
-
 @on_tensor_device
 def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=None):
     """Launch ``_warp_fwd_kernel``; output has x's dtype and memory format.
@@ -197,14 +198,12 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=N
     out = empty_output(x, h_out, w_out)
     if n == 0:
         return out
-    acc = acc_dtype(x.dtype)
-    theta9 = theta_as_3x3(theta, acc)
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     _warp_fwd_kernel[(n * num_pblocks,)](
-        x, theta9, out,
+        x, theta, out,
         c, h, w, h_out, w_out, num_pblocks,
-        *x.stride(), *out.stride(),
+        *x.stride(), *out.stride(), *theta.stride(),
         PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
         ALIGN_CORNERS=align_corners, ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, out),
         BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
@@ -231,17 +230,19 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
     scale = fixed_point_scale(grad_out) if (need_x and deterministic) else None
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
-    partial = torch.zeros((n * num_pblocks, 9), dtype=acc, device=x.device) if need_theta else None
-    if n > 0 and (need_x or need_theta):
-        theta9 = theta_as_3x3(theta, acc)
+    rows = theta.shape[1]
+    # bilinear: every program writes its whole partial row, so no zero-fill; nearest: grad theta is 0
+    theta_in_kernel = need_theta and mode == "bilinear"
+    partial = torch.empty((n * num_pblocks, rows * 3), dtype=acc, device=x.device) if theta_in_kernel else None
+    if n > 0 and (need_x or theta_in_kernel):
         dummy = grad_x if grad_x is not None else x
         _warp_bwd_kernel[(n * num_pblocks,)](
-            grad_out, x, theta9, dummy, partial if partial is not None else theta9,
-            scale if scale is not None else theta9,
+            grad_out, x, theta, dummy, partial if partial is not None else theta,
+            scale if scale is not None else theta,
             c, h, w, h_out, w_out, num_pblocks,
-            *grad_out.stride(), *x.stride(), *dummy.stride(),
-            PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
-            ALIGN_CORNERS=align_corners, NEED_X=need_x, NEED_THETA=need_theta,
+            *grad_out.stride(), *x.stride(), *dummy.stride(), *theta.stride(),
+            PROJECTIVE=rows == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
+            ALIGN_CORNERS=align_corners, NEED_X=need_x, NEED_THETA=theta_in_kernel,
             DETERMINISTIC=bool(deterministic and need_x),
             ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, grad_out),
             BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
@@ -253,9 +254,10 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
         else:
             gx = grad_x.to(x.dtype)
     gt = None
-    if need_theta:
-        rows = theta.shape[1]
-        gt = partial.view(n, num_pblocks, 9).sum(dim=1).view(n, 3, 3)[:, :rows].to(theta.dtype).contiguous()
+    if theta_in_kernel:
+        gt = partial.view(n, num_pblocks, rows, 3).sum(dim=1).to(theta.dtype)
+    elif need_theta:
+        gt = torch.zeros(theta.shape, dtype=theta.dtype, device=theta.device)
     return gx, gt
 
 
@@ -271,6 +273,11 @@ def _layout_strides(prefixes, channels_last: bool, c: int = 64, h: int = 32, w: 
     return out
 
 
+def _theta_strides(projective: bool) -> dict:
+    """A contiguous (N, 2, 3) or (N, 3, 3) theta's strides, as a launch would specialise them."""
+    return {"stride_tn": 9 if projective else 6, "stride_tr": 3, "stride_tc": 1}
+
+
 def aot_configs():
     """Specialisations compiled ahead of time by ``bench.static`` and the tests (see kernels/aot.py)."""
     from .aot import KernelConfig
@@ -283,29 +290,32 @@ def aot_configs():
         fwd_strides = _layout_strides("xo", layout_cl, channels)
         bwd_strides = _layout_strides("gxd", layout_cl, channels)
         for projective in (False, True):
+            theta_strides = _theta_strides(projective)
             for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border")):
                 common = dict(PROJECTIVE=projective, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding],
                               ALIGN_CORNERS=False, ACC=tl.float32, INDEX_64=False, BLOCK_P=block_p, BLOCK_C=block_c)
                 kind = "proj" if projective else "affine"
                 configs.append(KernelConfig(
                     f"warp_fwd/{kind}/{mode}/{padding}/{storage}/{layout}", _warp_fwd_kernel,
-                    {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage}, common, fwd_strides))
+                    {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage}, common,
+                    {**fwd_strides, **theta_strides}))
                 configs.append(KernelConfig(
                     f"warp_bwd/{kind}/{mode}/{padding}/{storage}/{layout}", _warp_bwd_kernel,
                     {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "fp32",
                      "grad_theta_partial_ptr": "fp32", "dx_scale_ptr": "fp32"},
-                    dict(common, NEED_X=True, NEED_THETA=True, DETERMINISTIC=False), bwd_strides))
+                    dict(common, NEED_X=True, NEED_THETA=mode == "bilinear", DETERMINISTIC=False),
+                    {**bwd_strides, **theta_strides}))
     # int64 indexing and theta-only backward, once each
     block_p, block_c = block_sizes(3, False)
     base = dict(PROJECTIVE=False, MODE=0, PADDING=0, ALIGN_CORNERS=True, ACC=tl.float32, BLOCK_P=block_p, BLOCK_C=block_c)
     configs.append(KernelConfig("warp_fwd/affine/bilinear/zeros/fp32/nchw/int64", _warp_fwd_kernel,
                                 {"x_ptr": "fp32", "theta_ptr": "fp32", "out_ptr": "fp32"}, dict(base, INDEX_64=True),
-                                _layout_strides("xo", False, 3)))
+                                {**_layout_strides("xo", False, 3), **_theta_strides(False)}))
     configs.append(KernelConfig("warp_bwd/affine/bilinear/zeros/fp32/nchw/theta-only", _warp_bwd_kernel,
                                 {"grad_out_ptr": "fp32", "x_ptr": "fp32", "theta_ptr": "fp32", "grad_x_ptr": "fp32",
                                  "grad_theta_partial_ptr": "fp32", "dx_scale_ptr": "fp32"},
                                 dict(base, INDEX_64=False, NEED_X=False, NEED_THETA=True, DETERMINISTIC=False),
-                                _layout_strides("gxd", False, 3)))
+                                {**_layout_strides("gxd", False, 3), **_theta_strides(False)}))
     for storage, cl in (("fp32", False), ("bf16", True)):
         block_p, block_c = block_sizes(64 if cl else 3, cl)
         configs.append(KernelConfig(
@@ -314,5 +324,5 @@ def aot_configs():
              "grad_theta_partial_ptr": "fp32", "dx_scale_ptr": "fp32"},
             dict(base, ALIGN_CORNERS=False, INDEX_64=False, NEED_X=True, NEED_THETA=True, DETERMINISTIC=True,
                  BLOCK_P=block_p, BLOCK_C=block_c),
-            _layout_strides("gxd", cl, 64 if cl else 3)))
+            {**_layout_strides("gxd", cl, 64 if cl else 3), **_theta_strides(False)}))
     return configs
