@@ -8,6 +8,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import stn_triton
+from conftest import DEVICE
 from stn_triton.kernels import warp as kw
 
 NO_DEVICE_WORK = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty", "aten::view",
@@ -30,6 +31,7 @@ def device_ops(fn) -> list[str]:
             if e.name not in NO_DEVICE_WORK and not any(c.name.startswith("aten::") for c in e.cpu_children)]
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="host-side property; runs with the interpreter's CPU tensors")
 @pytest.mark.parametrize("projective", [False, True])
 @pytest.mark.parametrize("theta_dtype", [torch.float32, torch.float64])
 def test_warp_launches(monkeypatch, projective, theta_dtype):
