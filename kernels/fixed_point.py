@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .device import on_tensor_device
+from .layout import memory_format_of
 
 
 def fixed_point_scale(grad_out: torch.Tensor) -> torch.Tensor:
@@ -77,6 +78,20 @@ def fixed_to_float(buf: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, a
         ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=block,
     )
     return out
+
+
+def grad_x_buffer(x: torch.Tensor, grad_out: torch.Tensor, acc: torch.dtype, deterministic: bool):
+    """The zeroed scatter buffer of a backward kernel, in x's memory format, and its fixed-point
+    scale: int64 + per-image scale when ``deterministic``, else ``acc`` (fp32 / fp64) and None."""
+    dtype = torch.int64 if deterministic else acc
+    buf = torch.empty(x.shape, dtype=dtype, device=x.device, memory_format=memory_format_of(x)).zero_()
+    return buf, (fixed_point_scale(grad_out) if deterministic else None)
+
+
+def grad_x_from_buffer(buf: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype,
+                       acc: torch.dtype) -> torch.Tensor:
+    """grad_x in ``dtype`` from :func:`grad_x_buffer`'s buffer once the kernel has scattered into it."""
+    return fixed_to_float(buf, scale, dtype, acc) if scale is not None else buf.to(dtype)
 
 
 def aot_configs():

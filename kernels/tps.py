@@ -43,9 +43,9 @@ import triton
 import triton.language as tl
 
 from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
-from .layout import empty_output, is_channels_last, memory_format_of
+from .layout import empty_output, is_channels_last
 from .device import on_tensor_device
-from .fixed_point import fixed_point_scale, fixed_to_float
+from .fixed_point import grad_x_buffer, grad_x_from_buffer
 from .warp import MODE_CODES, PADDING_CODES, _layout_strides, block_sizes, launch_config, needs_int64, tl_dtype
 
 
@@ -202,10 +202,8 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
     k = ctrl.shape[0]
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
     acc = coef.dtype
-    buf_dtype = torch.int64 if deterministic else acc
-    grad_x = torch.empty(x.shape, dtype=buf_dtype, device=x.device, memory_format=memory_format_of(x)).zero_() \
-        if need_x else None
-    scale = fixed_point_scale(grad_out) if (need_x and deterministic) else None
+    # scatter buffer in x's memory format: fp32 (fp64), or int64 fixed point when deterministic
+    grad_x, scale = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     bilinear = mode == "bilinear"
@@ -224,12 +222,7 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
             NEED_X=need_x, NEED_COEF=need_coef, DETERMINISTIC=bool(deterministic and need_x), ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, grad_out),
             BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps,
         )
-    gx = None
-    if need_x:
-        if deterministic:
-            gx = fixed_to_float(grad_x, scale, x.dtype, acc)
-        else:
-            gx = grad_x.to(x.dtype)
+    gx = grad_x_from_buffer(grad_x, scale, x.dtype, acc) if need_x else None
     gc = partial.view(n, num_pblocks, k + 3, 2).sum(dim=1) if need_coef else None
     return gx, gc
 

@@ -30,8 +30,8 @@ import triton
 import triton.language as tl
 
 from .device import on_tensor_device
-from .fixed_point import fixed_point_scale, fixed_to_float
-from .layout import empty_output, is_channels_last, memory_format_of
+from .fixed_point import grad_x_buffer, grad_x_from_buffer
+from .layout import empty_output, is_channels_last
 from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
 
 
@@ -223,11 +223,8 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
     n, c, h, w = x.shape
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
     acc = acc_dtype(x.dtype)
-    buf_dtype = torch.int64 if deterministic else acc
-    # fp32 (fp64) scatter buffer in x's memory format, cast to x's dtype at the end
-    grad_x = torch.empty(x.shape, dtype=buf_dtype, device=x.device, memory_format=memory_format_of(x)).zero_() \
-        if need_x else None
-    scale = fixed_point_scale(grad_out) if (need_x and deterministic) else None
+    # scatter buffer in x's memory format: fp32 (fp64), or int64 fixed point when deterministic
+    grad_x, scale = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     rows = theta.shape[1]
@@ -247,12 +244,7 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
             ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, grad_out),
             BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
         )
-    gx = None
-    if need_x:
-        if deterministic:
-            gx = fixed_to_float(grad_x, scale, x.dtype, acc)
-        else:
-            gx = grad_x.to(x.dtype)
+    gx = grad_x_from_buffer(grad_x, scale, x.dtype, acc) if need_x else None
     gt = None
     if theta_in_kernel:
         gt = partial.view(n, num_pblocks, rows, 3).sum(dim=1).to(theta.dtype)
