@@ -238,17 +238,25 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def versions() -> dict:
+    """Provenance of a result: library versions, the commit, whether the tree was clean, threads, host."""
     import triton
 
     import stn_triton
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
-        commit = ""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=10).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
     return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-            "stn_triton": stn_triton.__version__, "git": commit}
+            "stn_triton": stn_triton.__version__, "git": commit,
+            "git_clean": (status == "") if commit else None,
+            "threads": torch.get_num_threads(), "host_cpus": os.cpu_count(), "machine": platform.machine()}
 
 
 def _atomic_save(obj, path: Path) -> None:
