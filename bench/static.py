@@ -8,8 +8,10 @@
 Per kernel specialisation and architecture: registers per thread, spilled (local) bytes, shared
 memory, theoretical occupancy (``occ``: the share of the SM's warp slots that fit, from registers,
 shared memory and warps per block), and the global load / store / atomic instructions in the SASS
-with their vector widths.
-Zero spills is the bar. Runs with the Triton interpreter switched off (the AOT compiler needs the
+with their vector widths. Int64 specialisations (``INDEX_64``, and the fixed-point kernels, which
+always index in int64) are also checked on their TTIR for pointer offsets computed in 32-bit
+arithmetic (``bench.aot.int32_offset_arithmetic``).
+Zero spills and zero 32-bit offsets in int64 kernels are the bar. Runs with the Triton interpreter switched off (the AOT compiler needs the
 real ``JITFunction``s), whatever the caller's environment says.
 """
 from __future__ import annotations
@@ -33,9 +35,10 @@ def representatives(configs):
 
 
 def collect(quick: bool = False, archs=None, match=None) -> list[dict]:
-    from stn_triton.kernels import aot
+    from bench import aot
+    from bench.aot_configs import all_configs
 
-    configs = aot.all_configs()
+    configs = all_configs()
     if quick:
         configs = representatives(configs)
     if match:
@@ -58,7 +61,12 @@ def format_table(rows: list[dict]) -> str:
                      f"{r['shared_bytes']:6d} {r['occupancy'] * 100:4.0f}% {r['global_loads']:4d} {r['global_stores']:4d} "
                      f"{r['atomics']:5d}  {widths}")
     spills = sum(r["spill_bytes"] > 0 for r in rows)
-    lines.append(f"{len(rows)} compiled, {spills} with spills")
+    checked = [r for r in rows if r.get("int32_offsets") is not None]
+    wide = [r for r in checked if r["int32_offsets"]]
+    lines.append(f"{len(rows)} compiled, {spills} with spills; {len(checked)} int64 specialisations checked, "
+                 f"{len(wide)} with 32-bit offset arithmetic")
+    for r in wide:
+        lines += [f"  {r['label']} sm_{r['arch']}: {line}" for line in r["int32_offsets"][:3]]
     return "\n".join(lines)
 
 
@@ -89,7 +97,7 @@ def main(argv=None) -> int:
         return 0
     rows = collect(args.quick, args.arch, args.match)
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
-    return 1 if any(r["spill_bytes"] > 0 for r in rows) else 0
+    return 1 if any(r["spill_bytes"] > 0 or r.get("int32_offsets") for r in rows) else 0
 
 
 if __name__ == "__main__":

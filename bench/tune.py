@@ -7,7 +7,7 @@
                                           # spills, occupancy of each tiling
     python -m bench.tune --json out.json  # also write every timing
 
-The default tiling (``kernels.warp.launch_config``) was chosen from registers and load widths
+The default tiling (``kernels.policy.launch_config``) was chosen from registers and load widths
 alone (``bench/NOTES.md``); this is the measurement that confirms or replaces it. Every candidate
 is first checked against the default configuration's result on the same inputs (a tiling changes
 only the order of float atomics and partial sums), then timed with CUDA events
@@ -43,7 +43,7 @@ NHWC_CANDIDATES = [(16, 64, 4), (32, 32, 4), (32, 64, 4), (8, 64, 4), (16, 64, 8
 def candidates(channels: int, channels_last: bool) -> list[tuple[int, int, int]]:
     """The sweep for one shape: channel blocks wider than the (power-of-two-rounded) channel
     count only add masked lanes, so they are dropped; the default is always included."""
-    from stn_triton.kernels.warp import launch_config
+    from stn_triton.kernels.policy import launch_config
 
     c2 = 1 << max(channels - 1, 0).bit_length()
     pool = NHWC_CANDIDATES if channels_last else NCHW_CANDIDATES
@@ -54,8 +54,7 @@ def candidates(channels: int, channels_last: bool) -> list[tuple[int, int, int]]
 
 def make_inputs(case, dtype, channels_last, kernel, seed, device):
     """Launcher arguments for one kernel at one case: everything but the launch config."""
-    from stn_triton import _tps_ops
-    from stn_triton.kernels import warp as kw
+    from stn_triton import _tps_ops, torch_path
 
     g = torch.Generator(device=device).manual_seed(seed)
     x = torch.rand(case.n, case.c, case.h, case.w, device=device, generator=g).to(dtype)
@@ -65,11 +64,10 @@ def make_inputs(case, dtype, channels_last, kernel, seed, device):
     if kernel.startswith("warp"):
         theta = torch.eye(2, 3, device=device) + 0.1 * torch.randn(case.n, 2, 3, device=device, generator=g)
         return {"x": x, "theta": theta, "go": go}
-    acc = kw.acc_dtype(dtype)
-    m64, c64, ctrl = _tps_ops.layout(None, TPS_K, torch.device(device), acc)
+    m64, c64 = _tps_ops.tps_system(None, TPS_K, torch.device(device))
     points = c64.float() + 0.05 * torch.randn(case.n, TPS_K, 2, device=device, generator=g)
-    coef = torch.einsum("jk,nkd->njd", m64, points.double()).to(acc).contiguous()
-    return {"x": x, "coef": coef, "ctrl": ctrl, "go": go}
+    coef = torch_path.tps_coefficients(points, m64)  # float64, as stn_triton.tps_warp passes it
+    return {"x": x, "coef": coef, "ctrl": c64, "go": go}
 
 
 def launch(kernel, inputs, case, config):
@@ -103,7 +101,7 @@ def case_named(name: str):
 
 def sweep(cases, dtypes, kernels, device="cuda", log=print):
     """Time every candidate of every (kernel, case, dtype, layout); returns a list of result rows."""
-    from stn_triton.kernels.warp import launch_config
+    from stn_triton.kernels.policy import launch_config
 
     props = torch.cuda.get_device_properties(0) if device == "cuda" else None
     l2 = getattr(props, "L2_cache_size", None)
@@ -143,10 +141,11 @@ def sweep(cases, dtypes, kernels, device="cuda", log=print):
 
 def static_sweep(kernels, layouts, arch=90, log=print):
     """Compile every candidate tiling ahead of time (no GPU): registers, spills and occupancy per
-    (kernel, layout, config), from the bilinear / zeros specialisation of ``kernels.aot``."""
-    from stn_triton.kernels import aot
+    (kernel, layout, config), from the bilinear / zeros specialisation of ``bench.aot_configs``."""
+    from bench import aot
+    from bench.aot_configs import all_configs
 
-    base = {cfg.label: cfg for cfg in aot.all_configs()}
+    base = {cfg.label: cfg for cfg in all_configs()}
     rows = []
     for kernel in kernels:
         for layout in layouts:

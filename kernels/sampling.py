@@ -25,6 +25,32 @@ MODE_NEAREST = tl.constexpr(1)
 
 
 @triton.jit
+def program_pixels(NUM_PBLOCKS, H_OUT, W_OUT, ALIGN_CORNERS: tl.constexpr, ACC: tl.constexpr,
+                   INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The prologue of every warp kernel: program ``pid`` covers image ``n`` and the flat output
+    pixels ``p`` (row-major, BLOCK_P of them, masked by ``p_mask``) of normalised output
+    coordinates (x_t, y_t). With INDEX_64, pid, n and p are int64, so every offset derived from
+    them is too."""
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    n = pid // NUM_PBLOCKS
+    p = (pid - n * NUM_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < H_OUT * W_OUT
+    x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
+    return pid, n, p, p_mask, x_t, y_t
+
+
+@triton.jit
+def channel_block(c0, c_range, INDEX_64: tl.constexpr):
+    """Channel indices c0 + [0, BLOCK_C), int64 with INDEX_64 (``c * stride_c`` can pass 2**31)."""
+    c = c0 + c_range
+    if INDEX_64:
+        c = c.to(tl.int64)
+    return c
+
+
+@triton.jit
 def output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS: tl.constexpr, ACC: tl.constexpr):
     """Normalised output coordinates (x_t, y_t), dtype ACC, of flat output pixel indices ``p``."""
     ho = p // W_OUT
@@ -73,20 +99,28 @@ def _reflect(pix, twice_low, twice_high):
     return out, grad
 
 
+COORD_LIMIT = tl.constexpr(1048576.0)  # 2**20: |normalised coordinate| is clamped here first
+
+
 @triton.jit
 def source_pixel(coord, size, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr):
     """Normalised source coordinate -> (pixel coordinate after padding, d pixel / d coord).
 
-    The result is finite and inside [-2, size + 1] whatever ``coord`` is (nan, inf, 1e30), so the
-    integer taps derived from it can never overflow; such coordinates read only padding.
+    Non-finite coordinates (NaN, +-inf) sample nothing in every padding mode: the pixel coordinate
+    becomes -2 (all taps outside, so they read 0) and the derivative 0. Finite ones are first
+    clamped to +-COORD_LIMIT (beyond it zeros reads 0 and border the edge anyway, and reflection
+    would only fold rounding noise), so the result is finite and inside [-2, size + 1] and the
+    integer taps derived from it can never overflow. ``torch_path`` applies the same rule.
     """
+    finite = tl.abs(coord) < float("inf")  # False for NaN too
+    coord = tl.minimum(tl.maximum(tl.where(finite, coord, 0.0), -COORD_LIMIT), COORD_LIMIT)
     if ALIGN_CORNERS:
         scale = (size - 1).to(coord.dtype) * 0.5
         pix = (coord + 1.0) * scale
     else:
         scale = size.to(coord.dtype) * 0.5
         pix = ((coord + 1.0) * size.to(coord.dtype) - 1.0) * 0.5
-    grad = scale + tl.zeros_like(pix)
+    grad = tl.where(finite & (tl.abs(coord) < COORD_LIMIT), scale, 0.0)
     if PADDING == PAD_BORDER:
         pix, g = _clip(pix, size)
         grad = grad * g
@@ -97,8 +131,7 @@ def source_pixel(coord, size, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr
             pix, g = _reflect(pix, -1, 2 * size - 1)
         pix, g2 = _clip(pix, size)
         grad = grad * g * g2
-    # nan -> far outside; then clamp so float -> int conversion is always in range
-    pix = tl.where(pix == pix, pix, -2.0)
+    pix = tl.where(finite, pix, -2.0)
     pix = tl.minimum(tl.maximum(pix, -2.0), size.to(pix.dtype) + 1.0)
     return pix, grad
 
@@ -164,7 +197,7 @@ def sample_channels(
         w_se = (fx * fy)[:, None]
         off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
         for c0 in range(0, C, BLOCK_C):
-            c = c0 + c_range
+            c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
             x_c = x_img + (c * stride_xc)[None, :] + off_nw
             acc = w_nw * tl.load(x_c, mask=m_nw & c_mask, other=0.0).to(ACC)
@@ -177,32 +210,62 @@ def sample_channels(
         xn, yn, m = nearest_tap(ix, iy, H, W, p_mask, INDEX_64)
         off = (yn * stride_xh + xn * stride_xw)[:, None]
         for c0 in range(0, C, BLOCK_C):
-            c = c0 + c_range
+            c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
             v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
             o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
             tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
 
 
+NONFINITE = tl.constexpr(1 << 30)  # fixed-point exponent sentinel: the image's grad_out is not all finite
+
+
 @triton.jit
-def scatter_add(ptrs, values, mask, scale, DETERMINISTIC: tl.constexpr):
+def pow2(e, ACC: tl.constexpr):
+    """2**e exactly, built from its bits (e an integer inside ACC's normal exponent range)."""
+    if ACC == tl.float64:
+        return ((e.to(tl.int64) + 1023) << 52).to(tl.float64, bitcast=True)
+    else:
+        return ((e.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def fixed_point_factors(exp_ptr, n, ACC: tl.constexpr):
+    """Image n's fixed-point scale 2**e as two exact factors (2**e itself can leave ACC's range:
+    e reaches ~190 for fp32 gradients near the smallest normal), and whether its grad_out holds a
+    non-finite value (then it is scattered as float64; see ``kernels/fixed_point.py``)."""
+    e = tl.load(exp_ptr + n)
+    nonfinite = e == NONFINITE
+    e = tl.where(nonfinite, 0, e)
+    e1 = e >> 1  # floor(e / 2)
+    return nonfinite, pow2(e1, ACC), pow2(e - e1, ACC)
+
+
+@triton.jit
+def scatter_add(ptrs, values, mask, nonfinite, s1, s2, DETERMINISTIC: tl.constexpr):
     """Atomic ``*ptrs += values``.
 
-    DETERMINISTIC: the buffer holds int64 fixed-point numbers (value * scale, scale a power of two
-    chosen by the launcher so no sum can overflow); integer addition is associative, so the result
-    is bit-identical whatever order the programs run in. Otherwise a relaxed float atomic add.
+    DETERMINISTIC: the buffer holds int64 fixed-point numbers, round(value * s1 * s2), the scale
+    a power of two chosen per image so that no sum can overflow (``kernels/fixed_point.py``);
+    integer addition is associative, so the result is bit-identical whatever order the programs
+    run in. An image whose grad_out holds NaN or inf (``nonfinite``) is instead added as float64
+    into the same bits: there the values are not finite anyway, and a float sum propagates them
+    the way the atomic path does. Otherwise a relaxed float atomic add.
     """
     if DETERMINISTIC:
-        v = values * scale
-        v = tl.where(v >= 0.0, tl.floor(v + 0.5), -tl.floor(0.5 - v))  # round half away from zero
-        tl.atomic_add(ptrs, v.to(tl.int64), mask=mask, sem="relaxed")
+        if nonfinite:
+            tl.atomic_add(ptrs.to(tl.pointer_type(tl.float64)), values.to(tl.float64), mask=mask, sem="relaxed")
+        else:
+            v = (values * s1) * s2  # exact: powers of two
+            v = tl.where(v >= 0.0, tl.floor(v + 0.5), -tl.floor(0.5 - v))  # round half away from zero
+            tl.atomic_add(ptrs, v.to(tl.int64), mask=mask, sem="relaxed")
     else:
         tl.atomic_add(ptrs, values, mask=mask, sem="relaxed")
 
 
 @triton.jit
 def backprop_channels(
-    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy, dx_scale,
+    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy, nonfinite, s1, s2,
     C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
     MODE: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr, DETERMINISTIC: tl.constexpr,
     ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -211,7 +274,7 @@ def backprop_channels(
 
     Reads grad_out once per [BLOCK_P, BLOCK_C] tile. NEED_X: scatters grad * tap weight into the
     fp32/fp64 buffer ``dx_img`` with atomic adds (or, DETERMINISTIC, into an int64 fixed-point
-    buffer with scale ``dx_scale``: see :func:`scatter_add`). NEED_COORDS: returns (d_ix, d_iy), the gradient
+    buffer: see :func:`scatter_add`). NEED_COORDS: returns (d_ix, d_iy), the gradient
     w.r.t. the *pixel* coordinates reduced over channels ([BLOCK_P] each, zeros for nearest,
     whose output is piecewise constant in the coordinates).
     """
@@ -225,16 +288,16 @@ def backprop_channels(
         d_nw = (y0 * stride_dh + x0 * stride_dw)[:, None]
         off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
         for c0 in range(0, C, BLOCK_C):
-            c = c0 + c_range
+            c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
             g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
                         mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
             if NEED_X:
                 d_c = dx_img + (c * stride_dc)[None, :] + d_nw
-                scatter_add(d_c, g * (1.0 - fx) * (1.0 - fy), m_nw & c_mask, dx_scale, DETERMINISTIC)
-                scatter_add(d_c + stride_dw, g * fx * (1.0 - fy), m_ne & c_mask, dx_scale, DETERMINISTIC)
-                scatter_add(d_c + stride_dh, g * (1.0 - fx) * fy, m_sw & c_mask, dx_scale, DETERMINISTIC)
-                scatter_add(d_c + stride_dh + stride_dw, g * fx * fy, m_se & c_mask, dx_scale, DETERMINISTIC)
+                scatter_add(d_c, g * (1.0 - fx) * (1.0 - fy), m_nw & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+                scatter_add(d_c + stride_dw, g * fx * (1.0 - fy), m_ne & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+                scatter_add(d_c + stride_dh, g * (1.0 - fx) * fy, m_sw & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+                scatter_add(d_c + stride_dh + stride_dw, g * fx * fy, m_se & c_mask, nonfinite, s1, s2, DETERMINISTIC)
             if NEED_COORDS:
                 x_c = x_img + (c * stride_xc)[None, :] + off_nw
                 v_nw = tl.load(x_c, mask=m_nw & c_mask, other=0.0).to(ACC)
@@ -248,11 +311,11 @@ def backprop_channels(
             xn, yn, m = nearest_tap(ix, iy, H, W, p_mask, INDEX_64)
             d_off = (yn * stride_dh + xn * stride_dw)[:, None]
             for c0 in range(0, C, BLOCK_C):
-                c = c0 + c_range
+                c = channel_block(c0, c_range, INDEX_64)
                 c_mask = (c < C)[None, :]
                 g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
                             mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
-                scatter_add(dx_img + (c * stride_dc)[None, :] + d_off, g, m & c_mask, dx_scale, DETERMINISTIC)
+                scatter_add(dx_img + (c * stride_dc)[None, :] + d_off, g, m & c_mask, nonfinite, s1, s2, DETERMINISTIC)
     return d_ix, d_iy
 
 
@@ -268,10 +331,7 @@ def sample_at(
     coordinates (x_s, y_s) of output pixels ``p`` (flat, row-major) and store all channels."""
     ix, _ = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
     iy, _ = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
-    if INDEX_64:  # tensors of >= 2**31 elements: every offset product in int64
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
-    ho = p // W_OUT
+    ho = p // W_OUT  # n and p are int64 with INDEX_64 (program_pixels): so is every offset
     out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
     sample_channels(
         x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy,
@@ -282,7 +342,7 @@ def sample_at(
 
 @triton.jit
 def backprop_at(
-    grad_out_ptr, x_ptr, grad_x_ptr, dx_scale_ptr, n, p, p_mask, x_s, y_s,
+    grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, n, p, p_mask, x_s, y_s,
     C, H, W, W_OUT,
     stride_gn, stride_gc, stride_gh, stride_gw,
     stride_xn, stride_xc, stride_xh, stride_xw,
@@ -294,22 +354,19 @@ def backprop_at(
     """Backward of :func:`sample_at` for every warp kernel.
 
     NEED_X: scatters into ``grad_x`` (float atomics, or int64 fixed point with the per-image scale
-    at ``dx_scale_ptr`` when DETERMINISTIC). Returns (g_xs, g_ys): the gradient w.r.t. the
+    exponent at ``dx_exp_ptr`` when DETERMINISTIC). Returns (g_xs, g_ys): the gradient w.r.t. the
     *normalised* source coordinates, reduced over channels, 0 on masked pixels (and everywhere
     unless NEED_COORDS); the caller chains it to its transform's parameters.
     """
     ix, dix = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
     iy, diy = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
-    dx_scale = 1.0
+    nonfinite, s1, s2 = False, 1.0, 1.0
     if DETERMINISTIC:
-        dx_scale = tl.load(dx_scale_ptr + n)
-    if INDEX_64:
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
+        nonfinite, s1, s2 = fixed_point_factors(dx_exp_ptr, n, ACC)
     ho = p // W_OUT
     g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
     d_ix, d_iy = backprop_channels(
-        grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, dx_scale,
+        grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, nonfinite, s1, s2,
         C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
         MODE, NEED_X, NEED_COORDS, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )

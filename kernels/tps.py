@@ -4,15 +4,18 @@ Definition (see ``stn_triton.tps_warp``): for a normalised output location p = (
 
     source(p) = a0 + a1 * x_t + a2 * y_t + sum_k w_k * U(|p - c_k|),   U(r) = r^2 log r^2, U(0) = 0,
 
-with the per-sample coefficients ``coef`` (N, K+3, 2) = M @ points computed on the host (M is the
-cached (K+3, K) coefficient map of the control-point layout, float64). Rows 0..K-1 of ``coef``
+with the per-sample coefficients ``coef`` (N, K+3, 2) = M @ points (M the (K+3, K) coefficient map
+of the control-point layout, solved in float64 by ``stn_triton._tps_ops``; the matmul is an
+ordinary differentiable torch op in front of the kernel). Rows 0..K-1 of ``coef``
 are the radial weights w_k, rows K, K+1, K+2 are a0, a1, a2; the last axis is (x, y).
 
 Pointer arithmetic (all buffers contiguous, elements):
 
-* ``coef_ptr``  (N, K+3, 2), ACC:  w_k of image n at ``n*(K+3)*2 + 2*k + d`` (d = 0 for x, 1 for y),
-  a_i at ``n*(K+3)*2 + 2*(K+i) + d``;
-* ``ctrl_ptr``  (K, 2), ACC:       c_k = (ctrl[2k], ctrl[2k+1]) in the normalised output frame;
+* ``coef_ptr``  (N, K+3, 2), contiguous, any float dtype (float64 from the op; converted to ACC in
+  registers): w_k of image n at ``n*(K+3)*2 + 2*k + d`` (d = 0 for x, 1 for y), a_i at
+  ``n*(K+3)*2 + 2*(K+i) + d``;
+* ``ctrl_ptr``  (K, 2), contiguous, any float dtype: c_k = (ctrl[2k], ctrl[2k+1]) in the
+  normalised output frame;
 * ``x`` / ``out`` / ``grad_out`` / ``grad_x``: any strides, as in ``kernels/warp.py``
   (``x + n*sxn + c*sxc + y*sxh + x*sxw``);
 * ``grad_coef_partial_ptr`` (N * NUM_PBLOCKS, K+3, 2), ACC: one row block per program
@@ -29,24 +32,22 @@ Backward, same tiling: grad_x through sampling.backprop_channels (atomic scatter
 buffer, or an int64 fixed-point one when torch's deterministic algorithms are on, as ``warp``); the gradient w.r.t. (x_s, y_s) is chained through padding and
 unnormalisation, then multiplied by the basis [U(|p - c_k|) for k, 1, x_t, y_t] (U recomputed in
 the same BLOCK_K chunks) and summed over the program's pixels into its partial row block.
-grad_points = M^T @ grad_coef is a host matmul (``stn_triton._tps_ops``).
+grad_points = M^T @ grad_coef is autograd's, through the matmul in front of the kernel.
 
 K is a runtime argument: one compiled kernel serves every K (register use depends on BLOCK_K,
 not on K).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import triton
 import triton.language as tl
 
-from .sampling import MODE_BILINEAR, backprop_at, output_coords, sample_at
-from .layout import empty_output, is_channels_last
 from .device import on_tensor_device
 from .fixed_point import grad_x_buffer, grad_x_from_buffer
-from .warp import MODE_CODES, PADDING_CODES, _layout_strides, block_sizes, launch_config, needs_int64, tl_dtype
+from .layout import empty_output, is_channels_last
+from .policy import MODE_CODES, PADDING_CODES, compute_dtype, launch_config, needs_int64, triton_dtype
+from .sampling import MODE_BILINEAR, backprop_at, program_pixels, sample_at
 
 
 @triton.jit
@@ -60,19 +61,20 @@ def _radial_tile(x_t, y_t, cx, cy):
 
 
 @triton.jit
-def _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, BLOCK_K: tl.constexpr):
+def _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, ACC: tl.constexpr, BLOCK_K: tl.constexpr):
     """Source coordinates (x_s, y_s) of image n at output coordinates (x_t, y_t)."""
-    cf = coef_ptr + n * (K + 3) * 2
-    x_s = tl.load(cf + 2 * K) + tl.load(cf + 2 * K + 2) * x_t + tl.load(cf + 2 * K + 4) * y_t
-    y_s = tl.load(cf + 2 * K + 1) + tl.load(cf + 2 * K + 3) * x_t + tl.load(cf + 2 * K + 5) * y_t
+    cf = coef_ptr + n * (K + 3) * 2  # n is int64 in INDEX_64 kernels
+    aff = cf + 2 * K
+    x_s = tl.load(aff).to(ACC) + tl.load(aff + 2).to(ACC) * x_t + tl.load(aff + 4).to(ACC) * y_t
+    y_s = tl.load(aff + 1).to(ACC) + tl.load(aff + 3).to(ACC) * x_t + tl.load(aff + 5).to(ACC) * y_t
     k_range = tl.arange(0, BLOCK_K)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + k_range
         km = k < K
-        cx = tl.load(ctrl_ptr + 2 * k, mask=km, other=0.0)
-        cy = tl.load(ctrl_ptr + 2 * k + 1, mask=km, other=0.0)
-        wx = tl.load(cf + 2 * k, mask=km, other=0.0)  # 0 for k >= K: those lanes add nothing
-        wy = tl.load(cf + 2 * k + 1, mask=km, other=0.0)
+        cx = tl.load(ctrl_ptr + 2 * k, mask=km, other=0.0).to(ACC)
+        cy = tl.load(ctrl_ptr + 2 * k + 1, mask=km, other=0.0).to(ACC)
+        wx = tl.load(cf + 2 * k, mask=km, other=0.0).to(ACC)  # 0 for k >= K: those lanes add nothing
+        wy = tl.load(cf + 2 * k + 1, mask=km, other=0.0).to(ACC)
         u = _radial_tile(x_t, y_t, cx, cy)
         x_s += tl.sum(u * wx[None, :], axis=1)
         y_s += tl.sum(u * wy[None, :], axis=1)
@@ -93,13 +95,10 @@ def _tps_fwd_kernel(
     ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    n = pid // NUM_PBLOCKS
-    p = (pid - n * NUM_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < H_OUT * W_OUT
-
-    x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
-    x_s, y_s = _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, BLOCK_K)
+    pid, n, p, p_mask, x_t, y_t = program_pixels(NUM_PBLOCKS, H_OUT, W_OUT, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_P)
+    if INDEX_64:  # so that every offset derived from K (k, 2 * K, (K + 3) * 2) is int64 too
+        K = K.to(tl.int64)
+    x_s, y_s = _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, ACC, BLOCK_K)
     sample_at(
         x_ptr, out_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
         stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
@@ -110,7 +109,7 @@ def _tps_fwd_kernel(
 @triton.jit
 def _tps_bwd_kernel(
     # pointers
-    grad_out_ptr, x_ptr, coef_ptr, ctrl_ptr, grad_x_ptr, grad_coef_partial_ptr, dx_scale_ptr,
+    grad_out_ptr, x_ptr, coef_ptr, ctrl_ptr, grad_x_ptr, grad_coef_partial_ptr, dx_exp_ptr,
     # sizes
     C, H, W, H_OUT, W_OUT, NUM_PBLOCKS, K,
     # strides (elements)
@@ -123,15 +122,12 @@ def _tps_bwd_kernel(
     ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    n = pid // NUM_PBLOCKS
-    p = (pid - n * NUM_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < H_OUT * W_OUT
-
-    x_t, y_t = output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
-    x_s, y_s = _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, BLOCK_K)
+    pid, n, p, p_mask, x_t, y_t = program_pixels(NUM_PBLOCKS, H_OUT, W_OUT, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_P)
+    if INDEX_64:  # so that every offset derived from K (k, 2 * K, (K + 3) * 2) is int64 too
+        K = K.to(tl.int64)
+    x_s, y_s = _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, ACC, BLOCK_K)
     g_xs, g_ys = backprop_at(
-        grad_out_ptr, x_ptr, grad_x_ptr, dx_scale_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
         stride_gn, stride_gc, stride_gh, stride_gw, stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dn, stride_dc, stride_dh, stride_dw,
         MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_COEF and MODE == MODE_BILINEAR, DETERMINISTIC,
@@ -139,22 +135,24 @@ def _tps_bwd_kernel(
     )
     if NEED_COEF and MODE == MODE_BILINEAR:
         # basis [U(|p - c_k|), 1, x_t, y_t] x grad source coord, one partial row block per program
-        out_row = grad_coef_partial_ptr + pid * (K + 3) * 2
+        # (a non-finite coordinate already has zero gradient: sampling.source_pixel)
+        out_row = grad_coef_partial_ptr + pid * (K + 3) * 2  # pid is int64 in INDEX_64 kernels
         k_range = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + k_range
             km = k < K
-            cx = tl.load(ctrl_ptr + 2 * k, mask=km, other=0.0)
-            cy = tl.load(ctrl_ptr + 2 * k + 1, mask=km, other=0.0)
+            cx = tl.load(ctrl_ptr + 2 * k, mask=km, other=0.0).to(ACC)
+            cy = tl.load(ctrl_ptr + 2 * k + 1, mask=km, other=0.0).to(ACC)
             u = _radial_tile(x_t, y_t, cx, cy)
             tl.store(out_row + 2 * k, tl.sum(u * g_xs[:, None], axis=0), mask=km)
             tl.store(out_row + 2 * k + 1, tl.sum(u * g_ys[:, None], axis=0), mask=km)
-        tl.store(out_row + 2 * K, tl.sum(g_xs, axis=0))
-        tl.store(out_row + 2 * K + 1, tl.sum(g_ys, axis=0))
-        tl.store(out_row + 2 * K + 2, tl.sum(g_xs * x_t, axis=0))
-        tl.store(out_row + 2 * K + 3, tl.sum(g_ys * x_t, axis=0))
-        tl.store(out_row + 2 * K + 4, tl.sum(g_xs * y_t, axis=0))
-        tl.store(out_row + 2 * K + 5, tl.sum(g_ys * y_t, axis=0))
+        aff = out_row + 2 * K
+        tl.store(aff, tl.sum(g_xs, axis=0))
+        tl.store(aff + 1, tl.sum(g_ys, axis=0))
+        tl.store(aff + 2, tl.sum(g_xs * x_t, axis=0))
+        tl.store(aff + 3, tl.sum(g_ys * x_t, axis=0))
+        tl.store(aff + 4, tl.sum(g_xs * y_t, axis=0))
+        tl.store(aff + 5, tl.sum(g_ys * y_t, axis=0))
     # nearest: piecewise constant in the coordinates, so grad coef stays 0 (as in PyTorch)
 
 
@@ -169,10 +167,12 @@ def block_k(k: int) -> int:
 
 @on_tensor_device
 def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, config=None):
-    """Launch ``_tps_fwd_kernel``. ``coef``: (N, K+3, 2), ``ctrl``: (K, 2), both contiguous in the
-    accumulation dtype. The output has x's dtype and memory format."""
+    """Launch ``_tps_fwd_kernel``. ``coef``: (N, K+3, 2), ``ctrl``: (K, 2), both contiguous, any
+    float dtype (read in place, converted to the compute dtype in registers). The output has x's
+    dtype and memory format."""
     n, c, h, w = x.shape
     k = ctrl.shape[0]
+    coef, ctrl = coef.contiguous(), ctrl.contiguous()  # the kernel's layout (no-ops for the op's own tensors)
     out = empty_output(x, h_out, w_out)
     if n == 0:
         return out
@@ -183,7 +183,7 @@ def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, conf
         c, h, w, h_out, w_out, num_pblocks, k,
         *x.stride(), *out.stride(),
         MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
-        ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, out),
+        ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, coef),
         BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps,
     )
     return out
@@ -193,80 +193,42 @@ def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, conf
 def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, need_coef, deterministic=False,
             config=None):
     """Launch ``_tps_bwd_kernel``. Returns (grad_x in x's dtype or None, grad_coef (N, K+3, 2) in
-    the accumulation dtype or None).
+    coef's dtype or None).
 
     ``deterministic``: grad_x is accumulated in int64 fixed point as in ``warp_bwd`` (bit-identical
     run to run); grad_coef is always deterministic (per-program partials summed in a fixed order).
     """
     n, c, h, w = x.shape
     k = ctrl.shape[0]
+    coef, ctrl = coef.contiguous(), ctrl.contiguous()  # the kernel's layout (no-ops for the op's own tensors)
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
-    acc = coef.dtype
+    acc = compute_dtype(x.dtype)
     # scatter buffer in x's memory format: fp32 (fp64), or int64 fixed point when deterministic
-    grad_x, scale = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
+    grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     bilinear = mode == "bilinear"
     partial = None
-    if need_coef:  # bilinear: every program writes all of its rows; nearest: the gradient is 0
-        alloc = torch.empty if bilinear else torch.zeros
-        partial = alloc((n * num_pblocks, k + 3, 2), dtype=acc, device=x.device)
-    if n > 0 and (need_x or (need_coef and bilinear)):
-        dummy = grad_x if grad_x is not None else x
+    if need_coef and bilinear:  # every program writes all of its rows: no zero-fill
+        partial = torch.empty((n * num_pblocks, k + 3, 2), dtype=acc, device=x.device)
+    if n > 0 and (need_x or partial is not None):
+        # pointers a specialisation does not use still need a tensor: x stands in for them
+        grad_x_arg = grad_x if grad_x is not None else x
         _tps_bwd_kernel[(n * num_pblocks,)](
-            grad_out, x, coef, ctrl, dummy, partial if partial is not None else coef,
-            scale if scale is not None else coef,
+            grad_out, x, coef, ctrl, grad_x_arg, partial if partial is not None else x,
+            exponents if exponents is not None else x,
             c, h, w, h_out, w_out, num_pblocks, k,
-            *grad_out.stride(), *x.stride(), *dummy.stride(),
+            *grad_out.stride(), *x.stride(), *grad_x_arg.stride(),
             MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
-            NEED_X=need_x, NEED_COEF=need_coef, DETERMINISTIC=bool(deterministic and need_x), ACC=tl_dtype(x.dtype), INDEX_64=needs_int64(x, grad_out),
+            NEED_X=need_x, NEED_COEF=partial is not None, DETERMINISTIC=bool(deterministic and need_x),
+            ACC=triton_dtype(acc),
+            INDEX_64=needs_int64(x, grad_out, coef) or (partial is not None and needs_int64(partial)),
             BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps,
         )
-    gx = grad_x_from_buffer(grad_x, scale, x.dtype, acc) if need_x else None
-    gc = partial.view(n, num_pblocks, k + 3, 2).sum(dim=1) if need_coef else None
+    gx = grad_x_from_buffer(grad_x, exponents, x.dtype, acc) if need_x else None
+    gc = None
+    if partial is not None:  # the cast to coef's dtype happens inside the reduction: one launch
+        gc = partial.view(n, num_pblocks, k + 3, 2).sum(dim=1, dtype=coef.dtype)
+    elif need_coef:  # nearest: piecewise constant in the coordinates
+        gc = torch.zeros(coef.shape, dtype=coef.dtype, device=coef.device)
     return gx, gc
-
-
-def aot_configs():
-    """Specialisations compiled ahead of time by ``bench.static`` and the tests (see kernels/aot.py).
-
-    K is a runtime argument and BLOCK_K = block_k(K) is 8 for every K >= 8, so register use does
-    not depend on K: the sweep is labelled K16, and the K = 64 launch configuration is listed too
-    (fp32 NCHW and bf16 NHWC, bilinear, fwd + bwd) so the report shows both sizes the issue names.
-    One fp64 (ACC = fp64) pair checks the float64 path compiles (libdevice log).
-    """
-    from .aot import KernelConfig
-
-    def pair(k, storage, layout_cl, mode, padding, acc="fp32"):
-        channels = 64 if layout_cl else 3
-        block_p, block_c = block_sizes(channels, layout_cl)
-        # integer args specialised as a real launch would be (stride 1 constant, /16 hints)
-        fwd_spec = dict(_layout_strides("xo", layout_cl, channels), K=k)
-        bwd_spec = dict(_layout_strides("gxd", layout_cl, channels), K=k)
-        layout = "nhwc" if layout_cl else "nchw"
-        common = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding], ALIGN_CORNERS=False,
-                      ACC=tl.float64 if acc == "fp64" else tl.float32, INDEX_64=False,
-                      BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k))
-        tail = f"K{k}/{mode}/{padding}/{storage}/{layout}"
-        return [
-            KernelConfig(f"tps_fwd/{tail}", _tps_fwd_kernel,
-                         {"x_ptr": storage, "coef_ptr": acc, "ctrl_ptr": acc, "out_ptr": storage}, common, fwd_spec),
-            KernelConfig(f"tps_bwd/{tail}", _tps_bwd_kernel,
-                         {"grad_out_ptr": storage, "x_ptr": storage, "coef_ptr": acc, "ctrl_ptr": acc,
-                          "grad_x_ptr": acc, "grad_coef_partial_ptr": acc, "dx_scale_ptr": "fp32"},
-                         dict(common, NEED_X=True, NEED_COEF=True, DETERMINISTIC=False), bwd_spec),
-        ]
-
-    configs = []
-    for storage, layout_cl in (("fp32", False), ("bf16", True), ("fp16", False)):
-        for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border")):
-            configs += pair(16, storage, layout_cl, mode, padding)
-    configs += pair(64, "fp32", False, "bilinear", "zeros")
-    configs += pair(64, "bf16", True, "bilinear", "reflection")
-    configs += pair(16, "fp64", False, "bilinear", "zeros", acc="fp64")
-    det = pair(16, "fp32", False, "bilinear", "zeros")[1]
-    configs.append(dataclasses.replace(
-        det, label=det.label + "/deterministic", pointers=dict(det.pointers, grad_x_ptr="i64"),
-        constexprs=dict(det.constexprs, DETERMINISTIC=True)))
-    return configs
-

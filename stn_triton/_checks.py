@@ -1,6 +1,7 @@
 """Input validation shared by every public op: clear errors naming the argument, never a crash."""
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -40,13 +41,26 @@ def check_float(t: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
 
 
-def resolve_size(x: torch.Tensor, size) -> tuple[int, int]:
-    """(H_out, W_out) from ``size`` (None means the input's size)."""
-    if size is None:
+def _is_int(v) -> bool:
+    """A Python or numpy integer (as PyTorch accepts for sizes), not a bool or a float."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and type(v).__name__ != "bool_"
+
+
+def resolve_size(x: torch.Tensor | None, size, name: str = "size") -> tuple[int, int]:
+    """(H_out, W_out) from ``size`` (None means x's (H, W)); ints or numpy integers, never floats."""
+    if size is None and x is not None:
         return int(x.shape[2]), int(x.shape[3])
-    if isinstance(size, torch.Size) or isinstance(size, Sequence):
-        if len(size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+    if isinstance(size, (torch.Size, Sequence)) and not isinstance(size, str):
+        if len(size) == 2 and all(_is_int(s) for s in size):
             h, w = int(size[0]), int(size[1])
             if h > 0 and w > 0:
                 return h, w
-    raise ValueError(f"size must be None or a pair of positive ints (H_out, W_out), got {size!r}")
+    raise ValueError(f"{name} must be {'None or ' if x is not None else ''}a pair of positive ints (H_out, W_out), "
+                     f"got {size!r}")
+
+
+def check_align_corners(align_corners) -> bool:
+    """``align_corners`` as a bool; anything but a bool is a TypeError (as in PyTorch)."""
+    if isinstance(align_corners, bool) or type(align_corners).__name__ == "bool_":
+        return bool(align_corners)
+    raise TypeError(f"align_corners must be a bool, got {align_corners!r} ({type(align_corners).__name__})")

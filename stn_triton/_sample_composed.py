@@ -8,15 +8,17 @@ arithmetic can be differentiated again on every version.
 Same conventions as ``F.grid_sample`` (and the kernels' ``kernels/sampling.py``): grid (x, y) in
 [-1, 1], unnormalised with ``align_corners``, then padded; ``zeros`` masks taps outside the image,
 ``border`` clamps the coordinate (zero gradient where clamped), ``reflection`` folds it back
-(sign-flipping gradient) and then clamps; nearest rounds half to even (zero grid gradient).
+(sign-flipping gradient) and then clamps; nearest rounds half to even (zero grid gradient);
+non-finite coordinates sample 0 (``torch_path.sanitize_grid``).
 Memory: O(N * C * H_out * W_out) per tap, which is fine for the small second-order use.
 """
 from __future__ import annotations
 
 import torch
 
-from .torch_path import compute_dtype
+from .torch_path import sanitize_grid
 from stn_triton.kernels.layout import memory_format_of
+from stn_triton.kernels.policy import compute_dtype
 
 
 def _unnormalize(coord: torch.Tensor, size: int, align_corners: bool) -> torch.Tensor:
@@ -62,7 +64,8 @@ def grid_sample_composed(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilin
     n, c, h, w = x.shape
     h_out, w_out = grid.shape[1], grid.shape[2]
     flat = x.to(cdt).reshape(n, c, h * w)
-    g = grid.to(cdt).reshape(n, h_out * w_out, 2)
+    grid, finite = sanitize_grid(grid.to(cdt), traceable=True)  # the kernels' rule for non-finite coordinates
+    g = grid.reshape(n, h_out * w_out, 2)
     ix = _source_coord(g[..., 0], w, padding_mode, align_corners)
     iy = _source_coord(g[..., 1], h, padding_mode, align_corners)
     if mode == "nearest":
@@ -72,5 +75,5 @@ def grid_sample_composed(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilin
         fx, fy = (ix - x0)[:, None, :], (iy - y0)[:, None, :]
         out = ((1 - fx) * (1 - fy) * _tap(flat, x0, y0, h, w) + fx * (1 - fy) * _tap(flat, x0 + 1, y0, h, w)
                + (1 - fx) * fy * _tap(flat, x0, y0 + 1, h, w) + fx * fy * _tap(flat, x0 + 1, y0 + 1, h, w))
-    out = out.reshape(n, c, h_out, w_out)
+    out = (out * finite.reshape(n, 1, h_out * w_out).to(cdt)).reshape(n, c, h_out, w_out)
     return out.to(dtype=x.dtype, memory_format=memory_format_of(x))

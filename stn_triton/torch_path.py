@@ -1,9 +1,15 @@
 """Pure-PyTorch implementations: the CPU path and the independent reference for the kernels.
 
 Everything here composes stock PyTorch ops (``F.grid_sample`` does the sampling), so it is
-differentiable by autograd and shares no code with the Triton kernels in ``kernels/``.
-Half-precision inputs are computed in float32 (coordinates must be fp32-accurate, the same
-contract as the kernels) and cast back.
+differentiable by autograd and shares no code with the Triton kernels in ``kernels/`` beyond two
+policy rules: the compute dtype (half-precision inputs are computed in float32, coordinates must
+be fp32-accurate, the same contract as the kernels) and the memory format of outputs.
+
+Non-finite coordinates: ``F.grid_sample`` returns NaN for them, and its CPU backward reads out of
+bounds (it crashes) with border or reflection padding. :func:`sanitize_grid` applies the kernels'
+rule first (``kernels/sampling.py: source_pixel``): a pixel whose source coordinate is NaN or
++-inf samples 0 with zero gradient in every padding mode, and finite coordinates are clamped to
++-COORD_LIMIT.
 """
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from stn_triton.kernels.layout import memory_format_of
+from stn_triton.kernels.policy import compute_dtype
+
+COORD_LIMIT = 2.0 ** 20  # the kernels' sampling.COORD_LIMIT
 
 
 def _linspace_from_neg_one(steps: int, align_corners: bool, dtype, device) -> torch.Tensor:
@@ -41,17 +50,31 @@ def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> 
     return uvw.reshape(theta.shape[0], h, w, 2)
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def sanitize_grid(grid: torch.Tensor, traceable: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(grid', mask)``: grid' samples like the kernels (non-finite -> 0, clamped to +-COORD_LIMIT),
+    ``mask`` (N, H_out, W_out, 1) is False where a coordinate is not finite, or None when every
+    coordinate is finite and inside the limit (grid' is then grid itself: the common case costs one
+    reduction; on CPU its result is read on the host, on other devices the mask is always built so
+    nothing synchronises). ``traceable``: always build the mask (no data-dependent branch), for
+    code that autograd or torch.compile traces."""
+    if not traceable and grid.device.type == "cpu" and grid.numel():
+        if torch.linalg.vector_norm(grid, ord=float("inf")) < COORD_LIMIT:  # False for NaN / inf too
+            return grid, None
+    finite = torch.isfinite(grid).all(dim=-1, keepdim=True)
+    safe = torch.where(finite, grid, torch.zeros((), dtype=grid.dtype, device=grid.device))
+    return safe.clamp(-COORD_LIMIT, COORD_LIMIT), finite
 
 
 def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
-    """``F.grid_sample`` in fp32 (fp64 for fp64 input), result in x's dtype and memory format."""
+    """``F.grid_sample`` in fp32 (fp64 for fp64 input), result in x's dtype and memory format;
+    non-finite coordinates sample 0 (:func:`sanitize_grid`)."""
     cdt = compute_dtype(x.dtype)
     if x.shape[0] == 0:  # F.grid_sample rejects an empty batch; we return an empty result.
-        out = x.new_empty((0, x.shape[1], grid.shape[1], grid.shape[2]))
-        return out
-    out = F.grid_sample(x.to(cdt), grid.to(cdt), mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+        return x.new_empty((0, x.shape[1], grid.shape[1], grid.shape[2]))
+    grid, finite = sanitize_grid(grid.to(cdt))
+    out = F.grid_sample(x.to(cdt), grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    if finite is not None:
+        out = out * finite.squeeze(-1).unsqueeze(1).to(out.dtype)
     return out.to(dtype=x.dtype, memory_format=memory_format_of(x))
 
 
@@ -63,12 +86,19 @@ def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x
     """Backward of :func:`sample` through aten's grid-sampler backward, in fp32 (fp64 for fp64).
 
     Returns (grad_x in x's dtype and memory format, or None; grad_grid in the compute dtype, or None).
+    Non-finite coordinates contribute nothing and get zero gradient (:func:`sanitize_grid`).
     """
     cdt = compute_dtype(x.dtype)
+    grid, finite = sanitize_grid(grid.to(cdt))
+    grad_out = grad_out.to(cdt)
+    if finite is not None:
+        grad_out = grad_out * finite.squeeze(-1).unsqueeze(1).to(cdt)
     gx, ggrid = torch.ops.aten.grid_sampler_2d_backward(
-        grad_out.to(cdt), x.to(cdt), grid.to(cdt), _ATEN_MODES[mode], _ATEN_PADDINGS[padding_mode], align_corners,
+        grad_out, x.to(cdt), grid, _ATEN_MODES[mode], _ATEN_PADDINGS[padding_mode], align_corners,
         [need_x, need_grid],
     )
+    if need_grid and finite is not None:  # clamped coordinates have zero gradient too
+        ggrid = ggrid * (finite & (grid.abs() < COORD_LIMIT)).to(cdt)
     if need_x:
         gx = gx.to(dtype=x.dtype, memory_format=memory_format_of(x))
     return (gx if need_x else None), (ggrid if need_grid else None)
@@ -88,14 +118,20 @@ def tps_radial(d2: torch.Tensor) -> torch.Tensor:
     return torch.where(d2 > 0, d2 * torch.log(torch.where(d2 > 0, d2, torch.ones_like(d2))), torch.zeros_like(d2))
 
 
-def default_control_points(k: int, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Regular sqrt(K) x sqrt(K) grid over [-1, 1]^2, x varying fastest, shape (K, 2)."""
+def check_default_k(k: int) -> int:
+    """sqrt(K) for the default control-point grid; a clear error unless K is a perfect square >= 4."""
     g = int(round(k ** 0.5))
     if g * g != k or k < 4:
         raise ValueError(
             f"the default control points form a sqrt(K) x sqrt(K) grid, so K must be a perfect square >= 4; "
             f"got K = {k}. Pass control_points=(K, 2) for other layouts."
         )
+    return g
+
+
+def default_control_points(k: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Regular sqrt(K) x sqrt(K) grid over [-1, 1]^2, x varying fastest, shape (K, 2)."""
+    g = check_default_k(k)
     t = torch.linspace(-1.0, 1.0, g, dtype=dtype, device=device)
     gy, gx = torch.meshgrid(t, t, indexing="ij")
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
@@ -131,25 +167,27 @@ def tps_features(control_points: torch.Tensor, h: int, w: int, align_corners: bo
     return torch.cat([tps_radial(d2), base[:, 2:3], base[:, :2]], dim=1)
 
 
-def tps_grid_from_map(points, coef_map, control_points, h, w, align_corners=False, out_dtype=None):
-    """TPS sampling grid (N, H, W, 2) from the coefficient map M (K+3, K) of ``control_points``.
+def tps_coefficients(points: torch.Tensor, coef_map: torch.Tensor) -> torch.Tensor:
+    """Spline coefficients (N, K+3, 2) = M @ points in float64 (rows: w_1..w_K, a0, a1, a2), contiguous."""
+    return torch.matmul(coef_map.to(torch.float64), points.to(torch.float64))
 
-    Everything is computed in float64 (coefficients = M @ points, Phi, Phi @ coefficients) and
-    rounded once to ``out_dtype`` (default points' dtype), so an fp32 grid is the float64 grid to
-    fp32 rounding (building it in fp32 from float64 coefficients costs ~1e-5 through the radial
-    terms' cancellation). Differentiable w.r.t. ``points`` by autograd.
+
+def tps_grid_from_coef(coef, control_points, h, w, align_corners=False, out_dtype=torch.float64):
+    """TPS sampling grid (N, H, W, 2) from the coefficients (N, K+3, 2) of :func:`tps_coefficients`.
+
+    Computed in float64 (Phi @ coefficients) and rounded once to ``out_dtype``, so an fp32 grid is
+    the float64 grid to fp32 rounding (building it in fp32 costs ~1e-5 through the radial terms'
+    cancellation). Differentiable w.r.t. ``coef`` by autograd.
     """
-    out_dtype = points.dtype if out_dtype is None else out_dtype
-    c64 = control_points.detach().to(torch.float64)
-    coef = torch.einsum("jk,nkd->njd", coef_map.to(torch.float64), points.to(torch.float64))  # (N, K+3, 2)
-    phi = tps_features(c64, h, w, align_corners)
-    return torch.einsum("pj,njd->npd", phi, coef).reshape(points.shape[0], h, w, 2).to(out_dtype)
+    phi = tps_features(control_points.detach().to(torch.float64), h, w, align_corners)
+    return torch.einsum("pj,njd->npd", phi, coef.to(torch.float64)).reshape(coef.shape[0], h, w, 2).to(out_dtype)
 
 
 def tps_grid(points, control_points, h, w, align_corners=False, out_dtype=None):
     """Reference TPS sampling grid (N, H, W, 2): solve (float64), then Phi @ coefficients (float64)."""
-    return tps_grid_from_map(points, tps_coefficient_map(control_points), control_points, h, w, align_corners,
-                             out_dtype)
+    coef = tps_coefficients(points, tps_coefficient_map(control_points))
+    return tps_grid_from_coef(coef, control_points, h, w, align_corners,
+                              points.dtype if out_dtype is None else out_dtype)
 
 
 def tps_warp(x, points, control_points, h_out, w_out, mode="bilinear", padding_mode="zeros", align_corners=False):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from . import _checks, torch_path
-from ._tps_ops import tps_warp_op
+from ._op_template import backend_for
+from ._tps_ops import tps_system, tps_warp_op
 
 
 def check_points(x_batch: int | None, points, control_points) -> torch.Tensor | None:
@@ -19,7 +20,7 @@ def check_points(x_batch: int | None, points, control_points) -> torch.Tensor | 
         raise ValueError(f"points' batch size must equal x's: x has N = {x_batch}, points has shape {tuple(points.shape)}")
     k = points.shape[1]
     if control_points is None:
-        torch_path.default_control_points(k, torch.float64, "cpu")  # raises unless K is a perfect square >= 4
+        torch_path.check_default_k(k)
         return None
     if not isinstance(control_points, torch.Tensor) or control_points.dim() != 2 or control_points.shape[1] != 2:
         got = tuple(control_points.shape) if isinstance(control_points, torch.Tensor) else type(control_points).__name__
@@ -50,11 +51,11 @@ def tps_grid(points: torch.Tensor, size, *, control_points: torch.Tensor | None 
     ``tps_warp`` never does.
     """
     cps = check_points(None, points, control_points)
-    if cps is None:
-        cps = torch_path.default_control_points(points.shape[1], torch.float64, points.device)
-    if not (isinstance(size, (tuple, list, torch.Size)) and len(size) == 2 and all(int(s) > 0 for s in size)):
-        raise ValueError(f"size must be a pair of positive ints (H_out, W_out), got {size!r}")
-    return torch_path.tps_grid(points, cps, int(size[0]), int(size[1]), bool(align_corners))
+    h_out, w_out = _checks.resolve_size(None, size)
+    m64, c64 = tps_system(cps, points.shape[1], points.device)
+    coef = torch_path.tps_coefficients(points, m64)
+    return torch_path.tps_grid_from_coef(coef, c64, h_out, w_out, _checks.check_align_corners(align_corners),
+                                         points.dtype)
 
 
 def tps_warp(x: torch.Tensor, points: torch.Tensor, size=None, *, control_points: torch.Tensor | None = None,
@@ -80,11 +81,16 @@ def tps_warp(x: torch.Tensor, points: torch.Tensor, size=None, *, control_points
 
     Backend: as :func:`stn_triton.warp` (fused Triton kernels on CUDA, which evaluate the spline
     per output pixel without any (N, H*W, K) tensor; PyTorch otherwise). The TPS system is solved
-    once per control-point layout in float64 and cached.
+    in float64: once per K for the default grid; explicit control points are read on the host
+    every call (a (K, 2) copy) to check the system is not singular (condition number <= 1e12,
+    else ValueError) and to find their solved system by content.
     """
     _checks.check_image(x, "x")
     cps = check_points(x.shape[0], points, control_points)
     _checks.check_modes(mode, padding_mode)
     _checks.check_same_device(x, points, "points")
+    align_corners = _checks.check_align_corners(align_corners)
     h_out, w_out = _checks.resolve_size(x, size)
-    return tps_warp_op(x, points, cps, h_out, w_out, mode, padding_mode, bool(align_corners))
+    m64, c64 = tps_system(cps, points.shape[1], x.device)
+    coef = torch_path.tps_coefficients(points, m64)  # differentiable: grad_points = M^T @ grad_coef
+    return tps_warp_op(x, coef, c64, [h_out, w_out], mode, padding_mode, align_corners, backend_for(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks
+from ._op_template import backend_for
 from ._warp_ops import warp_op
 
 
@@ -29,11 +30,13 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
         * ``mode``: ``"bilinear"`` | ``"nearest"`` (round half to even, as PyTorch);
           ``padding_mode``: ``"zeros"`` | ``"border"`` | ``"reflection"``.
         * Coordinates are computed in fp32 even for fp16 / bf16 data (fp64 for fp64 data).
-        * An empty batch (N = 0) returns an empty tensor. Non-finite theta never reads out of
-          bounds: such coordinates sample padding.
+        * An empty batch (N = 0) returns an empty tensor. A pixel whose source coordinate is not
+          finite (NaN / inf theta, w = 0 for projective theta) samples 0 in every padding mode and
+          gets zero gradient; finite coordinates are clamped to +-2**20 first.
 
     Backend: Triton kernels for CUDA tensors, PyTorch (``F.grid_sample``) otherwise; see
-    :func:`stn_triton.use_backend`.
+    :func:`stn_triton.use_backend`. It is chosen here, when the call is made, and the backward
+    runs on the same one.
 
     Gradients flow to ``x`` and ``theta``: the backward is one fused kernel, and
     ``torch.use_deterministic_algorithms(True)`` makes it bit-reproducible. Second and higher
@@ -48,8 +51,9 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
     _checks.check_image(x, "x")
     check_theta(x, theta)
     _checks.check_modes(mode, padding_mode)
+    align_corners = _checks.check_align_corners(align_corners)
     h_out, w_out = _checks.resolve_size(x, size)
-    return warp_op(x, theta, h_out, w_out, mode, padding_mode, bool(align_corners))
+    return warp_op(x, theta, [h_out, w_out], mode, padding_mode, align_corners, backend_for(x))
 
 
 def check_theta(x: torch.Tensor, theta) -> None:

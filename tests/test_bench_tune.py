@@ -20,7 +20,7 @@ def test_every_candidate_matches_default(device, kernel, channels_last):
 
 
 def test_candidates_start_with_default_and_fit_channels():
-    from stn_triton.kernels.warp import launch_config
+    from stn_triton.kernels.policy import launch_config
 
     for c, cl in [(1, False), (3, False), (160, False), (3, True), (64, True)]:
         cands = tune.candidates(c, cl)
@@ -37,7 +37,7 @@ def test_cli_list_and_no_gpu(capsys):
 
 
 def test_bad_launch_config_is_a_clear_error():
-    from stn_triton.kernels.warp import launch_config
+    from stn_triton.kernels.policy import launch_config
 
     with pytest.raises(ValueError, match="BLOCK_P must be a power of two"):
         launch_config(3, False, (100, 4))

@@ -125,3 +125,18 @@ def test_he_init_keeps_identity_regressors_and_standardize_is_parameter_free():
     assert torch.equal(m.sts[1](x)[0], m.sts[1](x)[0])
     with pytest.raises(ValueError):
         addition.build("fcn", init="xavier")
+
+
+def test_spatial_transformer_keeps_theta_precision():
+    """A bf16 input must not round the localiser's fp32 theta to bf16 (~0.4 px at 224 px)."""
+    torch.manual_seed(0)
+    loc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+    st = stn_triton.SpatialTransformer(loc, "affine", (16, 16))
+    with torch.no_grad():
+        st.regressor.bias.copy_(torch.tensor([0.1234567, -0.0731, 0.0412345, 0.0217, -0.1029, 0.0555]))
+    x = torch.rand(2, 3, 16, 16).to(torch.bfloat16)
+    y, theta = st(x.float())  # theta as the localiser gives it (fp32)
+    y16, theta16 = st(x)
+    assert theta16.dtype == torch.float32 == theta.dtype
+    torch.testing.assert_close(y16, stn_triton.warp(x, theta), rtol=0, atol=0)
+    assert not torch.equal(y16, stn_triton.warp(x, theta.to(torch.bfloat16)))

@@ -89,6 +89,43 @@ def test_backend_env_read_at_call_time(monkeypatch):
         stn_triton.requested_backend()
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="CPU tensors: the interpreter is the other backend")
+@pytest.mark.parametrize("transform", ["warp", "tps"])
+@pytest.mark.parametrize("forward_backend", ["triton", "torch"])
+def test_backward_runs_on_the_forward_backend_from_another_thread(monkeypatch, transform, forward_backend):
+    """Autograd runs CUDA backward passes on its own device thread, where the caller's
+    ``use_backend`` is not set; running backward on another thread on CPU shows the same thing."""
+    import threading
+
+    from stn_triton.kernels import tps as kt, warp as kw
+
+    called = []
+    module, name = (kw, "warp_bwd") if transform == "warp" else (kt, "tps_bwd")
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: called.append(1) or real(*a, **k))
+    monkeypatch.setenv("STN_BACKEND", "torch" if forward_backend == "triton" else "triton")  # the thread's default
+    x = torch.rand(2, 2, 6, 7, requires_grad=True)
+    with stn_triton.use_backend(forward_backend):
+        if transform == "warp":
+            out = stn_triton.warp(x, random_theta(2).requires_grad_())
+        else:
+            pts = stn_triton.torch_path.default_control_points(4)[None].repeat(2, 1, 1) + 0.05
+            out = stn_triton.tps_warp(x, pts.requires_grad_())
+    errors = []
+
+    def backward():
+        try:
+            out.sum().backward()
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    t = threading.Thread(target=backward)
+    t.start()
+    t.join()
+    assert not errors, errors
+    assert bool(called) == (forward_backend == "triton")
+
+
 # ----------------------------------------------------------------------------- forward + gradients, every mode
 
 
@@ -347,7 +384,7 @@ def test_non_finite_and_huge_theta_are_safe(device, triton_backend, padding_mode
 
 
 def test_int64_index_switch():
-    from stn_triton.kernels.warp import needs_int64
+    from stn_triton.kernels.policy import needs_int64
 
     assert not needs_int64(torch.empty(2, 3, 4, 5))
     big = torch.empty(1, device="meta").expand(2**31)  # no memory: a stride-0 view
@@ -365,12 +402,11 @@ def test_opcheck(backend, channels_last):
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     theta = random_theta(2, device=DEVICE)
-    with stn_triton.use_backend(backend):
-        torch.library.opcheck(torch.ops.stn_triton.warp.default,
-                              (x.requires_grad_(), theta.requires_grad_(), 4, 7, "bilinear", "reflection", True))
-        torch.library.opcheck(torch.ops.stn_triton.warp_backward.default,
-                              (torch.randn(2, 3, 4, 7, device=DEVICE).requires_grad_(), x.detach().requires_grad_(),
-                               theta.detach().requires_grad_(), "bilinear", "zeros", False, True, True))
+    torch.library.opcheck(torch.ops.stn_triton.warp.default,
+                          (x.requires_grad_(), theta.requires_grad_(), [4, 7], "bilinear", "reflection", True, backend))
+    torch.library.opcheck(torch.ops.stn_triton.warp_backward.default,
+                          (torch.randn(2, 3, 4, 7, device=DEVICE).requires_grad_(), x.detach().requires_grad_(),
+                           theta.detach().requires_grad_(), "bilinear", "zeros", False, True, True, backend))
 
 
 def test_torch_compile_fullgraph_small_stn():

@@ -5,7 +5,8 @@ with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` and 
 with the ``cuobjdump`` bundled in Triton's wheel: registers, local memory (spills), and the
 global load/store instructions (with their vector widths) in the SASS.
 
-Kernel modules describe what to compile with ``aot_configs()``: a list of :class:`KernelConfig`.
+What to compile is listed in ``bench/aot_configs.py``: one :class:`KernelConfig` per
+specialisation. Benchmark tooling: nothing under ``stn_triton`` imports this module.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 ARCHS = (80, 90)
-_DTYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "fp64": "*fp64", "i64": "*i64"}
+_DTYPES = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "fp64": "*fp64", "i64": "*i64", "i32": "*i32"}
 
 
 @dataclasses.dataclass
@@ -29,13 +30,13 @@ class KernelConfig:
 
     label: str
     fn: object  # a @triton.jit function
-    pointers: dict  # arg name -> "fp32" | "fp16" | "bf16" | "fp64"
+    pointers: dict  # arg name -> "fp32" | "fp16" | "bf16" | "fp64" | "i64" | "i32"
     constexprs: dict
     # Representative runtime values of integer args (strides, sizes), specialised the way the JIT
     # specialises a real launch: a value of 1 becomes a constant, a multiple of 16 gets the
     # tt.divisibility=16 hint. Pointers always get the hint (torch allocations are 16-aligned).
     specialize: dict = dataclasses.field(default_factory=dict)
-    num_warps: int = 4  # as the launchers use by default (kernels.warp.launch_config)
+    num_warps: int = 4  # as the launchers use by default (kernels.policy.launch_config)
 
     def all_constexprs(self) -> dict:
         return {**self.constexprs, **{k: 1 for k, v in self.specialize.items() if v == 1}}
@@ -91,6 +92,9 @@ class CompileReport:
     load_widths: dict  # bits -> count (LDG.E, LDG.E.64, LDG.E.128 ...)
     store_widths: dict
     occupancy: float  # theoretical, see occupancy()
+    # int64 specialisations (INDEX_64, or kernels that always index in int64): pointer offsets
+    # computed with 32-bit arithmetic (int32_offset_arithmetic); None where not checked
+    int32_offsets: list | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,6 +107,36 @@ def cuobjdump_path() -> str:
 def _width(op: str) -> int:
     m = re.search(r"\.(64|128)\b", op)
     return int(m.group(1)) if m else 32
+
+
+_SHAPE_OPS = {"tt.splat", "tt.broadcast", "tt.expand_dims", "tt.reshape", "ttg.convert_layout"}
+_DEF = re.compile(r"^\s*(%[\w]+) = ([\w.]+) (.*)$")
+
+
+def int32_offset_arithmetic(ttir: str) -> list[str]:
+    """Pointer offsets computed in 32-bit arithmetic: the ``tt.addptr`` lines of ``ttir`` whose
+    offset is i32 and comes (through splat / broadcast / expand_dims / reshape) from an integer
+    operation rather than from a constant, a kernel argument or a loop variable. In an int64
+    specialisation every such line is an offset that can wrap past 2**31."""
+    defs = {}
+    for line in ttir.splitlines():
+        m = _DEF.match(line)
+        if m:
+            body = m.group(3).split(" loc(")[0]
+            defs[m.group(1)] = (m.group(2), re.findall(r"%[\w]+", body.split(" : ")[0]), line.strip())
+    bad = []
+    for name, (op, operands, line) in defs.items():
+        if op != "tt.addptr" or len(operands) != 2:
+            continue
+        offset_type = line.split(" loc(")[0].rsplit(",", 1)[-1].strip()
+        if not re.search(r"i32>?$", offset_type):
+            continue
+        src = operands[1]
+        while src in defs and defs[src][0] in _SHAPE_OPS:
+            src = defs[src][1][0]
+        if src in defs and defs[src][0] != "arith.constant":
+            bad.append(f"{line.split(' loc(')[0]}   <- {defs[src][2].split(' loc(')[0]}")
+    return bad
 
 
 def compile_config(cfg: KernelConfig, arch: int) -> CompileReport:
@@ -132,11 +166,5 @@ def compile_config(cfg: KernelConfig, arch: int) -> CompileReport:
         num_warps=compiled.metadata.num_warps, global_loads=sum(loads.values()), global_stores=sum(stores.values()),
         atomics=n_atom, load_widths=loads, store_widths=stores,
         occupancy=occupancy(regs, compiled.metadata.num_warps, shared, arch),
+        int32_offsets=int32_offset_arithmetic(compiled.asm["ttir"]) if cfg.constexprs.get("INDEX_64", True) else None,
     )
-
-
-def all_configs() -> list[KernelConfig]:
-    """Every kernel module's AOT configurations."""
-    from . import fixed_point, tps, warp
-
-    return [*warp.aot_configs(), *tps.aot_configs(), *fixed_point.aot_configs()]

@@ -1,0 +1,151 @@
+"""What ``bench.aot`` compiles: one :class:`~bench.aot.KernelConfig` per kernel specialisation.
+
+The specialisations mirror what the launchers (``kernels/*.py``) pass at run time: pointer dtypes,
+constexprs from ``kernels.policy`` and representative strides (a stride of 1 becomes a constant,
+multiples of 16 get the divisibility hint, as the JIT does). Every kernel with an ``INDEX_64``
+constexpr is also listed in its int64 specialisation (label suffix ``/int64``), which
+``bench.aot.int32_offset_arithmetic`` checks on the compiled IR.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import triton.language as tl
+
+from bench.aot import KernelConfig
+from stn_triton.kernels import fixed_point, tps, warp
+from stn_triton.kernels.policy import MODE_CODES, PADDING_CODES, block_sizes
+
+
+def layout_strides(prefixes, channels_last: bool, c: int = 64, h: int = 32, w: int = 32) -> dict:
+    """Representative strides of (N, C, H, W) tensors in NCHW or NHWC, for AOT specialisation."""
+    if channels_last:
+        n_, c_, h_, w_ = h * w * c, 1, w * c, c
+    else:
+        n_, c_, h_, w_ = c * h * w, h * w, w, 1
+    out = {"C": c, "H": h, "W": w, "H_OUT": h, "W_OUT": w}
+    for p in prefixes:
+        out.update({f"stride_{p}n": n_, f"stride_{p}c": c_, f"stride_{p}h": h_, f"stride_{p}w": w_})
+    return out
+
+
+def theta_strides(projective: bool) -> dict:
+    """A contiguous (N, 2, 3) or (N, 3, 3) theta's strides, as a launch would specialise them."""
+    return {"stride_tn": 9 if projective else 6, "stride_tr": 3, "stride_tc": 1}
+
+
+def _int64(cfg: KernelConfig) -> KernelConfig:
+    return dataclasses.replace(cfg, label=cfg.label + "/int64", constexprs=dict(cfg.constexprs, INDEX_64=True))
+
+
+def warp_configs() -> list[KernelConfig]:
+    configs = []
+    for storage, layout_cl in (("fp32", False), ("bf16", True), ("fp16", False)):
+        channels = 64 if layout_cl else 3
+        block_p, block_c = block_sizes(channels, layout_cl)
+        layout = "nhwc" if layout_cl else "nchw"
+        fwd_strides = layout_strides("xo", layout_cl, channels)
+        bwd_strides = layout_strides("gxd", layout_cl, channels)
+        for projective in (False, True):
+            for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border")):
+                common = dict(PROJECTIVE=projective, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding],
+                              ALIGN_CORNERS=False, ACC=tl.float32, INDEX_64=False, BLOCK_P=block_p, BLOCK_C=block_c)
+                kind = "proj" if projective else "affine"
+                configs.append(KernelConfig(
+                    f"warp_fwd/{kind}/{mode}/{padding}/{storage}/{layout}", warp._warp_fwd_kernel,
+                    {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage}, common,
+                    {**fwd_strides, **theta_strides(projective)}))
+                configs.append(KernelConfig(
+                    f"warp_bwd/{kind}/{mode}/{padding}/{storage}/{layout}", warp._warp_bwd_kernel,
+                    {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "fp32",
+                     "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32"},
+                    dict(common, NEED_X=True, NEED_THETA=mode == "bilinear", DETERMINISTIC=False),
+                    {**bwd_strides, **theta_strides(projective)}))
+    by_label = {c.label: c for c in configs}
+    # int64 indexing, both directions and both transforms (deterministic included), once each
+    for label in ("warp_fwd/affine/bilinear/zeros/fp32/nchw", "warp_fwd/proj/nearest/border/bf16/nhwc",
+                  "warp_bwd/affine/bilinear/zeros/fp32/nchw", "warp_bwd/proj/bilinear/reflection/bf16/nhwc"):
+        configs.append(_int64(by_label[label]))
+    # theta-only backward
+    block_p, block_c = block_sizes(3, False)
+    base = dict(PROJECTIVE=False, MODE=0, PADDING=0, ALIGN_CORNERS=True, ACC=tl.float32, BLOCK_P=block_p, BLOCK_C=block_c)
+    configs.append(KernelConfig("warp_bwd/affine/bilinear/zeros/fp32/nchw/theta-only", warp._warp_bwd_kernel,
+                                {"grad_out_ptr": "fp32", "x_ptr": "fp32", "theta_ptr": "fp32", "grad_x_ptr": "fp32",
+                                 "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32"},
+                                dict(base, INDEX_64=False, NEED_X=False, NEED_THETA=True, DETERMINISTIC=False),
+                                {**layout_strides("gxd", False, 3), **theta_strides(False)}))
+    for storage, cl in (("fp32", False), ("bf16", True)):
+        block_p, block_c = block_sizes(64 if cl else 3, cl)
+        det = KernelConfig(
+            f"warp_bwd/affine/bilinear/zeros/{storage}/{'nhwc' if cl else 'nchw'}/deterministic", warp._warp_bwd_kernel,
+            {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "i64",
+             "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32"},
+            dict(base, ALIGN_CORNERS=False, INDEX_64=False, NEED_X=True, NEED_THETA=True, DETERMINISTIC=True,
+                 BLOCK_P=block_p, BLOCK_C=block_c),
+            {**layout_strides("gxd", cl, 64 if cl else 3), **theta_strides(False)})
+        configs.append(det)
+    configs.append(_int64(configs[-1]))
+    return configs
+
+
+def tps_configs() -> list[KernelConfig]:
+    """K is a runtime argument and BLOCK_K = block_k(K) is 8 for every K >= 8, so register use does
+    not depend on K: the sweep is labelled K16, and the K = 64 launch configuration is listed too
+    (fp32 NCHW and bf16 NHWC, bilinear, fwd + bwd). One fp64 (ACC = fp64) pair checks the float64
+    path compiles (libdevice log). Coefficients arrive in float64 (the op's matmul)."""
+
+    def pair(k, storage, layout_cl, mode, padding, acc="fp32"):
+        channels = 64 if layout_cl else 3
+        block_p, block_c = block_sizes(channels, layout_cl)
+        fwd_spec = dict(layout_strides("xo", layout_cl, channels), K=k)
+        bwd_spec = dict(layout_strides("gxd", layout_cl, channels), K=k)
+        layout = "nhwc" if layout_cl else "nchw"
+        common = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding], ALIGN_CORNERS=False,
+                      ACC=tl.float64 if acc == "fp64" else tl.float32, INDEX_64=False,
+                      BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=tps.block_k(k))
+        tail = f"K{k}/{mode}/{padding}/{storage}/{layout}"
+        return [
+            KernelConfig(f"tps_fwd/{tail}", tps._tps_fwd_kernel,
+                         {"x_ptr": storage, "coef_ptr": "fp64", "ctrl_ptr": "fp64", "out_ptr": storage}, common,
+                         fwd_spec),
+            KernelConfig(f"tps_bwd/{tail}", tps._tps_bwd_kernel,
+                         {"grad_out_ptr": storage, "x_ptr": storage, "coef_ptr": "fp64", "ctrl_ptr": "fp64",
+                          "grad_x_ptr": acc, "grad_coef_partial_ptr": acc, "dx_exp_ptr": "i32"},
+                         dict(common, NEED_X=True, NEED_COEF=True, DETERMINISTIC=False), bwd_spec),
+        ]
+
+    configs = []
+    for storage, layout_cl in (("fp32", False), ("bf16", True), ("fp16", False)):
+        for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border")):
+            configs += pair(16, storage, layout_cl, mode, padding)
+    configs += pair(64, "fp32", False, "bilinear", "zeros")
+    configs += pair(64, "bf16", True, "bilinear", "reflection")
+    configs += pair(16, "fp64", False, "bilinear", "zeros", acc="fp64")
+    configs += [_int64(c) for c in pair(16, "fp32", False, "bilinear", "zeros")]
+    det = pair(16, "fp32", False, "bilinear", "zeros")[1]
+    det = dataclasses.replace(det, label=det.label + "/deterministic", pointers=dict(det.pointers, grad_x_ptr="i64"),
+                              constexprs=dict(det.constexprs, DETERMINISTIC=True))
+    configs += [det, _int64(det)]
+    return configs
+
+
+def fixed_point_configs() -> list[KernelConfig]:
+    """Both fixed-point kernels always index in int64 (no INDEX_64 constexpr)."""
+    configs = []
+    for dtype, acc in (("fp32", "fp32"), ("bf16", "fp32"), ("fp64", "fp64")):
+        acc_tl = tl.float64 if acc == "fp64" else tl.float32
+        configs.append(KernelConfig(
+            f"fixed_to_float/{dtype}", fixed_point._fixed_to_float_kernel,
+            {"buf_ptr": "i64", "exp_ptr": "i32", "out_ptr": dtype},
+            {"ACC": acc_tl, "BLOCK": 1024}, {"CHW": 3 * 224 * 224, "NUM_BLOCKS": 147}))
+        configs.append(KernelConfig(
+            f"fixed_point_exponent/{dtype}", fixed_point._exponent_kernel,
+            {"grad_ptr": dtype, "exp_ptr": "i32"}, {"ACC": acc_tl, "BLOCK": fixed_point.EXP_BLOCK},
+            {"C": 3, "H": 224, "W": 224, "stride_gn": 3 * 224 * 224, "stride_gc": 224 * 224, "stride_gh": 224,
+             "stride_gw": 1, "LOG2_PIXELS": 16}))
+    return configs
+
+
+def all_configs() -> list[KernelConfig]:
+    """Every kernel's AOT specialisations."""
+    return [*warp_configs(), *tps_configs(), *fixed_point_configs()]
