@@ -218,7 +218,9 @@ def random_crop_theta(scale: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def load_encoder(path: str | Path, dataset: str = ENCODER_DATASET) -> nn.Module:
     from repro import distorted_mnist as dm
 
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    from repro.harness.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
     state = ck["model"] if isinstance(ck, dict) and "model" in ck else ck
     ds = ck.get("dataset", dataset) if isinstance(ck, dict) else dataset
     m = dm.build_model(ds if dm.SIZE.get(ds) == CROP else ENCODER_DATASET, "cnn")
@@ -231,9 +233,11 @@ def train_encoder(prof: CoProfile, out: Path, seed: int = 0, progress: bool = Tr
     from repro import distorted_mnist as dm
     from repro.data import OnlineStream
 
+    from repro.harness.checkpoint import load_checkpoint, save_checkpoint
+
     path = out / "encoder.pt"
     if path.exists():
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(path)
         if ck.get("steps") == prof.encoder_steps and ck.get("batch") == prof.encoder_batch:
             m = dm.build_model(ck["dataset"], "cnn")
             m.load_state_dict(ck["model"])
@@ -261,8 +265,8 @@ def train_encoder(prof: CoProfile, out: Path, seed: int = 0, progress: bool = Tr
     info = {"dataset": ENCODER_DATASET, "steps": prof.encoder_steps, "batch": prof.encoder_batch, "optimizer": "adam 1e-3",
             "test_error_first_2000": err, "wall_time_s": round(wall, 1), "params": sum(p.numel() for p in m.parameters())}
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": m.state_dict(), "dataset": ENCODER_DATASET, "steps": prof.encoder_steps,
-                "batch": prof.encoder_batch, "info": info}, path)
+    save_checkpoint({"model": m.state_dict(), "dataset": ENCODER_DATASET, "steps": prof.encoder_steps,
+                     "batch": prof.encoder_batch, "info": info}, path)
     print(f"[encoder] trained on the spot: {info}", flush=True)
     return m, info
 

@@ -182,7 +182,9 @@ def load_trained(dataset: str, model: str, out: Path, seed: int = 0) -> torch.nn
         return None
     torch.manual_seed(seed)
     m = build_model(dataset, model)
-    m.load_state_dict(torch.load(ck, map_location="cpu", weights_only=False)["model"])
+    from repro.harness.checkpoint import load_checkpoint
+
+    m.load_state_dict(load_checkpoint(ck)["model"])
     return m.eval()
 
 

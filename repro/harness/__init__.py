@@ -6,8 +6,9 @@ writes ``results.json`` / ``results.md``; :func:`cli.main` is the command line e
 shares (``--profile --model --seed(s) --device --out --resume --compile``), runnable under
 ``torchrun`` unchanged.
 """
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .core import (Experiment, FixedSource, NonFiniteLoss, Profile, classification_error, run, train_one,
                    write_results)
 
-__all__ = ["Experiment", "Profile", "FixedSource", "NonFiniteLoss", "classification_error", "run", "train_one",
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "Experiment", "Profile", "FixedSource", "NonFiniteLoss", "classification_error", "run", "train_one",
            "write_results"]

@@ -260,9 +260,9 @@ def versions() -> dict:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from .checkpoint import save_checkpoint
+
+    save_checkpoint(obj, path)
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
@@ -276,21 +276,36 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out_dir: str | Path, *,
               device: str = "cpu", resume: bool = False, compile: bool = False, progress: bool = True,
-              final_eval: bool = True) -> dict:
-    """Train one (model, seed); returns its result dict. Checkpoints in ``out_dir/model/seedS``."""
+              final_eval: bool = True, restart: bool = False) -> dict:
+    """Train one (model, seed); returns its result dict. Checkpoints in ``out_dir/model/seedS``.
+
+    ``resume``: continue from the checkpoint / return the finished result if there is one (and say
+    which). ``restart``: delete this run's checkpoint and result first and train from step 0.
+    A damaged checkpoint raises :class:`~repro.harness.checkpoint.CheckpointError`."""
+    from .checkpoint import load_checkpoint, remove_checkpoint
+
     rank, world, dev = setup_distributed(device)
     run_dir = Path(out_dir) / model_name / f"seed{seed}"
     ckpt_path = run_dir / "checkpoint.pt"
     done_path = run_dir / "result.json"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if restart:
+            removed = [p.name for p in (ckpt_path, done_path) if remove_checkpoint(p)]
+            if removed:
+                print(f"[{model_name} seed {seed}] --restart: deleted {', '.join(removed)} in {run_dir}")
+            resume = False
     barrier()
+    resume = resume and not restart
     if resume and done_path.exists():
         res = json.loads(done_path.read_text())
         if res.get("iterations") == profile.steps:
             if rank == 0:
-                print(f"[{model_name} seed {seed}] already complete: error {res['error']:.2f}% (resume)")
+                print(f"[{model_name} seed {seed}] already complete: error {res['error']:.2f}% (resume; {done_path})")
             return res
+        if rank == 0:
+            print(f"[{model_name} seed {seed}] {done_path} is for {res.get('iterations')} iterations, this schedule has "
+                  f"{profile.steps}: not reused")
 
     if profile.batch_size % world:
         raise ValueError(f"batch size {profile.batch_size} is not divisible by the {world} DDP processes")
@@ -300,12 +315,14 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     opt = make_optimizer(model, profile)
     step0, wall0, history = 0, 0.0, []
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        ck = load_checkpoint(ckpt_path, map_location=dev)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        step0, wall0, history = ck["step"], ck.get("wall_s", 0.0), ck.get("history", [])
+        step0, wall0, history = ck["step"], ck.get("wall_s", 0.0), list(ck.get("history", []))
         if rank == 0:
-            print(f"[{model_name} seed {seed}] resumed from step {step0}")
+            print(f"[{model_name} seed {seed}] resumed from step {step0} of {profile.steps} ({ckpt_path})")
+    elif resume and rank == 0:
+        print(f"[{model_name} seed {seed}] nothing to resume (no checkpoint in {run_dir}): training from step 0")
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -459,7 +476,7 @@ def _write_results(exp, profile_name, device, model_results, out_dir, profiles, 
 
 def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | None, out_dir: str | Path,
         device: str = "cpu", resume: bool = False, compile: bool = False, overrides: dict | None = None,
-        progress: bool = True, notes: list[str] = (), visualise: bool = True) -> dict:
+        progress: bool = True, notes: list[str] = (), visualise: bool = True, restart: bool = False) -> dict:
     """Train ``models`` for every seed, average, write results.json / results.md (rank 0)."""
     out_dir = Path(out_dir)
     rank, world, dev = setup_distributed(device)
@@ -471,7 +488,8 @@ def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | 
         profs[m] = prof
         per = []
         for s in prof.seeds:
-            r = train_one(exp, m, prof, s, out_dir, device=device, resume=resume, compile=compile, progress=progress)
+            r = train_one(exp, m, prof, s, out_dir, device=device, resume=resume, compile=compile, progress=progress,
+                          restart=restart)
             trained[m] = r.pop("_model", None)
             per.append(r)
         if rank == 0:
