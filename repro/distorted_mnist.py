@@ -360,6 +360,8 @@ def main(argv=None) -> int:
             print(f"[grid] {ds} {m}: exit {c} ({time.perf_counter() - t:.0f} s)", flush=True)
             code = code or c
             write_table(out, _extra(Path(out)))
+            if c >= 128:  # interrupted (SIGINT / SIGTERM): stop the grid, its checkpoint is saved
+                return c
     else:
         if a.dataset is None:
             print("give --dataset R|RTS|P|E|TC, or --all", file=sys.stderr)

@@ -7,8 +7,8 @@ shares (``--profile --model --seed(s) --device --out --resume --compile``), runn
 ``torchrun`` unchanged.
 """
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .core import (Experiment, FixedSource, NonFiniteLoss, Profile, classification_error, run, train_one,
+from .core import (Experiment, FixedSource, Interrupted, NonFiniteLoss, Profile, classification_error, run, train_one,
                    write_results)
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "Experiment", "Profile", "FixedSource", "NonFiniteLoss", "classification_error", "run", "train_one",
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "Experiment", "Interrupted", "Profile", "FixedSource", "NonFiniteLoss", "classification_error", "run", "train_one",
            "write_results"]

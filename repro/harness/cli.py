@@ -8,7 +8,21 @@ import sys
 import torch
 
 from .checkpoint import CheckpointError
-from .core import Experiment, NonFiniteLoss, run
+from .core import Experiment, Interrupted, NonFiniteLoss, run
+
+
+def resume_command() -> str:
+    """The command line that was run, with ``--resume`` (for messages)."""
+    import shlex
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", "") or ""
+    if not name.startswith("repro."):
+        return "the same command with --resume"
+    args = [a for a in sys.argv[1:] if a != "--restart"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return f"python -m {name.removesuffix('.__main__')} {shlex.join(args)}"
 
 
 def parser(exp: Experiment, default_out: str, default_profile: str = "quick") -> argparse.ArgumentParser:
@@ -92,6 +106,12 @@ def main(exp: Experiment, default_out: str, argv=None, notes: list[str] = ()) ->
     except CheckpointError as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 4
+    except Interrupted as e:
+        print(f"{e}; resume with: {resume_command()}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print(f"interrupted; finished runs and checkpoints are kept; resume with: {resume_command()}", file=sys.stderr)
+        return 130
     finally:
         import torch.distributed as dist
 

@@ -41,6 +41,45 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class Interrupted(RuntimeError):
+    """Training stopped on SIGINT / SIGTERM; ``path`` holds a checkpoint of ``step`` (``saved``)
+    unless the loss was non-finite (then the last good checkpoint is kept)."""
+
+    def __init__(self, msg: str, *, step: int, total: int, path: Path, signum: int, saved: bool):
+        super().__init__(msg)
+        self.step, self.total, self.path, self.signum, self.saved = step, total, path, signum, saved
+
+
+class _StopOnSignal:
+    """While active (main thread, single process), SIGINT / SIGTERM only set ``signum``; the
+    training loop checks it after each step. A second signal stops at once (KeyboardInterrupt)."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, enabled: bool):
+        import signal
+        import threading
+
+        self.signum = None
+        self._old = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
 @dataclass(frozen=True)
 class Profile:
     """A training schedule. ``milestones``: steps at which the lr is multiplied by ``gamma``."""
@@ -341,6 +380,15 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     imgs_per_s = float("nan")
     net.train()
     step = step0
+    # checkpoint-and-stop on SIGINT / SIGTERM (single process; under torchrun ranks could stop at
+    # different steps and deadlock in the gradient all-reduce, so a signal stops them as before)
+    stop = _StopOnSignal(enabled=world == 1)
+
+    def checkpoint(nxt):
+        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": nxt,
+                      "wall_s": wall0 + time.perf_counter() - t_start, "history": history,
+                      "profile": dataclasses.asdict(profile), "seed": seed}, ckpt_path)
+
     try:
         for step in range(step0, profile.steps):
             set_lr(opt, profile.lr_at(step))
@@ -385,10 +433,21 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
                         (bar.write(msg) if bar is not None else print(msg))
                     barrier()
                 if rank == 0 and (nxt % profile.ckpt_every == 0 or nxt == profile.steps):
-                    _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": nxt,
-                                  "wall_s": wall0 + time.perf_counter() - t_start, "history": history,
-                                  "profile": dataclasses.asdict(profile), "seed": seed}, ckpt_path)
+                    checkpoint(nxt)
+            if stop.signum is not None:
+                import signal
+
+                name = signal.Signals(stop.signum).name
+                saved = seen == 0 or math.isfinite(loss_sum.item())  # never checkpoint a non-finite state
+                if saved and not (ckpt_path.exists() and last_log_step == nxt and
+                                  (nxt % profile.ckpt_every == 0 or nxt == profile.steps)):
+                    checkpoint(nxt)
+                where = (f"checkpoint of step {nxt} of {profile.steps} saved to {ckpt_path}" if saved else
+                         f"non-finite loss since step {last_log_step}: the last good checkpoint is kept at {ckpt_path}")
+                raise Interrupted(f"[{model_name} seed {seed}] interrupted ({name}): {where}", step=nxt,
+                                  total=profile.steps, path=ckpt_path, signum=stop.signum, saved=saved)
     finally:
+        stop.restore()
         if bar is not None:
             bar.close()
     wall = wall0 + time.perf_counter() - t_start
