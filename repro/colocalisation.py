@@ -3,7 +3,7 @@
     python -m repro.colocalisation --variant T               # quick profile, digits 0-9
     python -m repro.colocalisation --variant TC --digits 8
     python -m repro.colocalisation --variant both             # T then TC, then table.md + figures
-    python -m repro.colocalisation --variant TC --encoder repro/results/distorted_mnist/P/cnn/seed0/checkpoint.pt
+    python -m repro.colocalisation --variant TC --encoder runs/distorted_mnist/P/cnn/seed0/checkpoint.pt
 
 Task: for one digit class, the first 100 test images of ``repro.data.colocalisation_set(variant,
 digit)`` (a 28x28 MNIST digit at a uniform random integer position in an 84x84 black canvas; TC
@@ -48,11 +48,12 @@ from pathlib import Path
 import torch
 
 from repro.harness.figures import save_figure
+from repro.paths import default_out
 import torch.nn.functional as F
 from torch import nn
 
 NAME = "colocalisation"
-DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / NAME)
+DEFAULT_OUT = default_out(NAME)  # runs/colocalisation (untracked); publish with python -m repro.publish
 VARIANTS = ("T", "TC")
 CANVAS = 84
 CROP = 28
