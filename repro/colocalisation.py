@@ -498,6 +498,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu only for now (the optimisation is tiny)")
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--resume", action="store_true", help="skip (variant, digit) pairs already done with this profile")
+    ap.add_argument("--restart", action="store_true",
+                    help="delete the cached on-the-spot encoder (encoder.pt) and redo every (variant, digit) pair")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--steps", type=int)
@@ -523,14 +525,25 @@ def main(argv=None) -> int:
     prof = replace(prof, **ov)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    if a.encoder:
-        enc = load_encoder(a.encoder)
-        enc_info = {"checkpoint": str(a.encoder)}
-    else:
-        if prof.encoder_steps <= 0:
-            print("this profile needs --encoder (a distorted-MNIST CNN checkpoint)", file=sys.stderr)
-            return 2
-        enc, enc_info = train_encoder(prof, out, a.seed, progress=not a.no_progress)
+    from repro.harness.checkpoint import CheckpointError
+
+    if a.restart:
+        a.resume = False
+        if (out / "encoder.pt").exists() and not a.encoder:
+            (out / "encoder.pt").unlink()
+            print(f"--restart: deleted {out / 'encoder.pt'}")
+    try:
+        if a.encoder:
+            enc = load_encoder(a.encoder)
+            enc_info = {"checkpoint": str(a.encoder)}
+        else:
+            if prof.encoder_steps <= 0:
+                print("this profile needs --encoder (a distorted-MNIST CNN checkpoint)", file=sys.stderr)
+                return 2
+            enc, enc_info = train_encoder(prof, out, a.seed, progress=not a.no_progress)
+    except CheckpointError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 4
     from repro.data import colocalisation_set
 
     variants = VARIANTS if a.variant == "both" else (a.variant,)
