@@ -63,3 +63,20 @@ def test_publish_copies_results_not_checkpoints(tmp_path, one_thread):
 def test_publish_cli_help():
     out = subprocess.run([sys.executable, "-m", "repro.publish", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "SRC" in out.stdout and "DST" in out.stdout
+
+
+def test_publish_refuses_to_drop_published_models(tmp_path, one_thread, capsys):
+    from repro.harness import run
+
+    full, subset, dst = tmp_path / "full", tmp_path / "subset", tmp_path / "results"
+    run(_exp(steps=10), profile="t", models=["mlp", "st"], seeds=[0], out_dir=full, progress=False)
+    run(_exp(steps=10), profile="t", models=["st"], seeds=[0], out_dir=subset, progress=False)
+    assert publish.main([str(full), str(dst)]) == 0
+    before = (dst / "results.json").read_text()
+    capsys.readouterr()
+    assert publish.main([str(subset), str(dst)]) == 2  # a one-model run would replace the two-model table
+    err = capsys.readouterr().err
+    assert "mlp" in err and "--force" in err
+    assert (dst / "results.json").read_text() == before
+    assert publish.main([str(subset), str(dst), "--force"]) == 0
+    assert list(json.loads((dst / "results.json").read_text())["models"]) == ["st"]
