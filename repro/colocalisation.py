@@ -544,8 +544,6 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 4
-    from repro.data import colocalisation_set
-
     variants = VARIANTS if a.variant == "both" else (a.variant,)
     digits = [int(d) for d in a.digits.split(",") if d.strip()]
     if a.diagnose:
@@ -553,6 +551,22 @@ def main(argv=None) -> int:
         (out / "diagnose.json").write_text(json.dumps({"encoder": enc_info, "alpha": prof.alpha, "losses": res}, indent=1))
         write_table(out)
         return 0
+    try:
+        run_pairs(a, prof, enc, enc_info, out, variants, digits)
+    except KeyboardInterrupt:
+        print("interrupted; finished (variant, digit) pairs are kept in their digit*.json; rerun the same command "
+              "with --resume to skip them", file=sys.stderr)
+        return 130
+    write_table(out)
+    for v in variants:
+        figure(out, v, a.figure_digit if a.figure_digit in digits else digits[0], seed=a.seed)
+    return 0
+
+
+def run_pairs(a, prof, enc, enc_info, out, variants, digits) -> None:
+    """Localise every (variant, digit) pair (skipping finished ones under --resume)."""
+    from repro.data import colocalisation_set
+
     for v in variants:
         for d in digits:
             p = out / v / f"digit{d}.json"
@@ -571,10 +585,6 @@ def main(argv=None) -> int:
             p.write_text(json.dumps(r, indent=1))
             print(f"[{v} digit {d}] localised {r['localised_pct']}% (mean IoU {r['mean_iou']}) in {r['wall_time_s']} s",
                   flush=True)
-    write_table(out)
-    for v in variants:
-        figure(out, v, a.figure_digit if a.figure_digit in digits else digits[0], seed=a.seed)
-    return 0
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """The checkpoint dict at ``path``, hash-verified (see the module docstring)."""
     path = Path(path)
     try:
-        outer = torch.load(path, map_location=map_location, weights_only=True)
+        outer = torch.load(path, map_location="cpu", weights_only=True)  # (old format: tensors on the CPU)
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 -- truncated / damaged zip, unpickling error, ...
@@ -73,7 +73,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     payload = outer.get("payload")
     if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
         raise CheckpointError(f"checkpoint {path} has no payload. {_way_out(path)}")
-    data = payload.cpu().numpy().tobytes()
+    data = payload.numpy().tobytes()
     got = hashlib.sha256(data).hexdigest()
     if got != outer.get("sha256"):
         raise CheckpointError(f"checkpoint {path} is damaged: its content has sha256 {got[:16]}..., the file records "
