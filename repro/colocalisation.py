@@ -3,7 +3,7 @@
     python -m repro.colocalisation --variant T               # quick profile, digits 0-9
     python -m repro.colocalisation --variant TC --digits 8
     python -m repro.colocalisation --variant both             # T then TC, then table.md + figures
-    python -m repro.colocalisation --variant TC --encoder repro/results/distorted_mnist/P/cnn/seed0/checkpoint.pt
+    python -m repro.colocalisation --variant TC --encoder runs/distorted_mnist/P/cnn/seed0/checkpoint.pt
 
 Task: for one digit class, the first 100 test images of ``repro.data.colocalisation_set(variant,
 digit)`` (a 28x28 MNIST digit at a uniform random integer position in an 84x84 black canvas; TC
@@ -48,11 +48,12 @@ from pathlib import Path
 import torch
 
 from repro.harness.figures import save_figure
+from repro.paths import default_out
 import torch.nn.functional as F
 from torch import nn
 
 NAME = "colocalisation"
-DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / NAME)
+DEFAULT_OUT = default_out(NAME)  # runs/colocalisation (untracked); publish with python -m repro.publish
 VARIANTS = ("T", "TC")
 CANVAS = 84
 CROP = 28
@@ -218,7 +219,9 @@ def random_crop_theta(scale: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 def load_encoder(path: str | Path, dataset: str = ENCODER_DATASET) -> nn.Module:
     from repro import distorted_mnist as dm
 
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    from repro.harness.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
     state = ck["model"] if isinstance(ck, dict) and "model" in ck else ck
     ds = ck.get("dataset", dataset) if isinstance(ck, dict) else dataset
     m = dm.build_model(ds if dm.SIZE.get(ds) == CROP else ENCODER_DATASET, "cnn")
@@ -231,9 +234,11 @@ def train_encoder(prof: CoProfile, out: Path, seed: int = 0, progress: bool = Tr
     from repro import distorted_mnist as dm
     from repro.data import OnlineStream
 
+    from repro.harness.checkpoint import load_checkpoint, save_checkpoint
+
     path = out / "encoder.pt"
     if path.exists():
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(path)
         if ck.get("steps") == prof.encoder_steps and ck.get("batch") == prof.encoder_batch:
             m = dm.build_model(ck["dataset"], "cnn")
             m.load_state_dict(ck["model"])
@@ -261,8 +266,8 @@ def train_encoder(prof: CoProfile, out: Path, seed: int = 0, progress: bool = Tr
     info = {"dataset": ENCODER_DATASET, "steps": prof.encoder_steps, "batch": prof.encoder_batch, "optimizer": "adam 1e-3",
             "test_error_first_2000": err, "wall_time_s": round(wall, 1), "params": sum(p.numel() for p in m.parameters())}
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": m.state_dict(), "dataset": ENCODER_DATASET, "steps": prof.encoder_steps,
-                "batch": prof.encoder_batch, "info": info}, path)
+    save_checkpoint({"model": m.state_dict(), "dataset": ENCODER_DATASET, "steps": prof.encoder_steps,
+                     "batch": prof.encoder_batch, "info": info}, path)
     print(f"[encoder] trained on the spot: {info}", flush=True)
     return m, info
 
@@ -493,6 +498,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu only for now (the optimisation is tiny)")
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--resume", action="store_true", help="skip (variant, digit) pairs already done with this profile")
+    ap.add_argument("--restart", action="store_true",
+                    help="delete the cached on-the-spot encoder (encoder.pt) and redo every (variant, digit) pair")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--steps", type=int)
@@ -518,16 +525,25 @@ def main(argv=None) -> int:
     prof = replace(prof, **ov)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    if a.encoder:
-        enc = load_encoder(a.encoder)
-        enc_info = {"checkpoint": str(a.encoder)}
-    else:
-        if prof.encoder_steps <= 0:
-            print("this profile needs --encoder (a distorted-MNIST CNN checkpoint)", file=sys.stderr)
-            return 2
-        enc, enc_info = train_encoder(prof, out, a.seed, progress=not a.no_progress)
-    from repro.data import colocalisation_set
+    from repro.harness.checkpoint import CheckpointError
 
+    if a.restart:
+        a.resume = False
+        if (out / "encoder.pt").exists() and not a.encoder:
+            (out / "encoder.pt").unlink()
+            print(f"--restart: deleted {out / 'encoder.pt'}")
+    try:
+        if a.encoder:
+            enc = load_encoder(a.encoder)
+            enc_info = {"checkpoint": str(a.encoder)}
+        else:
+            if prof.encoder_steps <= 0:
+                print("this profile needs --encoder (a distorted-MNIST CNN checkpoint)", file=sys.stderr)
+                return 2
+            enc, enc_info = train_encoder(prof, out, a.seed, progress=not a.no_progress)
+    except CheckpointError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 4
     variants = VARIANTS if a.variant == "both" else (a.variant,)
     digits = [int(d) for d in a.digits.split(",") if d.strip()]
     if a.diagnose:
@@ -535,6 +551,22 @@ def main(argv=None) -> int:
         (out / "diagnose.json").write_text(json.dumps({"encoder": enc_info, "alpha": prof.alpha, "losses": res}, indent=1))
         write_table(out)
         return 0
+    try:
+        run_pairs(a, prof, enc, enc_info, out, variants, digits)
+    except KeyboardInterrupt:
+        print("interrupted; finished (variant, digit) pairs are kept in their digit*.json; rerun the same command "
+              "with --resume to skip them", file=sys.stderr)
+        return 130
+    write_table(out)
+    for v in variants:
+        figure(out, v, a.figure_digit if a.figure_digit in digits else digits[0], seed=a.seed)
+    return 0
+
+
+def run_pairs(a, prof, enc, enc_info, out, variants, digits) -> None:
+    """Localise every (variant, digit) pair (skipping finished ones under --resume)."""
+    from repro.data import colocalisation_set
+
     for v in variants:
         for d in digits:
             p = out / v / f"digit{d}.json"
@@ -553,10 +585,6 @@ def main(argv=None) -> int:
             p.write_text(json.dumps(r, indent=1))
             print(f"[{v} digit {d}] localised {r['localised_pct']}% (mean IoU {r['mean_iou']}) in {r['wall_time_s']} s",
                   flush=True)
-    write_table(out)
-    for v in variants:
-        figure(out, v, a.figure_digit if a.figure_digit in digits else digits[0], seed=a.seed)
-    return 0
 
 
 if __name__ == "__main__":

@@ -52,10 +52,11 @@ from pathlib import Path
 import torch
 
 from repro.harness.figures import save_figure
+from repro.paths import RUNS_DIR
 from repro.harness import Experiment, Profile
 from repro.harness.cli import main as cli_main, recipe_options
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = RUNS_DIR  # default --out: runs/cub<input> (untracked)
 PAPER_ACC = {224: {"cnn": 82.3, "2xst-cnn": 83.1}, 448: {"2xst-cnn": 83.9, "4xst-cnn": 84.1}}
 MODELS = ("cnn", "2xst-cnn", "4xst-cnn")
 
@@ -255,7 +256,7 @@ def build_experiment(pre) -> Experiment:
 def main(argv=None) -> int:
     stub = Experiment(name="cub", models=MODELS, build_model=None, train_data=None, evaluate=None,
                       profiles=PROFILES)
-    pre, argv = recipe_options(argv, __doc__, _pre_parser(), stub, str(RESULTS))
+    pre, argv = recipe_options(argv, __doc__, _pre_parser(), stub, str(RUNS))
     if pre is None:  # --help
         return 0
     if not pre.data:
@@ -292,7 +293,7 @@ def main(argv=None) -> int:
         rest.append(a)
     if pre.model is None:
         rest += ["--model", model_name(pre.n_st if pre.n_st is not None else 2)]
-    out = Path(pre.out) if pre.out else RESULTS / f"cub{pre.input}"
+    out = Path(pre.out) if pre.out else RUNS / f"cub{pre.input}"
     if pre.out is None:
         rest += ["--out", str(out)]
     exp = build_experiment(pre)

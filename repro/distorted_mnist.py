@@ -18,7 +18,8 @@ Data: training batches from ``repro.data.stream(dataset, --data)`` -- ``online``
 digits and distortions every batch) or ``fixed`` (the fixed 60k set ``make(dataset, "train", 0)``,
 reshuffled every epoch); test: the fixed ``make(dataset, "test", seed=0)`` (10,000 images).
 
-Outputs (``--out``, default ``repro/results/distorted_mnist``): ``<dataset>/results.json|md`` per
+Outputs (``--out``, default ``runs/distorted_mnist`` at the repository root, untracked; publish a
+finished grid with ``python -m repro.publish runs/distorted_mnist repro/results/distorted_mnist``): ``<dataset>/results.json|md`` per
 data set (the harness's files; checkpoints ``<dataset>/<model>/seed<S>/``), ``table.md`` (the
 paper's Table 1 shape, our number beside each of the paper's) and ``transformers.png`` (test inputs
 and the ST-CNNs' outputs, for every data set).
@@ -44,6 +45,7 @@ from pathlib import Path
 import torch
 
 from repro.harness.figures import save_figure
+from repro.paths import default_out
 from repro.paper_schedules import MNIST_PAPER
 from repro.harness import Experiment, Profile, classification_error
 from repro.harness.cli import main as cli_main
@@ -56,7 +58,7 @@ TC_MODELS = ("fcn", "cnn", "st-fcn-aff", "st-cnn-aff")
 TRANSFORMS = {"aff": "affine", "proj": "projective", "tps": "tps"}
 SIZE = {"R": 28, "RTS": 42, "P": 28, "E": 28, "TC": 60}
 ST_POOL = {"RTS", "TC"}  # supplement 1.3: average pooling after the ST for RTS and TC
-DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / NAME)
+DEFAULT_OUT = default_out(NAME)  # runs/distorted_mnist (untracked); publish with python -m repro.publish
 
 # Main paper Table 1 (% error), from ../shared/seed/paper_numbers.md
 _T1 = {"fcn": (2.1, 5.2, 3.1, 3.2), "cnn": (1.2, 0.8, 1.5, 1.4),
@@ -182,7 +184,9 @@ def load_trained(dataset: str, model: str, out: Path, seed: int = 0) -> torch.nn
         return None
     torch.manual_seed(seed)
     m = build_model(dataset, model)
-    m.load_state_dict(torch.load(ck, map_location="cpu", weights_only=False)["model"])
+    from repro.harness.checkpoint import load_checkpoint
+
+    m.load_state_dict(load_checkpoint(ck)["model"])
     return m.eval()
 
 
@@ -358,6 +362,8 @@ def main(argv=None) -> int:
             print(f"[grid] {ds} {m}: exit {c} ({time.perf_counter() - t:.0f} s)", flush=True)
             code = code or c
             write_table(out, _extra(Path(out)))
+            if c >= 128:  # interrupted (SIGINT / SIGTERM): stop the grid, its checkpoint is saved
+                return c
     else:
         if a.dataset is None:
             print("give --dataset R|RTS|P|E|TC, or --all", file=sys.stderr)

@@ -10,6 +10,11 @@ Task: two 42x42 channels, each one independently RTS-distorted MNIST digit (``re
 under DDP); the test set is the fixed ``make("addition", "test", seed=0)`` (10,000 pairs).
 Models: :mod:`stn_triton.models.addition`, each ~400k parameters, affine transformers.
 
+Outputs (``--out``, default ``runs/mnist_addition`` at the repository root, untracked):
+``results.json`` / ``results.md``, ``transformers.png``, checkpoints ``<model>/seed<S>/``. The
+committed results in ``repro/results/mnist_addition`` change only when published:
+``python -m repro.publish runs/mnist_addition repro/results/mnist_addition``.
+
 Profiles
 --------
 * ``paper`` -- the supplement's schedule (section 1.3): SGD, batch 256, lr 0.01 divided by 10 every
@@ -52,6 +57,7 @@ from pathlib import Path
 import torch
 
 from repro.harness.figures import save_figure
+from repro.paths import default_out
 from repro.paper_schedules import MNIST_PAPER
 from repro.harness import Experiment, Profile, classification_error
 from repro.harness.cli import main as cli_main, recipe_options
@@ -59,7 +65,7 @@ from repro.harness.cli import main as cli_main, recipe_options
 NAME = "mnist_addition"
 MODELS = ("fcn", "cnn", "st-fcn", "2xst-fcn")
 PAPER = {"fcn": 47.7, "cnn": 14.7, "st-fcn": 18.5, "2xst-fcn": 5.8}
-DEFAULT_OUT = str(Path(__file__).resolve().parent / "results" / NAME)
+DEFAULT_OUT = default_out(NAME)  # runs/mnist_addition (untracked); publish with python -m repro.publish
 
 STANDARDIZE = (0.06, 0.2)  # mean / std of the addition inputs, used with --standardize
 

@@ -47,12 +47,13 @@ from pathlib import Path
 import torch
 
 from repro.harness.figures import save_figure
+from repro.paths import RUNS_DIR
 from repro.harness import Experiment, FixedSource, Profile
 from repro.harness.cli import main as cli_main, recipe_options
 
 MODELS = ("cnn", "st-single", "st-multi")
 PAPER = {64: {"cnn": 4.0, "st-single": 3.7, "st-multi": 3.6}, 128: {"cnn": 5.6, "st-single": 3.9, "st-multi": 3.9}}
-RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = RUNS_DIR  # default --out: runs/<svhn|svhn_synthetic><size> (untracked)
 
 QUICK_NOTE = ("quick profile (deviation from the paper, for a 2-core CPU): width 0.125, no dropout, Adam lr 1e-3, "
               "1,500 iterations of batch 32; not comparable with the paper's numbers")
@@ -333,14 +334,14 @@ def build_experiment(splits: dict, *, size: int, width: float, synthetic: bool, 
 def main(argv=None) -> int:
     stub = Experiment(name="svhn", models=MODELS, build_model=None, train_data=None, evaluate=None,
                       profiles=PROFILES)
-    pre, argv = recipe_options(argv, __doc__, _pre_parser(), stub, str(RESULTS))
+    pre, argv = recipe_options(argv, __doc__, _pre_parser(), stub, str(RUNS))
     if pre is None:  # --help
         return 0
     size = pre.size or PROFILE_SIZE[pre.profile]
     width = pre.width if pre.width is not None else PROFILE_WIDTH[pre.profile]
     synthetic = pre.synthetic or pre.data is None and pre.benchmark
     name = ("svhn_synthetic" if synthetic else "svhn") + str(size)
-    out = Path(pre.out) if pre.out else RESULTS / name
+    out = Path(pre.out) if pre.out else RUNS / name
     if pre.benchmark:
         cuda = pre.device.startswith("cuda")
         benchmark(out, size=size, width=width, batch=pre.bench_batch or (128 if cuda else 16),

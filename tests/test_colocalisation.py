@@ -124,3 +124,17 @@ def test_box_theta_inverts_attention_box_and_corner_boxes():
     img = torch.ones(1, 1, 84, 84)
     img[..., 56:, 56:] = 0  # bottom-right corner is empty
     assert co.emptiest_corner_boxes(img).tolist() == [[56.0, 56.0, 84.0, 84.0]]
+
+
+def test_cli_damaged_encoder_checkpoint_and_restart(tmp_path, capsys):
+    args = ["--profile", "smoke", "--variant", "T", "--digits", "3", "--out", str(tmp_path), "--no-progress",
+            "--figure-digit", "3"]
+    assert co.main(args) == 0
+    enc = tmp_path / "encoder.pt"
+    enc.write_bytes(enc.read_bytes()[:1000])  # truncated
+    capsys.readouterr()
+    assert co.main(args) == 4
+    err = capsys.readouterr().err
+    assert str(enc) in err and "--restart" in err and "Traceback" not in err
+    assert co.main(args + ["--restart"]) == 0
+    assert "trained on the spot" in capsys.readouterr().out

@@ -10,6 +10,7 @@ from torch import nn
 
 import stn_triton
 from repro.harness import Experiment, FixedSource, NonFiniteLoss, Profile, classification_error, run, train_one
+from repro.harness.checkpoint import load_checkpoint
 from repro.harness.core import make_optimizer
 
 
@@ -96,7 +97,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     exp.loss_fn = loss_fn
     with pytest.raises(NonFiniteLoss, match="last good checkpoint"):
         train_one(exp, "mlp", prof, 0, tmp_path, progress=False)
-    ck = torch.load(tmp_path / "mlp" / "seed0" / "checkpoint.pt", weights_only=False)
+    ck = load_checkpoint(tmp_path / "mlp" / "seed0" / "checkpoint.pt")
     assert ck["step"] == 20
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
 

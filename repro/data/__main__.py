@@ -1,11 +1,18 @@
-"""``python -m repro.data show NAME [--split test] [--seed 0] [--n 64] [--out FILE.png]``
+"""``python -m repro.data show NAME [--split test] [--seed 0] [--n 32] [--out FILE.png|DIR]``
 ``python -m repro.data build NAME [--split train|test|both] [--seed 0] [--device cpu|cuda]``
 ``python -m repro.data mnist`` (fetch / check real MNIST)
 
 ``show`` writes a PNG grid of samples (boxes drawn for co-localisation, the two channels of
-``addition`` side by side with a separator, labels in the titles). NAME is one of
+``addition`` side by side with a separator, labels in the titles) to
+``runs/data/<NAME>_<split>_samples.png`` at the repository root (``--out``: another file, or a
+folder to write that name into) and prints the path. NAME is one of
 ``R RTS P E TC addition coloc-T coloc-TC`` (fixed sets; ``--online`` shows an online batch
 instead), ``svhn`` (``--svhn-dir``) or ``cub`` (``--cub-dir``).
+
+Data cache: ``$STN_DATA_DIR`` or, by default, ``~/.cache/stn-triton`` (``--data-dir``): MNIST as
+uint8 (~53 MB) and every fixed set built (uncompressed uint8: a 10k test set 8-71 MB, a 60k
+training set up to ~420 MB; ~300 MB for the test sets the recipes use); each file records the
+sha256 of its arrays and is rebuilt if it does not match.
 """
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
+
+SHOW_N = 32  # images shown by default
 
 
 def _grid_png(images, titles, boxes, out, ncol=8, cmap="gray"):
@@ -60,7 +70,16 @@ def cmd_show(args):
     from . import distort
     from .sets import OnlineStream, make
 
-    out = args.out or f"{args.name}_{args.split}_samples.png"
+    from repro import paths
+
+    fname = f"{args.name}_{'online' if args.online else args.split}_samples.png"
+    if args.out is None:
+        out = paths.RUNS_DIR / "data" / fname
+    else:
+        out = Path(args.out)
+        if out.is_dir() or args.out.endswith(("/", os.sep)):
+            out = out / fname
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.name in distort.NAMES:
         if args.online:
             batch = OnlineStream(args.name, args.n, seed=args.seed, device=args.device or "cpu").batch(args.step)
@@ -95,7 +114,7 @@ def cmd_show(args):
         _grid_png(panels, titles, None, out, ncol=4)
     else:
         sys.exit(f"unknown data set {args.name!r}: choose one of {' '.join(distort.NAMES)} svhn cub")
-    print(out)
+    print(f"wrote {out}")
 
 
 def cmd_build(args):
@@ -124,14 +143,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m repro.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mnist-dir", help="directory with the four MNIST IDX files (else STN_MNIST_DIR / cache / wheel)")
-    p.add_argument("--data-dir", help="cache directory (else STN_DATA_DIR, default ~/.cache/stn-triton)")
+    p.add_argument("--data-dir", help="cache directory (else $STN_DATA_DIR, default ~/.cache/stn-triton)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("show", help="write a PNG grid of samples")
     s.add_argument("name")
     s.add_argument("--split", default="test")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--n", type=int, default=32)
-    s.add_argument("--out")
+    s.add_argument("--n", type=int, default=SHOW_N, help=f"number of samples (default {SHOW_N})")
+    s.add_argument("--out", help="PNG file, or a folder (default: runs/data/ at the repository root)")
     s.add_argument("--device")
     s.add_argument("--online", action="store_true", help="show an OnlineStream batch (training digits)")
     s.add_argument("--step", type=int, default=0)

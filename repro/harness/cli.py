@@ -7,7 +7,22 @@ import sys
 
 import torch
 
-from .core import Experiment, NonFiniteLoss, run
+from .checkpoint import CheckpointError
+from .core import Experiment, Interrupted, NonFiniteLoss, run
+
+
+def resume_command() -> str:
+    """The command line that was run, with ``--resume`` (for messages)."""
+    import shlex
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", "") or ""
+    if not name.startswith("repro."):
+        return "the same command with --resume"
+    args = [a for a in sys.argv[1:] if a != "--restart"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return f"python -m {name.removesuffix('.__main__')} {shlex.join(args)}"
 
 
 def parser(exp: Experiment, default_out: str, default_profile: str = "quick") -> argparse.ArgumentParser:
@@ -20,7 +35,11 @@ def parser(exp: Experiment, default_out: str, default_profile: str = "quick") ->
     p.add_argument("--seeds", type=str, default=None, help="comma-separated seeds (overrides the profile's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=default_out, help="output folder (results.json, results.md, checkpoints)")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoints / skip finished runs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from checkpoints / skip finished runs (each run says what it found)")
+    p.add_argument("--restart", action="store_true",
+                   help="delete the checkpoints and results of the runs this command trains, and start them from "
+                        "step 0 (the way out of a damaged checkpoint)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: 1 on machines with <= 4 cores -- on shared 2-core "
@@ -80,10 +99,19 @@ def main(exp: Experiment, default_out: str, argv=None, notes: list[str] = ()) ->
         ov["_scale_steps"] = a.steps
     try:
         run(exp, profile=a.profile, models=models, seeds=seeds, out_dir=a.out, device=a.device, resume=a.resume,
-            compile=a.compile, overrides=ov, progress=not a.no_progress, notes=list(notes))
+            compile=a.compile, overrides=ov, progress=not a.no_progress, notes=list(notes), restart=a.restart)
     except NonFiniteLoss as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 3
+    except CheckpointError as e:
+        print(f"\nERROR: {e}", file=sys.stderr)
+        return 4
+    except Interrupted as e:
+        print(f"{e}; resume with: {resume_command()}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print(f"interrupted; finished runs and checkpoints are kept; resume with: {resume_command()}", file=sys.stderr)
+        return 130
     finally:
         import torch.distributed as dist
 

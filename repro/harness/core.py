@@ -41,6 +41,45 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class Interrupted(RuntimeError):
+    """Training stopped on SIGINT / SIGTERM; ``path`` holds a checkpoint of ``step`` (``saved``)
+    unless the loss was non-finite (then the last good checkpoint is kept)."""
+
+    def __init__(self, msg: str, *, step: int, total: int, path: Path, signum: int, saved: bool):
+        super().__init__(msg)
+        self.step, self.total, self.path, self.signum, self.saved = step, total, path, signum, saved
+
+
+class _StopOnSignal:
+    """While active (main thread, single process), SIGINT / SIGTERM only set ``signum``; the
+    training loop checks it after each step. A second signal stops at once (KeyboardInterrupt)."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, enabled: bool):
+        import signal
+        import threading
+
+        self.signum = None
+        self._old = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
 @dataclass(frozen=True)
 class Profile:
     """A training schedule. ``milestones``: steps at which the lr is multiplied by ``gamma``."""
@@ -260,9 +299,9 @@ def versions() -> dict:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from .checkpoint import save_checkpoint
+
+    save_checkpoint(obj, path)
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
@@ -276,21 +315,36 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out_dir: str | Path, *,
               device: str = "cpu", resume: bool = False, compile: bool = False, progress: bool = True,
-              final_eval: bool = True) -> dict:
-    """Train one (model, seed); returns its result dict. Checkpoints in ``out_dir/model/seedS``."""
+              final_eval: bool = True, restart: bool = False) -> dict:
+    """Train one (model, seed); returns its result dict. Checkpoints in ``out_dir/model/seedS``.
+
+    ``resume``: continue from the checkpoint / return the finished result if there is one (and say
+    which). ``restart``: delete this run's checkpoint and result first and train from step 0.
+    A damaged checkpoint raises :class:`~repro.harness.checkpoint.CheckpointError`."""
+    from .checkpoint import load_checkpoint, remove_checkpoint
+
     rank, world, dev = setup_distributed(device)
     run_dir = Path(out_dir) / model_name / f"seed{seed}"
     ckpt_path = run_dir / "checkpoint.pt"
     done_path = run_dir / "result.json"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if restart:
+            removed = [p.name for p in (ckpt_path, done_path) if remove_checkpoint(p)]
+            if removed:
+                print(f"[{model_name} seed {seed}] --restart: deleted {', '.join(removed)} in {run_dir}")
+            resume = False
     barrier()
+    resume = resume and not restart
     if resume and done_path.exists():
         res = json.loads(done_path.read_text())
         if res.get("iterations") == profile.steps:
             if rank == 0:
-                print(f"[{model_name} seed {seed}] already complete: error {res['error']:.2f}% (resume)")
+                print(f"[{model_name} seed {seed}] already complete: error {res['error']:.2f}% (resume; {done_path})")
             return res
+        if rank == 0:
+            print(f"[{model_name} seed {seed}] {done_path} is for {res.get('iterations')} iterations, this schedule has "
+                  f"{profile.steps}: not reused")
 
     if profile.batch_size % world:
         raise ValueError(f"batch size {profile.batch_size} is not divisible by the {world} DDP processes")
@@ -300,12 +354,14 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     opt = make_optimizer(model, profile)
     step0, wall0, history = 0, 0.0, []
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        ck = load_checkpoint(ckpt_path, map_location=dev)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        step0, wall0, history = ck["step"], ck.get("wall_s", 0.0), ck.get("history", [])
+        step0, wall0, history = ck["step"], ck.get("wall_s", 0.0), list(ck.get("history", []))
         if rank == 0:
-            print(f"[{model_name} seed {seed}] resumed from step {step0}")
+            print(f"[{model_name} seed {seed}] resumed from step {step0} of {profile.steps} ({ckpt_path})")
+    elif resume and rank == 0:
+        print(f"[{model_name} seed {seed}] nothing to resume (no checkpoint in {run_dir}): training from step 0")
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -324,6 +380,15 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     imgs_per_s = float("nan")
     net.train()
     step = step0
+    # checkpoint-and-stop on SIGINT / SIGTERM (single process; under torchrun ranks could stop at
+    # different steps and deadlock in the gradient all-reduce, so a signal stops them as before)
+    stop = _StopOnSignal(enabled=world == 1)
+
+    def checkpoint(nxt):
+        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": nxt,
+                      "wall_s": wall0 + time.perf_counter() - t_start, "history": history,
+                      "profile": dataclasses.asdict(profile), "seed": seed}, ckpt_path)
+
     try:
         for step in range(step0, profile.steps):
             set_lr(opt, profile.lr_at(step))
@@ -368,10 +433,21 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
                         (bar.write(msg) if bar is not None else print(msg))
                     barrier()
                 if rank == 0 and (nxt % profile.ckpt_every == 0 or nxt == profile.steps):
-                    _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": nxt,
-                                  "wall_s": wall0 + time.perf_counter() - t_start, "history": history,
-                                  "profile": dataclasses.asdict(profile), "seed": seed}, ckpt_path)
+                    checkpoint(nxt)
+            if stop.signum is not None:
+                import signal
+
+                name = signal.Signals(stop.signum).name
+                saved = seen == 0 or math.isfinite(loss_sum.item())  # never checkpoint a non-finite state
+                if saved and not (ckpt_path.exists() and last_log_step == nxt and
+                                  (nxt % profile.ckpt_every == 0 or nxt == profile.steps)):
+                    checkpoint(nxt)
+                where = (f"checkpoint of step {nxt} of {profile.steps} saved to {ckpt_path}" if saved else
+                         f"non-finite loss since step {last_log_step}: the last good checkpoint is kept at {ckpt_path}")
+                raise Interrupted(f"[{model_name} seed {seed}] interrupted ({name}): {where}", step=nxt,
+                                  total=profile.steps, path=ckpt_path, signum=stop.signum, saved=saved)
     finally:
+        stop.restore()
         if bar is not None:
             bar.close()
     wall = wall0 + time.perf_counter() - t_start
@@ -459,7 +535,7 @@ def _write_results(exp, profile_name, device, model_results, out_dir, profiles, 
 
 def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | None, out_dir: str | Path,
         device: str = "cpu", resume: bool = False, compile: bool = False, overrides: dict | None = None,
-        progress: bool = True, notes: list[str] = (), visualise: bool = True) -> dict:
+        progress: bool = True, notes: list[str] = (), visualise: bool = True, restart: bool = False) -> dict:
     """Train ``models`` for every seed, average, write results.json / results.md (rank 0)."""
     out_dir = Path(out_dir)
     rank, world, dev = setup_distributed(device)
@@ -471,7 +547,8 @@ def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | 
         profs[m] = prof
         per = []
         for s in prof.seeds:
-            r = train_one(exp, m, prof, s, out_dir, device=device, resume=resume, compile=compile, progress=progress)
+            r = train_one(exp, m, prof, s, out_dir, device=device, resume=resume, compile=compile, progress=progress,
+                          restart=restart)
             trained[m] = r.pop("_model", None)
             per.append(r)
         if rank == 0:

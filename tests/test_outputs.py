@@ -1,0 +1,82 @@
+"""Where recipes write: by default an untracked ``runs/<recipe>/`` at the repository root, never
+the committed ``repro/results/``; publishing there is ``python -m repro.publish SRC DST``;
+``--resume`` says what it found."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repro import colocalisation, cub, distorted_mnist, mnist_addition, publish, svhn
+from repro.harness import train_one
+from repro.paths import REPO_ROOT, RUNS_DIR
+
+from test_harness import _exp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_runs_dir_is_untracked_repo_root_runs():
+    assert REPO_ROOT == ROOT and RUNS_DIR == ROOT / "runs"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "runs/x/checkpoint.json"], cwd=ROOT)
+    assert ignored.returncode == 0  # /runs/ is in .gitignore
+
+
+@pytest.mark.parametrize("mod, name", [(mnist_addition, "mnist_addition"), (distorted_mnist, "distorted_mnist"),
+                                       (colocalisation, "colocalisation")])
+def test_default_out_is_under_runs(mod, name):
+    assert Path(mod.DEFAULT_OUT) == RUNS_DIR / name
+    assert "repro/results" not in mod.DEFAULT_OUT
+
+
+def test_svhn_and_cub_default_under_runs():
+    assert svhn.RUNS == RUNS_DIR and cub.RUNS == RUNS_DIR
+    assert not hasattr(svhn, "RESULTS") and not hasattr(cub, "RESULTS")
+
+
+def test_resume_says_what_it_found(tmp_path, capsys):
+    exp = _exp()
+    prof = exp.profiles["t"]
+    train_one(exp, "mlp", prof, 0, tmp_path, resume=True, progress=False, final_eval=False)
+    assert "nothing to resume" in capsys.readouterr().out
+    train_one(exp, "mlp", prof.replace(steps=prof.steps + 10), 0, tmp_path, resume=True, progress=False)
+    assert f"resumed from step {prof.steps}" in capsys.readouterr().out
+    train_one(exp, "mlp", prof.replace(steps=prof.steps + 10), 0, tmp_path, resume=True, progress=False)
+    assert "already complete" in capsys.readouterr().out
+
+
+def test_publish_copies_results_not_checkpoints(tmp_path, one_thread):
+    src, dst = tmp_path / "runs" / "toy", tmp_path / "results" / "toy"
+    exp = _exp(steps=10)
+    from repro.harness import run
+
+    run(exp, profile="t", models=["mlp"], seeds=[0], out_dir=src, progress=False)
+    (src / "mlp" / "seed0" / "checkpoint.pt.123.tmp").write_text("x")
+    assert publish.main([str(src), str(dst)]) == 0
+    got = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
+    assert got == ["mlp/seed0/result.json", "results.json", "results.md"]
+    assert json.loads((dst / "results.json").read_text())["experiment"] == "toy"
+    assert publish.main([str(tmp_path / "nope"), str(dst)]) == 2
+
+
+def test_publish_cli_help():
+    out = subprocess.run([sys.executable, "-m", "repro.publish", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "SRC" in out.stdout and "DST" in out.stdout
+
+
+def test_publish_refuses_to_drop_published_models(tmp_path, one_thread, capsys):
+    from repro.harness import run
+
+    full, subset, dst = tmp_path / "full", tmp_path / "subset", tmp_path / "results"
+    run(_exp(steps=10), profile="t", models=["mlp", "st"], seeds=[0], out_dir=full, progress=False)
+    run(_exp(steps=10), profile="t", models=["st"], seeds=[0], out_dir=subset, progress=False)
+    assert publish.main([str(full), str(dst)]) == 0
+    before = (dst / "results.json").read_text()
+    capsys.readouterr()
+    assert publish.main([str(subset), str(dst)]) == 2  # a one-model run would replace the two-model table
+    err = capsys.readouterr().err
+    assert "mlp" in err and "--force" in err
+    assert (dst / "results.json").read_text() == before
+    assert publish.main([str(subset), str(dst), "--force"]) == 0
+    assert list(json.loads((dst / "results.json").read_text())["models"]) == ["st"]
