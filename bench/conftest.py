@@ -15,6 +15,41 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 
 
+# The headline table ``bash bench/run_gpu.sh first-light`` measures (``pytest bench/ --headline``):
+# affine fwd and fwd + bwd at the paper's MNIST and SVHN shapes and one large shape, fp32 and bf16,
+# NCHW, against eager and torch.compile; TPS K = 16 at the SVHN shape.
+HEADLINE_CASES = {"mnist", "svhn64", "large-c64"}
+HEADLINE_TPS_CASES = {"svhn64"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--headline", action="store_true",
+                     help="only the headline cases (what `bash bench/run_gpu.sh first-light` measures)")
+
+
+def is_headline(item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    case = params.get("case")
+    if case is None:
+        return False
+    name = item.originalname if hasattr(item, "originalname") else item.name
+    if name == "test_affine":
+        return (case.name in HEADLINE_CASES and params["pass_"] in ("fwd", "fwd_bwd")
+                and not params["channels_last"] and params["provider"] in ("stn_triton", "torch_eager", "torch_compile"))
+    if name == "test_tps":
+        return (case.name in HEADLINE_TPS_CASES and params["k"] == 16
+                and params["provider"] in ("stn_triton", "torch_eager", "torch_compile"))
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--headline"):
+        return
+    keep = [it for it in items if is_headline(it)]
+    config.hook.pytest_deselected(items=[it for it in items if not is_headline(it)])
+    items[:] = keep
+
+
 def pytest_report_header(config):
     if HAS_CUDA:
         return f"stn-triton bench: CUDA device {torch.cuda.get_device_name()} -- GPU comparisons enabled"

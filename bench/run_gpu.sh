@@ -2,7 +2,16 @@
 # Everything only a GPU can show, in one call on a lent GPU machine (torch + triton preinstalled,
 # no registry: the working tree runs with PYTHONPATH=.). Usage, from the repository root:
 #
-#   STN_GIT_COMMIT=<sha> bash bench/run_gpu.sh [tests|bench|tune|recipes|all]   (default: all)
+#   STN_GIT_COMMIT=<sha> bash bench/run_gpu.sh [first-light|tests|bench|tune|recipes|all]   (default: all)
+#
+# Run `first-light` FIRST, alone: it fits one call (estimate on an H100 / H200, ~4 min of the
+# 6 it is sized for): start-up and imports ~0.5 min; bench.first_light, 14 checks of the compiled
+# kernels against the PyTorch path = ~28 Triton JIT compiles (~1-3 s each) ~1 min; the headline
+# `pytest bench/ --headline` table, 42 rows (affine fwd and fwd + bwd at the paper's MNIST and SVHN
+# shapes and 64x64x224^2, fp32 and bf16, vs eager and torch.compile; TPS K = 16): ~14 more JIT
+# compiles (~0.5 min), 14 torch.compile graphs (12 affine, 2 TPS; ~5-10 s each with inductor,
+# ~2 min), timing ~0.5 min. Writes first_light.json, headline.json (pytest-benchmark) and
+# headline.md (bench.summarize) under $OUT.
 #
 # The device runs one command for at most 10 minutes, and `pytest bench/` with every case
 # (torch.compile compiles each shape once) may take longer: split it across calls with
@@ -16,7 +25,7 @@
 #   bench.json       pytest-benchmark JSON of `pytest bench/` (copy it to bench/results/ and
 #                    regenerate the summary with `python -m bench.summarize bench/results/<file>.json`)
 #   recipes/         paper-profile recipe results, when asked for (set STN_RECIPE_OUT to a folder
-#                    carried between calls, e.g. repro/results/mnist_addition_paper, to resume there)
+#                    carried between calls, e.g. runs/mnist_addition_paper, to resume there)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -33,6 +42,17 @@ status=0
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
   python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| triton', triton.__version__)"
 } | tee "$out/env.txt"
+
+if [[ "$stage" == first-light ]]; then
+  echo "== first light: compiled kernels vs the PyTorch path"
+  timeout 150 python -m bench.first_light --json "$out/first_light.json" 2>&1 | tee "$out/first_light.log" | tail -16
+  status=$((status | ${PIPESTATUS[0]}))
+  echo "== headline table: pytest bench/ --headline"
+  timeout 240 python -m pytest bench --headline -q -p no:cacheprovider --benchmark-json="$out/headline.json" \
+      --benchmark-columns=median,rounds 2>&1 | tail -4
+  status=$((status | ${PIPESTATUS[0]}))
+  python -m bench.summarize "$out/headline.json" | tee "$out/headline.md" | tail -50
+fi
 
 if [[ "$stage" == tests || "$stage" == all ]]; then
   echo "== GPU tests"

@@ -81,6 +81,11 @@ def tps_system(control_points: Optional[torch.Tensor], k: int, device: torch.dev
             with _lock:
                 _default[key] = hit
         return hit
+    if control_points.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "tps_warp with explicit control_points reads them on the host every call (to check the spline "
+            "system and find its solve by content), which a CUDA graph cannot capture; capture with the "
+            "default grid (control_points=None), or run this call outside the graph")
     # a copy, never the caller's storage (.to() returns the tensor itself when it is already a
     # contiguous CPU float64 tensor): what is kept must not change when the caller's tensor does
     c64 = control_points.detach().to("cpu", torch.float64, copy=True).contiguous()
