@@ -34,6 +34,15 @@ def triton_backend():
         yield
 
 
+@pytest.fixture
+def deterministic():
+    """``torch.use_deterministic_algorithms(True)`` for the duration of a test."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(prev)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -15,14 +15,6 @@ from tolerances import assert_close, assert_close_param_grad
 from test_warp import random_theta, reference_grads
 
 
-@pytest.fixture
-def deterministic():
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(prev)
-
-
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_deterministic_grads_match_reference(device, triton_backend, deterministic, mode, dtype):

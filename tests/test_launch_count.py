@@ -65,14 +65,6 @@ def launches(monkeypatch):
     return device_work
 
 
-@pytest.fixture
-def deterministic():
-    prev = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(prev)
-
-
 def _warp_case(projective, x_dtype, theta_dtype):
     x = torch.randn(2, 3, 8, 8).to(x_dtype).requires_grad_()
     rows = 3 if projective else 2

@@ -130,8 +130,16 @@ def test_he_init_keeps_identity_regressors_and_standardize_is_parameter_free():
 def test_spatial_transformer_keeps_theta_precision():
     """A bf16 input must not round the localiser's fp32 theta to bf16 (~0.4 px at 224 px)."""
     torch.manual_seed(0)
-    loc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
-    st = stn_triton.SpatialTransformer(loc, "affine", (16, 16))
+
+    class FloatLoc(nn.Module):  # a localiser kept in fp32 for a bf16 trunk
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 16 * 16, 8)
+
+        def forward(self, x):
+            return self.fc(x.float().flatten(1))
+
+    st = stn_triton.SpatialTransformer(FloatLoc(), "affine", (16, 16), loc_features=8)
     with torch.no_grad():
         st.regressor.bias.copy_(torch.tensor([0.1234567, -0.0731, 0.0412345, 0.0217, -0.1029, 0.0555]))
     x = torch.rand(2, 3, 16, 16).to(torch.bfloat16)
