@@ -17,19 +17,20 @@ def _grid(theta, aux, size, align_corners, dtype):
 
 
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
-    """grad theta from the grid's gradient: sum over pixels of g (x) [x_t, y_t, 1], chained through
-    the division by w for projective theta (x_s = u / w, y_s = v / w)."""
+    """grad theta from the grid's gradient: g^T @ [x_t, y_t, 1] per image (one batched matmul, as
+    affine_grid's backward), chained through the division by w for projective theta
+    (x_s = u / w, y_s = v / w)."""
     n = theta.shape[0]
     cdt = ggrid.dtype
-    base = torch_path.base_grid(*size, align_corners, cdt, ggrid.device)  # (P, 3)
+    base = torch_path.base_grid(*size, align_corners, cdt, ggrid.device).expand(n, -1, 3)  # (N, P, 3)
     g = ggrid.reshape(n, -1, 2)
     if theta.shape[1] == 3:
-        inv_w = 1.0 / torch.einsum("pk,nk->np", base, theta[:, 2].to(cdt))
+        inv_w = 1.0 / base.bmm(theta[:, 2:].to(cdt).transpose(1, 2)).squeeze(-1)  # (N, P)
         ok = torch.isfinite(grid.reshape(n, -1, 2)).all(-1)  # zero gradient stays zero through 1 / w
         src = torch.where(ok[..., None], grid.reshape(n, -1, 2), 0.0)
         g_w = torch.where(ok, -(g * src).sum(-1) * inv_w, 0.0)
         g = torch.cat([torch.where(ok[..., None], g * inv_w[..., None], 0.0), g_w[..., None]], dim=-1)
-    return torch.einsum("npj,pk->njk", g, base).to(theta.dtype)
+    return g.transpose(1, 2).bmm(base).to(theta.dtype)
 
 
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners):
