@@ -183,6 +183,39 @@ class FixedSource:
         return (self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True))
 
 
+class Prefetcher:
+    """``get(step)`` returns ``data.batch(step)``, having started ``data.batch(step + 1)`` on a background
+    thread, so rendering the next batch overlaps with training on this one (torch ops release the GIL).
+    ``batch`` is a pure function of ``step``, so the batches are the ones the plain loop would draw; one
+    batch is in flight at a time, so the data source is never called concurrently. ``enabled=False``
+    calls ``data.batch`` inline."""
+
+    def __init__(self, data, stop: int, enabled: bool = True):
+        self.data, self.stop, self.enabled = data, int(stop), bool(enabled)
+        self._pool = self._next = None
+        self._next_step = -1
+        if self.enabled:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+
+    def get(self, step: int):
+        if not self.enabled:
+            return self.data.batch(step)
+        fut = self._next if self._next_step == step else self._pool.submit(self.data.batch, step)
+        self._next, self._next_step = None, -1
+        if step + 1 < self.stop:
+            self._next, self._next_step = self._pool.submit(self.data.batch, step + 1), step + 1
+        return fut.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            if self._next is not None:
+                self._next.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = self._next = None
+
+
 def unpack(batch) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, (tuple, list)):
         return batch[0], batch[1]
@@ -276,8 +309,9 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out_dir: str | Path, *,
               device: str = "cpu", resume: bool = False, compile: bool = False, progress: bool = True,
-              final_eval: bool = True) -> dict:
-    """Train one (model, seed); returns its result dict. Checkpoints in ``out_dir/model/seedS``."""
+              final_eval: bool = True, prefetch: bool | None = None) -> dict:
+    """Train one (model, seed); returns its result dict. Checkpoints in ``out_dir/model/seedS``.
+    ``prefetch``: draw the next batch on a background thread (:class:`Prefetcher`; default: on CPU)."""
     rank, world, dev = setup_distributed(device)
     run_dir = Path(out_dir) / model_name / f"seed{seed}"
     ckpt_path = run_dir / "checkpoint.pt"
@@ -324,10 +358,11 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     imgs_per_s = float("nan")
     net.train()
     step = step0
+    feed = Prefetcher(data, profile.steps, dev.type == "cpu" if prefetch is None else prefetch)
     try:
         for step in range(step0, profile.steps):
             set_lr(opt, profile.lr_at(step))
-            x, y = unpack(data.batch(step))
+            x, y = unpack(feed.get(step))
             logits = net(x)
             loss = exp.loss_fn(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -372,6 +407,7 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
                                   "wall_s": wall0 + time.perf_counter() - t_start, "history": history,
                                   "profile": dataclasses.asdict(profile), "seed": seed}, ckpt_path)
     finally:
+        feed.close()
         if bar is not None:
             bar.close()
     wall = wall0 + time.perf_counter() - t_start
