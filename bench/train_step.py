@@ -37,6 +37,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+CLOCK = {"now": time.perf_counter}
+
 MODELS = [("RTS", "fcn"), ("RTS", "st-fcn-aff"), ("TC", "fcn"), ("TC", "st-fcn-aff"),
           ("addition", "fcn"), ("addition", "st-fcn"), ("addition", "2xst-fcn")]
 
@@ -128,16 +130,17 @@ class Case:
         """The harness loop body (repro.harness.core.train_one), optionally timing its phases."""
         from repro.harness.core import set_lr
 
-        t0 = time.perf_counter()
+        now = CLOCK["now"]
+        t0 = now()
         set_lr(self.opt, self.prof.lr_at(self.step))
         logits = self.model(x)
         loss = self.exp.loss_fn(logits, y)
-        t1 = time.perf_counter()
+        t1 = now()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = now()
         self.opt.step()
-        t3 = time.perf_counter()
+        t3 = now()
         self.loss_sum += loss.detach()
         self.correct += self.metric(logits.detach(), y)
         if phases is not None:
@@ -150,7 +153,8 @@ class Case:
         """Seconds per step of ``variant``."""
         from repro.harness.core import Prefetcher, unpack
 
-        t = time.perf_counter()
+        now = CLOCK["now"]
+        t = now()
         if variant == "data_ref":
             for i in range(steps):
                 with torch.no_grad():
@@ -175,14 +179,14 @@ class Case:
                 self.feed = Prefetcher(self.data, 1 << 40)
             waits = phases.setdefault("wait", []) if phases is not None else []
             for _ in range(steps):
-                tw = time.perf_counter()
+                tw = now()
                 x, y = unpack(self.feed.get(self.pstep))
-                waits.append(time.perf_counter() - tw)
+                waits.append(now() - tw)
                 self.pstep += 1
                 self._train(x, y)
         else:
             raise ValueError(variant)
-        return (time.perf_counter() - t) / steps
+        return (now() - t) / steps
 
 
 VARIANTS = ("data_ref", "data", "plain", "warp", "serial", "prefetch")
@@ -209,6 +213,114 @@ def profile_warp(case: Case, steps: int = 5) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=44))
 
 
+class _ProposedWarp(torch.autograd.Function):
+    """A prototype of the recommended CPU path (affine, bilinear, zeros, align_corners=False), for the
+    breakdown only: the grid built batch-major (cached base, one bmm: the values of F.affine_grid),
+    kept for the backward instead of rebuilt, grad theta as one bmm with the base."""
+
+    _base: dict = {}
+
+    @staticmethod
+    def forward(ctx, x, theta, size):
+        n, h, w = theta.shape[0], size[0], size[1]
+        key = (h, w, theta.dtype)
+        if key not in _ProposedWarp._base:
+            import stn_triton.torch_path as tp
+            _ProposedWarp._base[key] = tp.base_grid(h, w, False, theta.dtype)  # (P, 3)
+        base = _ProposedWarp._base[key]
+        grid = torch.matmul(base, theta.transpose(1, 2)).view(n, h, w, 2)  # (N, P, 2) contiguous
+        ctx.save_for_backward(x, grid, base)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    @staticmethod
+    def backward(ctx, go):
+        x, grid, base = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        gx, gg = torch.ops.aten.grid_sampler_2d_backward(go.contiguous(), x, grid, 0, 0, False, [need_x, True])
+        gt = torch.matmul(gg.view(grid.shape[0], -1, 2).transpose(1, 2), base)  # (N, 2, 3)
+        return (gx if need_x else None), gt, None
+
+
+def proposed_warp(x, theta, size):
+    return _ProposedWarp.apply(x, theta, size)
+
+
+WARP_SHAPES = {"RTS": (1, 42), "TC": (1, 60), "addition": (2, 42)}
+
+
+def warp_breakdown(reps: int = 9, batch: int = 256) -> None:
+    """Where ``stn_triton.warp``'s CPU path loses to ``F.affine_grid`` + ``F.grid_sample`` at the models'
+    shapes (x without grad, theta with grad, as in the models): the whole op each way, then its pieces."""
+    import stn_triton
+    import stn_triton.torch_path as tp
+
+    now = CLOCK["now"]
+
+    def med(f, k=reps):
+        f()
+        ts = []
+        for _ in range(k):
+            t = now()
+            f()
+            ts.append(now() - t)
+        return 1e3 * statistics.median(ts)
+
+    print(f"\nwarp vs plain, batch {batch}, ms (median of {reps}); x no grad, theta grad")
+    print("| shape | plain fwd | warp fwd | plain fwd+bwd | warp fwd+bwd | ratio fwd | ratio fwd+bwd "
+          "| grid_sample fwd strided / contiguous grid | grid_sampler bwd strided / contiguous "
+          "| einsum grid (+ .contiguous()) | affine_grid | custom-op fwd+bwd at 1x1x2x2 | plain at 1x1x2x2 "
+          "| proposed fwd / fwd+bwd | proposed / plain fwd / fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, (c, h) in WARP_SHAPES.items():
+        x = torch.rand(batch, c, h, h)
+        th0 = torch.eye(2, 3).expand(batch, 2, 3) + 0.1 * torch.randn(batch, 2, 3)
+        th = th0.clone().requires_grad_(True)
+        go = torch.rand(batch, c, h, h)
+
+        def fb(fn):
+            def run():
+                th.grad = None
+                fn(x, th, (h, h)).backward(go)
+            return run
+
+        def fw(fn):
+            def run():
+                with torch.no_grad():
+                    fn(x, th0, (h, h))
+            return run
+
+        warp = lambda a, b, s: stn_triton.warp(a, b, s)  # noqa: E731
+        r = {k: [] for k in ("pf", "wf", "pb", "wb", "qf", "qb")}
+        for _ in range(3):  # interleaved rounds
+            r["pf"].append(med(fw(plain_warp)))
+            r["wf"].append(med(fw(warp)))
+            r["qf"].append(med(fw(proposed_warp)))
+            r["pb"].append(med(fb(plain_warp)))
+            r["wb"].append(med(fb(warp)))
+            r["qb"].append(med(fb(proposed_warp)))
+        m = {k: statistics.median(v) for k, v in r.items()}
+        g_str = tp.transform_grid(th0, h, h, False)
+        g_con = g_str.contiguous()
+        gs_s = med(lambda: F.grid_sample(x, g_str, align_corners=False))
+        gs_c = med(lambda: F.grid_sample(x, g_con, align_corners=False))
+        gb_s = med(lambda: torch.ops.aten.grid_sampler_2d_backward(go, x, g_str, 0, 0, False, [False, True]))
+        gb_c = med(lambda: torch.ops.aten.grid_sampler_2d_backward(go, x, g_con, 0, 0, False, [False, True]))
+        eg = med(lambda: tp.transform_grid(th0, h, h, False))
+        egc = med(lambda: tp.transform_grid(th0, h, h, False).contiguous())
+        ag = med(lambda: F.affine_grid(th0, (batch, c, h, h), align_corners=False))
+        xs, ts_ = torch.rand(1, 1, 2, 2), torch.eye(2, 3)[None].clone().requires_grad_(True)
+        tiny_w = med(lambda: stn_triton.warp(xs, ts_).sum().backward(), k=3 * reps)
+        tiny_p = med(lambda: plain_warp(xs, ts_).sum().backward(), k=3 * reps)
+        print(f"| {name} {batch}x{c}x{h}x{h} | {m['pf']:.2f} | {m['wf']:.2f} | {m['pb']:.2f} | {m['wb']:.2f} | "
+              f"{m['wf'] / m['pf']:.2f} | {m['wb'] / m['pb']:.2f} | {gs_s:.2f} / {gs_c:.2f} | {gb_s:.2f} / {gb_c:.2f} | "
+              f"{eg:.2f} ({egc:.2f}) | {ag:.2f} | {tiny_w:.3f} | {tiny_p:.3f} | {m['qf']:.2f} / {m['qb']:.2f} | "
+              f"{m['qf'] / m['pf']:.2f} / {m['qb'] / m['pb']:.2f} |", flush=True)
+        with torch.no_grad():  # the prototype computes the same warp
+            assert torch.allclose(proposed_warp(x, th0, (h, h)), plain_warp(x, th0, (h, h)), atol=1e-5)
+    print(f"(transform_grid's strides at {batch}x42x42: {tuple(tp.transform_grid(th0[:, :, :], 42, 42, False).stride())}; "
+          f"contiguous would be {tuple(torch.empty(batch, 42, 42, 2).stride())})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -217,13 +329,23 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=4, help="steps per variant per repetition")
     ap.add_argument("--models", default="all", help="comma-separated 'dataset:model' (e.g. RTS:fcn), or all")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: time.perf_counter (what a run sees); cpu: time.process_time (CPU seconds of this "
+                         "process: steadier on a loaded machine with --threads 1, blind to overlap, so not for "
+                         "'prefetch')")
+    ap.add_argument("--warp-breakdown", action="store_true",
+                    help="only the warp op vs the plain composition at the models' shapes, and its pieces")
     ap.add_argument("--profile-warp", action="store_true", help="torch.profiler tables of the warp / plain steps")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    CLOCK["now"] = time.perf_counter if a.clock == "wall" else time.process_time
+    if a.warp_breakdown:
+        warp_breakdown(batch=a.batch)
+        return 0
     todo = MODELS if a.models == "all" else [tuple(m.split(":")) for m in a.models.split(",")]
     variants = [v for v in a.variants.split(",") if v]
     print(f"bench.train_step: batch {a.batch}, {a.threads} thread(s), {a.reps} reps x {a.steps} steps, "
-          f"torch {torch.__version__}, host CPUs {__import__('os').cpu_count()}")
+          f"{a.clock} clock, torch {torch.__version__}, host CPUs {__import__('os').cpu_count()}")
     rows = []
     for ds, m in todo:
         case = Case(ds, m, a.batch)
