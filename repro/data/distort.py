@@ -251,13 +251,17 @@ def _batch_major(pn: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
 
 
 def _warp_cpu(x: torch.Tensor, theta: torch.Tensor, size) -> torch.Tensor:
-    """Affine (N, 2, 3) / projective (N, 3, 3) float32 ``theta``: grid_sample(x, einsum(base, theta))."""
+    """Affine (N, 2, 3) / projective (N, 3, 3) float32 ``theta``: grid_sample(x, base @ theta^T).
+
+    The grid was einsum("pk,njk->npj", base, theta) (what ``F.affine_grid`` computes too): each
+    element is the same three-term dot product, and ``base @ theta^T`` gives the same bits
+    (checked: 4e8 elements, N 1..4096, 28..84 px, affine and projective, 1 and 2 threads) but
+    batch-major -- einsum's result is batch-interleaved, which grid_sample reads ~3-4x slower."""
     h, w = size
-    n = theta.shape[0]
-    pn = torch.einsum("pk,njk->npj", _base_grid(h, w), theta).permute(1, 0, 2)  # (P, N, 2 or 3)
+    uvw = torch.matmul(_base_grid(h, w), theta.transpose(1, 2))  # (N, P, 2 or 3), contiguous
     if theta.shape[1] == 3:
-        pn = pn[..., :2] / pn[..., 2:3]
-    return _grid_sample(x, _batch_major(pn, n, h, w))
+        uvw = uvw[..., :2] / uvw[..., 2:3]
+    return _grid_sample(x, uvw.reshape(theta.shape[0], h, w, 2))
 
 
 def _translate_cpu(x: torch.Tensor, theta: torch.Tensor, size, top_left: torch.Tensor) -> torch.Tensor:
