@@ -11,6 +11,7 @@ medians (ms per step) and ratios taken in the same process:
   transformer's warp replaced by ``F.grid_sample(x, F.affine_grid(theta))`` (the reference);
 * ``warp``      the same with ``stn_triton.warp`` (the model as it trains), with phases
   ``fwd`` / ``bwd`` / ``opt`` timed separately in the same repetitions;
+* ``serial_ref`` the harness's step as it was (b860a90's rendering inline);
 * ``serial``    the harness's step (``repro.harness.core``'s loop body) with the online batch drawn
   inline;
 * ``prefetch``  the same with :class:`repro.harness.core.Prefetcher` (the next batch rendered on a
@@ -172,6 +173,12 @@ class Case:
             for _ in range(steps):
                 x, y = unpack(self.data.batch(self.step))
                 self._train(x, y)
+        elif variant == "serial_ref":  # the step before this work: b860a90's rendering inline
+            for _ in range(steps):
+                with torch.no_grad():
+                    x, y = reference_render(self.data.name, self.data.params(self.step), self.data._pool_x,
+                                            self.data._pool_y)
+                self._train(x, y)
         elif variant == "prefetch":
             # one Prefetcher for the whole run, as in the harness, on its own step counter (the other
             # variants in between leave its prefetched batch waiting, as a long step would)
@@ -189,7 +196,7 @@ class Case:
         return (now() - t) / steps
 
 
-VARIANTS = ("data_ref", "data", "plain", "warp", "serial", "prefetch")
+VARIANTS = ("data_ref", "data", "plain", "warp", "serial_ref", "serial", "prefetch")
 
 
 def checkpoint_cost(case: Case) -> float:
@@ -373,15 +380,16 @@ def main(argv=None) -> int:
               + f" | warp/plain {r('warp', 'plain')} serial/plain {r('serial', 'plain')} "
                 f"prefetch/plain {r('prefetch', 'plain')} data_ref/data {r('data_ref', 'data')}"
               + f" | ckpt {ck:.0f} ms (/{case.prof.ckpt_every} steps), log sync {sync:.2f} ms", flush=True)
-    print("\n| model | data_ref | data | wait (prefetch) | plain | warp | fwd / bwd / opt | serial | prefetch "
-          "| warp/plain | serial/plain | prefetch/plain |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | data_ref | data | wait (prefetch) | plain | warp | fwd / bwd / opt | serial_ref | serial "
+          "| prefetch | warp/plain | serial_ref/plain | serial/plain | prefetch/plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for label, med, ph, _, _ in rows:
         g = lambda k, d=med: f"{d[k]:.1f}" if k in d else "–"  # noqa: E731
         q = lambda a_, b_: f"{med[a_] / med[b_]:.2f}" if a_ in med and b_ in med else "–"  # noqa: E731
         print(f"| {label} | {g('data_ref')} | {g('data')} | {g('wait', ph)} | {g('plain')} | {g('warp')} | "
-              f"{g('fwd', ph)} / {g('bwd', ph)} / {g('opt', ph)} | {g('serial')} | {g('prefetch')} | "
-              f"{q('warp', 'plain')} | {q('serial', 'plain')} | {q('prefetch', 'plain')} |")
+              f"{g('fwd', ph)} / {g('bwd', ph)} / {g('opt', ph)} | {g('serial_ref')} | {g('serial')} | "
+              f"{g('prefetch')} | {q('warp', 'plain')} | {q('serial_ref', 'plain')} | {q('serial', 'plain')} | "
+              f"{q('prefetch', 'plain')} |")
     return 0
 
 
