@@ -1,7 +1,8 @@
 """Where a training step's time goes, per recipe model: ``python -m bench.train_step``.
 
 For each model (the recipes' own builders, online streams and optimiser -- the paper profile's SGD,
-batch 256 by default) it times, interleaving the variants within every repetition and reporting
+batch 256 by default) it times, interleaving the variants within every repetition (in an order that
+rotates from one repetition to the next) and reporting
 medians (ms per step) and ratios taken in the same process:
 
 * ``data_ref``  rendering one online batch the way the code of b860a90 did (``stn_triton.warp`` /
@@ -17,7 +18,8 @@ medians (ms per step) and ratios taken in the same process:
 * ``prefetch``  the same with :class:`repro.harness.core.Prefetcher` (the next batch rendered on a
   background thread while this one trains); ``wait`` is the time the loop waits for its batch.
 
-Ratios printed: ``warp / plain`` (the CPU warp path inside the model; target <= 1.05),
+For the FCNs ``plain`` and ``warp`` are the same code: their ratio is a control (how far apart two
+identical variants land on this machine). Ratios printed: ``warp / plain`` (the CPU warp path inside the model; target <= 1.05),
 ``serial / plain`` and ``prefetch / plain`` (the whole online step against the plain model on
 pre-rendered tensors; target <= 1.15), ``data_ref / data`` (rendering speed-up).
 Also: the cost of one checkpoint save (amortised over the profile's ``ckpt_every``) and of one
@@ -362,8 +364,8 @@ def main(argv=None) -> int:
             profile_warp(case)
         times = {v: [] for v in variants}
         phases = {"fwd": [], "bwd": [], "opt": []}
-        for _ in range(a.reps):
-            for v in variants:
+        for rep in range(a.reps):  # the order rotates every repetition: no variant always follows the same one
+            for v in variants[rep % len(variants):] + variants[:rep % len(variants)]:
                 times[v].append(case.run(v, a.steps, phases))
         med = {v: 1e3 * statistics.median(ts) for v, ts in times.items()}
         ph = {k: 1e3 * statistics.median(ts) for k, ts in phases.items() if ts}
