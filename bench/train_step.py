@@ -1,8 +1,8 @@
 """Where a training step's time goes, per recipe model: ``python -m bench.train_step``.
 
 For each model (the recipes' own builders, online streams and optimiser -- the paper profile's SGD,
-batch 256 by default) it times, interleaving the variants within every repetition (in an order that
-rotates from one repetition to the next) and reporting
+batch 256 by default) it times, interleaving the variants within every repetition (in a seeded random
+order, fresh every repetition) and reporting
 medians (ms per step) and ratios taken in the same process:
 
 * ``data_ref``  rendering one online batch the way the code of b860a90 did (``stn_triton.warp`` /
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import random
 import statistics
 import sys
 import time
@@ -364,8 +365,9 @@ def main(argv=None) -> int:
             profile_warp(case)
         times = {v: [] for v in variants}
         phases = {"fwd": [], "bwd": [], "opt": []}
-        for rep in range(a.reps):  # the order rotates every repetition: no variant always follows the same one
-            for v in variants[rep % len(variants):] + variants[:rep % len(variants)]:
+        order = random.Random(0)
+        for _ in range(a.reps):  # a fresh (seeded) order every repetition: no variant always follows the same one
+            for v in order.sample(variants, len(variants)):
                 times[v].append(case.run(v, a.steps, phases))
         med = {v: 1e3 * statistics.median(ts) for v, ts in times.items()}
         ph = {k: 1e3 * statistics.median(ts) for k, ts in phases.items() if ts}
