@@ -3,8 +3,10 @@
 Every data set is produced in two steps, so that fixed sets and online streams share one code
 path: :func:`sample_params` draws all random numbers on the CPU from a ``torch.Generator``
 (cheap: a few numbers per image), and :func:`render` turns them into images on any device with
-one batched ``stn_triton.warp`` / ``stn_triton.tps_warp`` call (the Triton kernels on CUDA, the
-PyTorch path on CPU). Images are float32 in [0, 1], source digits are MNIST uint8 / 255.
+one batched warp: on CUDA ``stn_triton.warp`` / ``stn_triton.tps_warp`` (the Triton kernels), on
+the CPU a frozen copy of the stock-PyTorch composition the data sets were defined with (see
+"the CPU rendering, frozen" below: the images are bit-identical by seed, whatever stn_triton's
+CPU path becomes). Images are float32 in [0, 1], source digits are MNIST uint8 / 255.
 
 Conventions: ``theta`` maps normalised *output* coordinates to normalised *source*
 coordinates (``F.affine_grid``, ``align_corners=False``: -1 and +1 are the outer pixel edges).
