@@ -162,6 +162,8 @@ class FixedSource:
     """Batches from a fixed training set, reshuffled every epoch by a ``DistributedSampler``
     (rank-disjoint shards under DDP). ``batch(step)`` is a pure function of (seed, rank, step)."""
 
+    thread_prefetch = True  # see train_one's ``prefetch``
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1, device="cpu"):
         from torch.utils.data.distributed import DistributedSampler
@@ -313,7 +315,8 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
               device: str = "cpu", resume: bool = False, compile: bool = False, progress: bool = True,
               final_eval: bool = True, prefetch: bool | None = None) -> dict:
     """Train one (model, seed); returns its result dict. Checkpoints in ``out_dir/model/seedS``.
-    ``prefetch``: draw the next batch on a background thread (:class:`Prefetcher`; default: on CPU)."""
+    ``prefetch``: draw the next batch on a background thread (:class:`Prefetcher`); default: on CPU, for
+    data sources that set ``thread_prefetch = True`` (the MNIST streams, :class:`FixedSource`)."""
     rank, world, dev = setup_distributed(device)
     run_dir = Path(out_dir) / model_name / f"seed{seed}"
     ckpt_path = run_dir / "checkpoint.pt"
@@ -360,7 +363,9 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     imgs_per_s = float("nan")
     net.train()
     step = step0
-    feed = Prefetcher(data, profile.steps, dev.type == "cpu" if prefetch is None else prefetch)
+    if prefetch is None:  # sources opt in: their batch(step) must be safe to run beside the step on a thread
+        prefetch = dev.type == "cpu" and bool(getattr(data, "thread_prefetch", False))
+    feed = Prefetcher(data, profile.steps, prefetch)
     try:
         for step in range(step0, profile.steps):
             set_lr(opt, profile.lr_at(step))
