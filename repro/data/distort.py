@@ -337,7 +337,8 @@ def _tps_radial(d2: torch.Tensor) -> torch.Tensor:
 def _warp(x, theta, size, top_left=None):
     if x.device.type != "cpu":
         return stn_triton.warp(x, theta, size)
-    if top_left is not None and theta.shape[1] == 2 and not bool(theta[:, 0, 1].any() or theta[:, 1, 0].any()):
+    if (top_left is not None and theta.shape[1] == 2 and min(size) >= DIGIT + 2
+            and not bool(theta[:, 0, 1].any() or theta[:, 1, 0].any())):
         return _translate_cpu(x, theta, size, top_left)
     return _warp_cpu(x, theta, size)
 
