@@ -223,6 +223,8 @@ class OnlineStream:
     """Fresh distorted training batches: ``batch(step)`` is a pure function of the constructor
     arguments and ``step`` (see the module docstring)."""
 
+    thread_prefetch = True  # the harness may render the next batch on a background thread (own generator)
+
     def __init__(self, name: str, batch_size: int, seed: int = 0, device="cpu", rank: int = 0,
                  world_size: int = 1, split: str = "train"):
         sp = distort.spec(name)
@@ -269,6 +271,8 @@ class FixedStream:
     epochs, each a permutation of the set seeded by (name, "fixed-order", seed, epoch). The set is
     kept on ``device`` as uint8 and converted per batch.
     """
+
+    thread_prefetch = True
 
     def __init__(self, name: str, batch_size: int, seed: int = 0, device="cpu", rank: int = 0,
                  world_size: int = 1, split: str = "train", order_seed: int | None = None):

@@ -201,6 +201,8 @@ class FixedSource:
     """Batches from a fixed training set, reshuffled every epoch by a ``DistributedSampler``
     (rank-disjoint shards under DDP). ``batch(step)`` is a pure function of (seed, rank, step)."""
 
+    thread_prefetch = True  # see train_one's ``prefetch``
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1, device="cpu"):
         from torch.utils.data.distributed import DistributedSampler
@@ -220,6 +222,41 @@ class FixedSource:
             self._idx, self._epoch = torch.tensor(list(iter(self.sampler))), epoch
         idx = self._idx[i * self.batch_size:(i + 1) * self.batch_size]
         return (self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True))
+
+
+class Prefetcher:
+    """``get(step)`` returns ``data.batch(step)``, having started ``data.batch(step + 1)`` on a background
+    thread, so rendering the next batch overlaps with training on this one (torch ops release the GIL).
+    ``batch`` is a pure function of ``step``, so the batches are the ones the plain loop would draw; one
+    batch is in flight at a time, so the data source is never called concurrently. ``enabled=False``
+    calls ``data.batch`` inline."""
+
+    def __init__(self, data, stop: int, enabled: bool = True):
+        self.data, self.stop, self.enabled = data, int(stop), bool(enabled)
+        self._pool = self._next = None
+        self._next_step = -1
+        if self.enabled:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+
+    def get(self, step: int):
+        if not self.enabled:
+            return self.data.batch(step)
+        fut = self._next if self._next_step == step else self._pool.submit(self.data.batch, step)
+        self._next, self._next_step = None, -1
+        out = fut.result()
+        if step + 1 < self.stop:  # submitted after taking this batch: the woken worker then competes for the
+            # GIL with the training step, not with this hand-over (which otherwise waited ~5-10 ms for it)
+            self._next, self._next_step = self._pool.submit(self.data.batch, step + 1), step + 1
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            if self._next is not None:
+                self._next.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = self._next = None
 
 
 def unpack(batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,12 +352,14 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out_dir: str | Path, *,
               device: str = "cpu", resume: bool = False, compile: bool = False, progress: bool = True,
-              final_eval: bool = True, restart: bool = False) -> dict:
+              final_eval: bool = True, restart: bool = False, prefetch: bool | None = None) -> dict:
     """Train one (model, seed); returns its result dict. Checkpoints in ``out_dir/model/seedS``.
 
     ``resume``: continue from the checkpoint / return the finished result if there is one (and say
     which). ``restart``: delete this run's checkpoint and result first and train from step 0.
-    A damaged checkpoint raises :class:`~repro.harness.checkpoint.CheckpointError`."""
+    A damaged checkpoint raises :class:`~repro.harness.checkpoint.CheckpointError`.
+    ``prefetch``: draw the next batch on a background thread (:class:`Prefetcher`); default: on CPU, for
+    data sources that set ``thread_prefetch = True`` (the MNIST streams, :class:`FixedSource`)."""
     from .checkpoint import load_checkpoint, remove_checkpoint
 
     rank, world, dev = setup_distributed(device)
@@ -389,10 +428,13 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
                       "wall_s": wall0 + time.perf_counter() - t_start, "history": history,
                       "profile": dataclasses.asdict(profile), "seed": seed}, ckpt_path)
 
+    if prefetch is None:  # sources opt in: their batch(step) must be safe to run beside the step on a thread
+        prefetch = dev.type == "cpu" and bool(getattr(data, "thread_prefetch", False))
+    feed = Prefetcher(data, profile.steps, prefetch)
     try:
         for step in range(step0, profile.steps):
             set_lr(opt, profile.lr_at(step))
-            x, y = unpack(data.batch(step))
+            x, y = unpack(feed.get(step))
             logits = net(x)
             loss = exp.loss_fn(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -448,6 +490,7 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
                                   total=profile.steps, path=ckpt_path, signum=stop.signum, saved=saved)
     finally:
         stop.restore()
+        feed.close()
         if bar is not None:
             bar.close()
     wall = wall0 + time.perf_counter() - t_start
