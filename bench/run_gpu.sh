@@ -24,8 +24,8 @@
 #   tune.json/.md    launch-config sweep (python -m bench.tune): default vs best tiling per case
 #   bench.json       pytest-benchmark JSON of `pytest bench/` (copy it to bench/results/ and
 #                    regenerate the summary with `python -m bench.summarize bench/results/<file>.json`)
-#   recipes/         paper-profile recipe results, when asked for (set STN_RECIPE_OUT to a folder
-#                    carried between calls, e.g. runs/mnist_addition_paper, to resume there)
+#   recipes/         paper-profile recipe results (set STN_RECIPE_OUT to a folder carried between
+#                    calls, e.g. runs/paper, to resume there; publish with python -m repro.publish)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -78,13 +78,34 @@ if [[ "$stage" == tune || "$stage" == all ]]; then
 fi
 
 if [[ "$stage" == recipes || "$stage" == all ]]; then
-  # --resume: a call cut off by the device's 10-minute limit continues where it stopped when rerun
-  echo "== paper-profile recipes (one seed each, resumable)"
-  mkdir -p "$out/recipes"
-  for model in fcn st-fcn 2xst-fcn cnn; do
-    python -m repro.mnist_addition --profile paper --device cuda --model "$model" --seeds 0 --resume \
-        --out "${STN_RECIPE_OUT:-$out/recipes/mnist_addition}" 2>&1 | tail -3
+  # The CNN family at the paper profile (what a 2-core CPU cannot afford), in the order of their
+  # value. Each row first prints a one-line estimate from a 200-step pilot (steps/s on this GPU;
+  # online batches are rendered on the GPU), then trains with --resume into STN_RECIPE_OUT, so a
+  # call cut off by the device's 10-minute limit continues where it stopped when rerun with the
+  # same folder carried. Finished rows are skipped ("already complete").
+  echo "== paper-profile recipes (one seed each, resumable; STN_RECIPE_ROWS to choose rows)"
+  rec_out="${STN_RECIPE_OUT:-$out/recipes}"
+  mkdir -p "$rec_out"
+  rows="${STN_RECIPE_ROWS:-mnist_addition:cnn distorted_mnist:RTS:st-cnn-aff distorted_mnist:RTS:cnn distorted_mnist:R:cnn distorted_mnist:R:st-cnn-aff distorted_mnist:P:st-cnn-aff distorted_mnist:E:st-cnn-aff distorted_mnist:TC:st-cnn-aff distorted_mnist:TC:cnn mnist_addition:st-fcn mnist_addition:2xst-fcn}"
+  for row in $rows; do
+    IFS=: read -r recipe a b <<< "$row"
+    if [[ "$recipe" == distorted_mnist ]]; then args=(--dataset "$a" --model "$b"); else args=(--model "$a"); fi
+    pilot="$out/pilot/$row"
+    python -m repro."$recipe" "${args[@]}" --profile paper --device cuda --seed 0 --steps 200 --no-progress \
+        --out "$pilot" > "$out/pilot.log" 2>&1
+    python - "$pilot" "$row" <<'PY'
+import json, pathlib, sys
+found = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).rglob("result.json")]
+if found and found[0].get("images_per_s"):
+    steps_s = found[0]["images_per_s"] / found[0]["schedule"]["batch_size"] if "schedule" in found[0] else found[0]["images_per_s"] / 256
+    print(f"estimate {sys.argv[2]}: {steps_s:.1f} steps/s over the 200-step pilot -> 150k steps in {150000 / steps_s / 60:.0f} min")
+else:
+    print(f"estimate {sys.argv[2]}: pilot failed (see pilot.log)")
+PY
+    python -m repro."$recipe" "${args[@]}" --profile paper --device cuda --seed 0 --resume --no-progress \
+        --out "$rec_out/$recipe" 2>&1 | tail -3
     status=$((status | ${PIPESTATUS[0]}))
   done
 fi
+
 exit $status
