@@ -285,3 +285,13 @@ def test_data_bit_identical_to_pinned(name):
     got.append(hashlib.sha256(sets.build(name, "test", seed=0, device="cpu", n=64).images_u8.numpy().tobytes())
                .hexdigest()[:16])
     assert got == PINNED[name]
+
+
+def test_projective_horizon_inside_the_canvas_renders_zero_not_nan():
+    """P's online batch 3939 of seed 0 had one NaN pixel (w = 0 crosses the canvas): the
+    paper-profile FCN's loss turned NaN there. Such pixels sample 0, as stn_triton defines it."""
+    from repro.data import sets
+
+    b = sets.OnlineStream("P", 256, seed=0).batch(3939)
+    assert torch.isfinite(b.images).all()
+    assert b.images.min() >= 0 and b.images.max() <= 1

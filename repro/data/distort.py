@@ -390,4 +390,9 @@ def render(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tensor, poo
     if sp.has_boxes:
         tl = p["top_left"].to(dev, torch.float32)
         boxes = torch.cat([tl, tl + DIGIT], 1)
+    # A projective theta whose horizon (w = 0) crosses the canvas gives non-finite source coordinates
+    # there; F.grid_sample renders them NaN (one NaN pixel in P's online batch 3939 of seed 0 made
+    # the paper-profile FCN's loss NaN). stn_triton's rule, which the CUDA rendering follows: such
+    # pixels sample 0. Only those pixels change; every finite pixel keeps its bits.
+    images = torch.nan_to_num_(images, nan=0.0)
     return Rendered(images.clamp_(0.0, 1.0), labels, digit_labels, boxes)
