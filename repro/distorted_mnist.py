@@ -286,6 +286,18 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
         lines.append(f"| {LABEL[m]} | " + " | ".join(cells) + " |")
     total = sum(r.get("wall_time_s", 0) for ds in DATASETS for r in res[ds].get("models", {}).values())
     lines += ["", f"Total training wall time: {total / 60:.1f} min.", ""]
+    runs = [(ds, m, r) for ds in DATASETS for m, r in res[ds].get("models", {}).items()]
+    if runs:  # provenance of every cell: where it ran, from which revision, how fast
+        lines += ["Provenance per run (commit, clean tree, device, threads, steps/s):", "",
+                  "| data set | model | commit | tree | device | threads | steps/s |", "|---|---|---|---|---|---|---|"]
+        for ds, m, r in runs:
+            v = r.get("versions", {})
+            clean = {True: "clean", False: "**dirty**"}.get(v.get("git_clean"), "not recorded")
+            sch = r.get("schedule", {})
+            steps_s = (r["images_per_s"] / sch["batch_size"]) if r.get("images_per_s") and sch.get("batch_size") else None
+            lines.append(f"| {ds} | {LABEL[m]} | {v.get('git') or '?'} | {clean} | {res[ds].get('device', '?')} | "
+                         f"{v.get('threads', 'not recorded')} | {'–' if steps_s is None else f'{steps_s:.1f}'} |")
+        lines.append("")
     lines += list(extra)
     path = out / "table.md"
     out.mkdir(parents=True, exist_ok=True)
