@@ -13,8 +13,8 @@ import dataclasses
 import triton.language as tl
 
 from bench.aot import KernelConfig
-from stn_triton.kernels import fixed_point, tps, warp
-from stn_triton.kernels.policy import MODE_CODES, PADDING_CODES, block_sizes
+from stn_triton.kernels import fixed_point, tps, warp, warp3d
+from stn_triton.kernels.policy import MODE_CODES, PADDING_CODES, block_sizes, block_sizes_3d
 
 
 def layout_strides(prefixes, channels_last: bool, c: int = 64, h: int = 32, w: int = 32) -> dict:
@@ -129,6 +129,61 @@ def tps_configs() -> list[KernelConfig]:
     return configs
 
 
+def volume_strides(prefixes, channels_last: bool, c: int = 64, d: int = 16, h: int = 32, w: int = 32) -> dict:
+    """Representative strides of (N, C, D, H, W) tensors in NCDHW or NDHWC (channels_last_3d)."""
+    if channels_last:
+        n_, c_, d_, h_, w_ = d * h * w * c, 1, h * w * c, w * c, c
+    else:
+        n_, c_, d_, h_, w_ = c * d * h * w, d * h * w, h * w, w, 1
+    out = {"C": c, "D": d, "H": h, "W": w, "D_OUT": d, "H_OUT": h, "W_OUT": w}
+    for p in prefixes:
+        out.update({f"stride_{p}n": n_, f"stride_{p}c": c_, f"stride_{p}d": d_, f"stride_{p}h": h_,
+                    f"stride_{p}w": w_})
+    return out
+
+
+def warp3d_configs() -> list[KernelConfig]:
+    """The 3-D warp: fp32 NCDHW, bf16 NDHWC, fp16 NCDHW and one fp64, each mode / padding pair
+    both ways; theta-only and deterministic backward; int64 specialisations of each direction."""
+    theta = {"stride_tn": 12, "stride_tr": 4, "stride_tc": 1}
+    configs = []
+    for storage, layout_cl, acc in (("fp32", False, "fp32"), ("bf16", True, "fp32"), ("fp16", False, "fp32"),
+                                    ("fp64", False, "fp64")):
+        channels = 64 if layout_cl else 3
+        block_p, block_c = block_sizes_3d(channels, layout_cl)
+        layout = "ndhwc" if layout_cl else "ncdhw"
+        pairs = (("bilinear", "zeros"),) if storage == "fp64" else \
+            (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border"))
+        for mode, padding in pairs:
+            common = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding], ALIGN_CORNERS=False,
+                          ACC=tl.float64 if acc == "fp64" else tl.float32, INDEX_64=False,
+                          BLOCK_P=block_p, BLOCK_C=block_c)
+            tail = f"{mode}/{padding}/{storage}/{layout}"
+            configs.append(KernelConfig(
+                f"warp3d_fwd/{tail}", warp3d._warp3d_fwd_kernel,
+                {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage}, common,
+                {**volume_strides("xo", layout_cl, channels), **theta}))
+            configs.append(KernelConfig(
+                f"warp3d_bwd/{tail}", warp3d._warp3d_bwd_kernel,
+                {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": acc,
+                 "grad_theta_partial_ptr": acc, "dx_exp_ptr": "i32"},
+                dict(common, NEED_X=True, NEED_THETA=mode == "bilinear", DETERMINISTIC=False),
+                {**volume_strides("gxd", layout_cl, channels), **theta}))
+    by_label = {c.label: c for c in configs}
+    bwd = by_label["warp3d_bwd/bilinear/zeros/fp32/ncdhw"]
+    configs.append(dataclasses.replace(bwd, label=bwd.label + "/theta-only",
+                                       constexprs=dict(bwd.constexprs, NEED_X=False)))
+    for label in ("warp3d_bwd/bilinear/zeros/fp32/ncdhw", "warp3d_bwd/bilinear/reflection/bf16/ndhwc"):
+        b = by_label[label]
+        configs.append(dataclasses.replace(b, label=b.label + "/deterministic", pointers=dict(b.pointers, grad_x_ptr="i64"),
+                                           constexprs=dict(b.constexprs, DETERMINISTIC=True)))
+    configs.append(_int64(configs[-1]))
+    for label in ("warp3d_fwd/bilinear/zeros/fp32/ncdhw", "warp3d_fwd/nearest/border/bf16/ndhwc",
+                  "warp3d_bwd/bilinear/zeros/fp32/ncdhw", "warp3d_bwd/nearest/border/fp16/ncdhw"):
+        configs.append(_int64(by_label[label]))
+    return configs
+
+
 def fixed_point_configs() -> list[KernelConfig]:
     """Both fixed-point kernels always index in int64 (no INDEX_64 constexpr)."""
     configs = []
@@ -148,4 +203,4 @@ def fixed_point_configs() -> list[KernelConfig]:
 
 def all_configs() -> list[KernelConfig]:
     """Every kernel's AOT specialisations."""
-    return [*warp_configs(), *tps_configs(), *fixed_point_configs()]
+    return [*warp_configs(), *warp3d_configs(), *tps_configs(), *fixed_point_configs()]

@@ -41,6 +41,23 @@ def base_grid(h: int, w: int, align_corners: bool, dtype=torch.float32, device=N
     return torch.stack([gx.reshape(-1), gy.reshape(-1), torch.ones(h * w, dtype=dtype, device=device)], dim=1)
 
 
+def base_grid_3d(d: int, h: int, w: int, align_corners: bool, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Homogeneous output coordinates of a volume, shape (D*H*W, 4), rows ``[x, y, z, 1]`` with x
+    varying fastest, then y, then z (``F.affine_grid``'s 5-D base grid)."""
+    xs = _linspace_from_neg_one(w, align_corners, dtype, device)
+    ys = _linspace_from_neg_one(h, align_corners, dtype, device)
+    zs = _linspace_from_neg_one(d, align_corners, dtype, device)
+    gz, gy, gx = torch.meshgrid(zs, ys, xs, indexing="ij")
+    ones = torch.ones(d * h * w, dtype=dtype, device=device)
+    return torch.stack([gx.reshape(-1), gy.reshape(-1), gz.reshape(-1), ones], dim=1)
+
+
+def transform_grid_3d(theta: torch.Tensor, d: int, h: int, w: int, align_corners: bool) -> torch.Tensor:
+    """Sampling grid (N, D, H, W, 3), (x, y, z) order, for affine (N, 3, 4) ``theta``."""
+    base = base_grid_3d(d, h, w, align_corners, theta.dtype, theta.device)
+    return torch.einsum("pk,njk->npj", base, theta).reshape(theta.shape[0], d, h, w, 3)
+
+
 def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> torch.Tensor:
     """Sampling grid (N, H, W, 2) for affine (N, 2, 3) or projective (N, 3, 3) ``theta``."""
     base = base_grid(h, w, align_corners, theta.dtype, theta.device)
@@ -52,7 +69,7 @@ def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> 
 
 def sanitize_grid(grid: torch.Tensor, traceable: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(grid', mask)``: grid' samples like the kernels (non-finite -> 0, clamped to +-COORD_LIMIT),
-    ``mask`` (N, H_out, W_out, 1) is False where a coordinate is not finite, or None when every
+    ``mask`` (N, H_out, W_out, 1) ((N, D_out, H_out, W_out, 1) for a volume's grid) is False where a coordinate is not finite, or None when every
     coordinate is finite and inside the limit (grid' is then grid itself: the common case costs one
     reduction; on CPU its result is read on the host, on other devices the mask is always built so
     nothing synchronises). ``traceable``: always build the mask (no data-dependent branch), for
@@ -67,10 +84,11 @@ def sanitize_grid(grid: torch.Tensor, traceable: bool = False) -> tuple[torch.Te
 
 def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
     """``F.grid_sample`` in fp32 (fp64 for fp64 input), result in x's dtype and memory format;
-    non-finite coordinates sample 0 (:func:`sanitize_grid`)."""
+    non-finite coordinates sample 0 (:func:`sanitize_grid`). 4-D x with an (N, H, W, 2) grid, or
+    5-D x with an (N, D, H, W, 3) grid (trilinear, called ``bilinear`` as in PyTorch)."""
     cdt = compute_dtype(x.dtype)
     if x.shape[0] == 0:  # F.grid_sample rejects an empty batch; we return an empty result.
-        return x.new_empty((0, x.shape[1], grid.shape[1], grid.shape[2]))
+        return x.new_empty((0, x.shape[1], *grid.shape[1:-1]))
     grid, finite = sanitize_grid(grid.to(cdt))
     out = F.grid_sample(x.to(cdt), grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
     if finite is not None:
@@ -93,7 +111,8 @@ def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x
     grad_out = grad_out.to(cdt)
     if finite is not None:
         grad_out = grad_out * finite.squeeze(-1).unsqueeze(1).to(cdt)
-    gx, ggrid = torch.ops.aten.grid_sampler_2d_backward(
+    aten_backward = torch.ops.aten.grid_sampler_3d_backward if x.dim() == 5 else torch.ops.aten.grid_sampler_2d_backward
+    gx, ggrid = aten_backward(
         grad_out, x.to(cdt), grid, _ATEN_MODES[mode], _ATEN_PADDINGS[padding_mode], align_corners,
         [need_x, need_grid],
     )
@@ -107,6 +126,12 @@ def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x
 def warp(x, theta, h_out, w_out, mode="bilinear", padding_mode="zeros", align_corners=False):
     """Reference affine/projective warp: ``grid_sample(x, transform_grid(theta))``."""
     grid = transform_grid(theta.to(compute_dtype(x.dtype)), h_out, w_out, align_corners)
+    return sample(x, grid, mode, padding_mode, align_corners)
+
+
+def warp3d(x, theta, d_out, h_out, w_out, mode="bilinear", padding_mode="zeros", align_corners=False):
+    """Reference 3-D affine warp: ``grid_sample(x, transform_grid_3d(theta))``."""
+    grid = transform_grid_3d(theta.to(compute_dtype(x.dtype)), d_out, h_out, w_out, align_corners)
     return sample(x, grid, mode, padding_mode, align_corners)
 
 
