@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 MODE_CODES = {"bilinear": 0, "nearest": 1}
-PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
+PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2, "fill": 3}
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

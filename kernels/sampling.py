@@ -9,7 +9,9 @@ Conventions (identical to ``F.affine_grid`` + ``F.grid_sample``):
 * a normalised source coordinate ``x_s`` maps to the pixel coordinate
   ``((x_s + 1) * W - 1) / 2`` (``align_corners=False``) or ``(x_s + 1) / 2 * (W - 1)`` (True);
 * padding ``zeros`` (0) reads 0 outside, ``border`` (1) clips the coordinate, ``reflection`` (2)
-  reflects it about the border (then clips), each with its sub-gradient, as PyTorch defines it.
+  reflects it about the border (then clips), each with its sub-gradient, as PyTorch defines it;
+  ``fill`` (3) is ``zeros`` whose out-of-range taps read the channel's fill value (``fill_ptr``,
+  (C,) in ACC) instead of 0, so the image is sampled as if surrounded by that constant.
 
 Every helper also returns d(pixel coordinate)/d(normalised coordinate) so the backward kernels
 can chain the sampling gradient back to the coordinates without a grid tensor.
@@ -20,6 +22,7 @@ import triton.language as tl
 PAD_ZEROS = tl.constexpr(0)
 PAD_BORDER = tl.constexpr(1)
 PAD_REFLECTION = tl.constexpr(2)
+PAD_FILL = tl.constexpr(3)  # zeros' coordinates; out-of-range taps read the fill value instead of 0
 MODE_BILINEAR = tl.constexpr(0)
 MODE_NEAREST = tl.constexpr(1)
 
@@ -195,14 +198,29 @@ def nearest_tap(ix, iy, H, W, p_mask, INDEX_64: tl.constexpr):
 
 
 @triton.jit
-def load_2x2(x_c, m_nw, m_ne, m_sw, m_se, c_mask, stride_xh, stride_xw, ACC: tl.constexpr):
+def load_2x2(x_c, m_nw, m_ne, m_sw, m_se, c_mask, stride_xh, stride_xw, fill, ACC: tl.constexpr,
+             FILL: tl.constexpr):
     """The four taps of a 2x2 neighbourhood ([BLOCK_P, BLOCK_C] each, top-left at ``x_c``) in ACC;
-    out-of-range taps read 0 (masked, never loaded)."""
+    out-of-range taps read 0 (masked, never loaded), or with FILL the [1, BLOCK_C] ``fill``."""
     v_nw = tl.load(x_c, mask=m_nw & c_mask, other=0.0).to(ACC)
     v_ne = tl.load(x_c + stride_xw, mask=m_ne & c_mask, other=0.0).to(ACC)
     v_sw = tl.load(x_c + stride_xh, mask=m_sw & c_mask, other=0.0).to(ACC)
     v_se = tl.load(x_c + stride_xh + stride_xw, mask=m_se & c_mask, other=0.0).to(ACC)
+    if FILL:
+        v_nw = tl.where(m_nw & c_mask, v_nw, fill)
+        v_ne = tl.where(m_ne & c_mask, v_ne, fill)
+        v_sw = tl.where(m_sw & c_mask, v_sw, fill)
+        v_se = tl.where(m_se & c_mask, v_se, fill)
     return v_nw, v_ne, v_sw, v_se
+
+
+@triton.jit
+def fill_block(fill_ptr, c, C, ACC: tl.constexpr, FILL: tl.constexpr):
+    """The fill values of channels ``c`` as a [1, BLOCK_C] row (FILL), else 0 (unused)."""
+    if FILL:
+        return tl.load(fill_ptr + c, mask=c < C, other=0.0).to(ACC)[None, :]
+    else:
+        return 0.0
 
 
 @triton.jit
@@ -235,9 +253,9 @@ def scatter_2x2(d_c, g, fx, fy, m_nw, m_ne, m_sw, m_se, c_mask, stride_dh, strid
 
 @triton.jit
 def sample_channels(
-    x_img, out_ptr, out_off, p_mask, ix, iy,
+    x_img, out_ptr, out_off, p_mask, ix, iy, fill_ptr,
     C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
-    MODE: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
+    MODE: tl.constexpr, FILL: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Sample every channel of one image at pixel coordinates (ix, iy) and store the result.
 
@@ -256,8 +274,9 @@ def sample_channels(
         for c0 in range(0, C, BLOCK_C):
             c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
             v_nw, v_ne, v_sw, v_se = load_2x2(x_img + (c * stride_xc)[None, :] + off_nw, m_nw, m_ne, m_sw, m_se,
-                                              c_mask, stride_xh, stride_xw, ACC)
+                                              c_mask, stride_xh, stride_xw, fill, ACC, FILL)
             acc = blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se)
             o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
             tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
@@ -267,7 +286,10 @@ def sample_channels(
         for c0 in range(0, C, BLOCK_C):
             c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
             v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
+            if FILL:
+                v = tl.where(m & c_mask, v.to(ACC), fill)
             o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
             tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
 
@@ -320,9 +342,10 @@ def scatter_add(ptrs, values, mask, nonfinite, s1, s2, DETERMINISTIC: tl.constex
 
 @triton.jit
 def backprop_channels(
-    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy, nonfinite, s1, s2,
+    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy, nonfinite, s1, s2, fill_ptr,
     C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
-    MODE: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    MODE: tl.constexpr, FILL: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr,
+    DETERMINISTIC: tl.constexpr,
     ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Backward of :func:`sample_channels` for one image.
@@ -345,6 +368,7 @@ def backprop_channels(
         for c0 in range(0, C, BLOCK_C):
             c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
             g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
                         mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
             if NEED_X:
@@ -352,7 +376,7 @@ def backprop_channels(
                             stride_dh, stride_dw, nonfinite, s1, s2, DETERMINISTIC)
             if NEED_COORDS:
                 v_nw, v_ne, v_sw, v_se = load_2x2(x_img + (c * stride_xc)[None, :] + off_nw, m_nw, m_ne, m_sw, m_se,
-                                                  c_mask, stride_xh, stride_xw, ACC)
+                                                  c_mask, stride_xh, stride_xw, fill, ACC, FILL)
                 s_ix, s_iy = slopes_2x2(g, v_nw, v_ne, v_sw, v_se, fx, fy)
                 d_ix += s_ix
                 d_iy += s_iy
@@ -371,7 +395,7 @@ def backprop_channels(
 
 @triton.jit
 def sample_at(
-    x_ptr, out_ptr, n, p, p_mask, x_s, y_s,
+    x_ptr, out_ptr, fill_ptr, n, p, p_mask, x_s, y_s,
     C, H, W, W_OUT,
     stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
     MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
@@ -384,15 +408,15 @@ def sample_at(
     ho = p // W_OUT  # n and p are int64 with INDEX_64 (program_pixels): so is every offset
     out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
     sample_channels(
-        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy,
+        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy, fill_ptr,
         C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
-        MODE, ACC, INDEX_64, BLOCK_C,
+        MODE, PADDING == PAD_FILL, ACC, INDEX_64, BLOCK_C,
     )
 
 
 @triton.jit
 def backprop_at(
-    grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, n, p, p_mask, x_s, y_s,
+    grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, fill_ptr, n, p, p_mask, x_s, y_s,
     C, H, W, W_OUT,
     stride_gn, stride_gc, stride_gh, stride_gw,
     stride_xn, stride_xc, stride_xh, stride_xw,
@@ -417,8 +441,8 @@ def backprop_at(
     g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
     d_ix, d_iy = backprop_channels(
         grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, nonfinite, s1, s2,
-        C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
-        MODE, NEED_X, NEED_COORDS, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+        fill_ptr, C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
+        MODE, PADDING == PAD_FILL, NEED_X, NEED_COORDS, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
     return tl.where(p_mask, d_ix * dix, 0.0), tl.where(p_mask, d_iy * diy, 0.0)
 
@@ -451,9 +475,9 @@ def _nearest_tap_3d(ix, iy, iz, D, H, W, p_mask, INDEX_64: tl.constexpr):
 
 @triton.jit
 def sample_channels_3d(
-    x_img, out_ptr, out_off, p_mask, ix, iy, iz,
+    x_img, out_ptr, out_off, p_mask, ix, iy, iz, fill_ptr,
     C, D, H, W, stride_xc, stride_xd, stride_xh, stride_xw, stride_oc,
-    MODE: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
+    MODE: tl.constexpr, FILL: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """:func:`sample_channels` for a volume: 2x2x2 trilinear taps (``bilinear`` mode) or 1 nearest."""
     c_range = tl.arange(0, BLOCK_C)
@@ -471,11 +495,13 @@ def sample_channels_3d(
         for c0 in range(0, C, BLOCK_C):
             c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
             x_c = x_img + (c * stride_xc)[None, :] + off
-            v_nw, v_ne, v_sw, v_se = load_2x2(x_c, m_nw0, m_ne0, m_sw0, m_se0, c_mask, stride_xh, stride_xw, ACC)
+            v_nw, v_ne, v_sw, v_se = load_2x2(x_c, m_nw0, m_ne0, m_sw0, m_se0, c_mask, stride_xh, stride_xw, fill,
+                                              ACC, FILL)
             acc = wz0 * blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se)
             v_nw, v_ne, v_sw, v_se = load_2x2(x_c + stride_xd, m_nw1, m_ne1, m_sw1, m_se1, c_mask, stride_xh,
-                                              stride_xw, ACC)
+                                              stride_xw, fill, ACC, FILL)
             acc += wz1 * blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se)
             o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
             tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
@@ -485,16 +511,20 @@ def sample_channels_3d(
         for c0 in range(0, C, BLOCK_C):
             c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
             v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
+            if FILL:
+                v = tl.where(m & c_mask, v.to(ACC), fill)
             o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
             tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
 
 
 @triton.jit
 def backprop_channels_3d(
-    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy, iz, nonfinite, s1, s2,
+    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy, iz, nonfinite, s1, s2, fill_ptr,
     C, D, H, W, stride_gc, stride_xc, stride_xd, stride_xh, stride_xw, stride_dc, stride_dd, stride_dh, stride_dw,
-    MODE: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    MODE: tl.constexpr, FILL: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr,
+    DETERMINISTIC: tl.constexpr,
     ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """:func:`backprop_channels` for a volume: returns (d_ix, d_iy, d_iz)."""
@@ -519,6 +549,7 @@ def backprop_channels_3d(
         for c0 in range(0, C, BLOCK_C):
             c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
             g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
                         mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
             if NEED_X:
@@ -529,11 +560,12 @@ def backprop_channels_3d(
                             stride_dw, nonfinite, s1, s2, DETERMINISTIC)
             if NEED_COORDS:
                 x_c = x_img + (c * stride_xc)[None, :] + x_off
-                v_nw, v_ne, v_sw, v_se = load_2x2(x_c, m_nw0, m_ne0, m_sw0, m_se0, c_mask, stride_xh, stride_xw, ACC)
+                v_nw, v_ne, v_sw, v_se = load_2x2(x_c, m_nw0, m_ne0, m_sw0, m_se0, c_mask, stride_xh, stride_xw, fill,
+                                              ACC, FILL)
                 s_ix0, s_iy0 = slopes_2x2(g * wz0, v_nw, v_ne, v_sw, v_se, fx, fy)
                 b0 = blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se)
                 v_nw, v_ne, v_sw, v_se = load_2x2(x_c + stride_xd, m_nw1, m_ne1, m_sw1, m_se1, c_mask, stride_xh,
-                                                  stride_xw, ACC)
+                                                  stride_xw, fill, ACC, FILL)
                 s_ix1, s_iy1 = slopes_2x2(g * wz1, v_nw, v_ne, v_sw, v_se, fx, fy)
                 b1 = blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se)
                 d_ix += s_ix0 + s_ix1
@@ -564,7 +596,7 @@ def _voxel_offset(n, p, H_OUT, W_OUT, stride_n, stride_d, stride_h, stride_w):
 
 @triton.jit
 def sample_at_3d(
-    x_ptr, out_ptr, n, p, p_mask, x_s, y_s, z_s,
+    x_ptr, out_ptr, fill_ptr, n, p, p_mask, x_s, y_s, z_s,
     C, D, H, W, H_OUT, W_OUT,
     stride_xn, stride_xc, stride_xd, stride_xh, stride_xw, stride_on, stride_oc, stride_od, stride_oh, stride_ow,
     MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
@@ -576,15 +608,15 @@ def sample_at_3d(
     iz, _ = source_pixel(z_s, D, PADDING, ALIGN_CORNERS)
     out_off = _voxel_offset(n, p, H_OUT, W_OUT, stride_on, stride_od, stride_oh, stride_ow)
     sample_channels_3d(
-        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy, iz,
+        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy, iz, fill_ptr,
         C, D, H, W, stride_xc, stride_xd, stride_xh, stride_xw, stride_oc,
-        MODE, ACC, INDEX_64, BLOCK_C,
+        MODE, PADDING == PAD_FILL, ACC, INDEX_64, BLOCK_C,
     )
 
 
 @triton.jit
 def backprop_at_3d(
-    grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, n, p, p_mask, x_s, y_s, z_s,
+    grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, fill_ptr, n, p, p_mask, x_s, y_s, z_s,
     C, D, H, W, H_OUT, W_OUT,
     stride_gn, stride_gc, stride_gd, stride_gh, stride_gw,
     stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,
@@ -603,8 +635,8 @@ def backprop_at_3d(
     g_off = _voxel_offset(n, p, H_OUT, W_OUT, stride_gn, stride_gd, stride_gh, stride_gw)[:, None]
     d_ix, d_iy, d_iz = backprop_channels_3d(
         grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, iz, nonfinite, s1, s2,
-        C, D, H, W, stride_gc, stride_xc, stride_xd, stride_xh, stride_xw, stride_dc, stride_dd, stride_dh, stride_dw,
-        MODE, NEED_X, NEED_COORDS, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+        fill_ptr, C, D, H, W, stride_gc, stride_xc, stride_xd, stride_xh, stride_xw, stride_dc, stride_dd, stride_dh,
+        stride_dw, MODE, PADDING == PAD_FILL, NEED_X, NEED_COORDS, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
     return (tl.where(p_mask, d_ix * dix, 0.0), tl.where(p_mask, d_iy * diy, 0.0),
             tl.where(p_mask, d_iz * diz, 0.0))

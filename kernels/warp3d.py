@@ -26,7 +26,7 @@ from .fixed_point import grad_x_buffer, grad_x_from_buffer
 from .layout import empty_output, is_channels_last
 from .policy import MODE_CODES, PADDING_CODES, compute_dtype, launch_config_3d, needs_int64, triton_dtype
 from .sampling import backprop_at_3d, program_voxels, sample_at_3d
-from .warp import _theta
+from .warp import _theta, fill_values
 
 
 @triton.jit
@@ -50,7 +50,7 @@ def _source_coords_3d(theta_ptr, n, stride_tn, stride_tr, stride_tc, x_t, y_t, z
 @triton.jit
 def _warp3d_fwd_kernel(
     # pointers
-    x_ptr, theta_ptr, out_ptr,
+    x_ptr, theta_ptr, out_ptr, fill_ptr,
     # sizes
     C, D, H, W, D_OUT, H_OUT, W_OUT, NUM_PBLOCKS,
     # strides (elements)
@@ -65,7 +65,7 @@ def _warp3d_fwd_kernel(
                                                       INDEX_64, BLOCK_P)
     x_s, y_s, z_s = _source_coords_3d(theta_ptr, n, stride_tn, stride_tr, stride_tc, x_t, y_t, z_t, ACC)
     sample_at_3d(
-        x_ptr, out_ptr, n, p, p_mask, x_s, y_s, z_s, C, D, H, W, H_OUT, W_OUT,
+        x_ptr, out_ptr, fill_ptr, n, p, p_mask, x_s, y_s, z_s, C, D, H, W, H_OUT, W_OUT,
         stride_xn, stride_xc, stride_xd, stride_xh, stride_xw, stride_on, stride_oc, stride_od, stride_oh, stride_ow,
         MODE, PADDING, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_C,
     )
@@ -74,7 +74,7 @@ def _warp3d_fwd_kernel(
 @triton.jit
 def _warp3d_bwd_kernel(
     # pointers
-    grad_out_ptr, x_ptr, theta_ptr, grad_x_ptr, grad_theta_partial_ptr, dx_exp_ptr,
+    grad_out_ptr, x_ptr, theta_ptr, grad_x_ptr, grad_theta_partial_ptr, dx_exp_ptr, fill_ptr,
     # sizes
     C, D, H, W, D_OUT, H_OUT, W_OUT, NUM_PBLOCKS,
     # strides (elements)
@@ -91,7 +91,7 @@ def _warp3d_bwd_kernel(
                                                       INDEX_64, BLOCK_P)
     x_s, y_s, z_s = _source_coords_3d(theta_ptr, n, stride_tn, stride_tr, stride_tc, x_t, y_t, z_t, ACC)
     g_xs, g_ys, g_zs = backprop_at_3d(
-        grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, n, p, p_mask, x_s, y_s, z_s, C, D, H, W, H_OUT, W_OUT,
+        grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, fill_ptr, n, p, p_mask, x_s, y_s, z_s, C, D, H, W, H_OUT, W_OUT,
         stride_gn, stride_gc, stride_gd, stride_gh, stride_gw, stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,
         stride_dn, stride_dc, stride_dd, stride_dh, stride_dw,
         MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_THETA, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
@@ -116,7 +116,7 @@ def _warp3d_bwd_kernel(
 
 
 @on_tensor_device
-def warp3d_fwd(x, theta, d_out, h_out, w_out, mode, padding_mode, align_corners, config=None):
+def warp3d_fwd(x, theta, d_out, h_out, w_out, mode, padding_mode, align_corners, config=None, fill=None):
     """Launch ``_warp3d_fwd_kernel`` for x (N, C, D, H, W), theta (N, 3, 4); output has x's dtype
     and memory format (NCDHW or channels_last_3d). ``config``: (BLOCK_P, BLOCK_C[, num_warps])."""
     n, c, d, h, w = x.shape
@@ -126,7 +126,7 @@ def warp3d_fwd(x, theta, d_out, h_out, w_out, mode, padding_mode, align_corners,
     block_p, block_c, num_warps = launch_config_3d(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(d_out * h_out * w_out, block_p)
     _warp3d_fwd_kernel[(n * num_pblocks,)](
-        x, theta, out,
+        x, theta, out, fill_values(fill, x, padding_mode),
         c, d, h, w, d_out, h_out, w_out, num_pblocks,
         *x.stride(), *out.stride(), *theta.stride(),
         MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
@@ -138,7 +138,7 @@ def warp3d_fwd(x, theta, d_out, h_out, w_out, mode, padding_mode, align_corners,
 
 @on_tensor_device
 def warp3d_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta, deterministic=False,
-               config=None):
+               config=None, fill=None):
     """Launch ``_warp3d_bwd_kernel``. Returns (grad_x or None, grad_theta or None) in the inputs'
     dtypes; ``deterministic`` as in :func:`kernels.warp.warp_bwd`."""
     n, c, d, h, w = x.shape
@@ -153,7 +153,7 @@ def warp3d_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, ne
         grad_x_arg = grad_x if grad_x is not None else x
         _warp3d_bwd_kernel[(n * num_pblocks,)](
             grad_out, x, theta, grad_x_arg, partial if partial is not None else x,
-            exponents if exponents is not None else x,
+            exponents if exponents is not None else x, fill_values(fill, x, padding_mode),
             c, d, h, w, d_out, h_out, w_out, num_pblocks,
             *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *theta.stride(),
             MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,

@@ -28,11 +28,43 @@ def check_image(x, name: str = "x", volumes: bool = False) -> None:
                          f"got shape {tuple(x.shape)}")
 
 
-def check_modes(mode: str, padding_mode: str) -> None:
+def check_modes(mode: str, padding_mode: str, allow_fill: bool = False) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    allowed = PADDING_MODES + (("fill",) if allow_fill else ())
+    if padding_mode not in allowed:
+        raise ValueError(f"padding_mode must be one of {allowed}, got {padding_mode!r}")
+
+
+def fill_tensor(x: torch.Tensor, padding_mode: str, fill_value) -> torch.Tensor | None:
+    """The (C,) fill values of ``padding_mode="fill"`` from ``fill_value``: a number (every channel),
+    a sequence of C numbers, or a float tensor of shape () or (C,) on x's device (it may require
+    grad: a 0-d one is expanded, so its gradient is the sum over channels). None otherwise."""
+    c = x.shape[1]
+    if padding_mode != "fill":
+        if fill_value is not None:
+            raise ValueError(f'fill_value is only used with padding_mode="fill", got padding_mode={padding_mode!r}')
+        return None
+    if fill_value is None:
+        fill_value = 0.0
+    if isinstance(fill_value, torch.Tensor):
+        if not fill_value.is_floating_point():
+            raise TypeError(f"fill_value must be a floating-point tensor, got dtype {fill_value.dtype}")
+        check_same_device(x, fill_value, "fill_value")
+        if fill_value.dim() == 0:
+            return fill_value.expand(c)
+        if tuple(fill_value.shape) != (c,):
+            raise ValueError(f"fill_value must be a float or have shape () or (C,) = ({c},), "
+                             f"got shape {tuple(fill_value.shape)}")
+        return fill_value
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if isinstance(fill_value, numbers.Real) and not isinstance(fill_value, bool):
+        return torch.full((c,), float(fill_value), dtype=cdt, device=x.device)
+    if isinstance(fill_value, Sequence) and not isinstance(fill_value, str) and len(fill_value) == c \
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in fill_value):
+        return torch.tensor([float(v) for v in fill_value], dtype=cdt, device=x.device)
+    raise ValueError(f"fill_value must be a float, a sequence of C = {c} floats or a tensor of shape () or ({c},), "
+                     f"got {fill_value!r}")
 
 
 def check_same_device(x: torch.Tensor, other: torch.Tensor, name: str) -> None:

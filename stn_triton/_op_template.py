@@ -14,10 +14,18 @@ spec says only what differs:
 
 :func:`register` then defines
 
-* ``stn_triton::<name>(x, <param>, <aux>..., size, mode, padding_mode, align_corners, backend)``
-  and
+* ``stn_triton::<name>(x, <param>, <aux>..., size, mode, padding_mode, align_corners, backend,
+  fill=None)`` and
 * ``stn_triton::<name>_backward(grad_out, x, <param>, <aux>..., mode, padding_mode,
-  align_corners, need_x, need_<param>, backend) -> (grad_x, grad_<param>)``.
+  align_corners, need_x, need_<param>, backend, fill=None, need_fill=False) -> (grad_x,
+  grad_<param>, grad_fill)``.
+
+**Fill padding** (``padding_mode="fill"``, specs with ``supports_fill``): ``fill`` holds the (C,)
+fill values and may require grad. The kernels read it where a tap falls outside (forward, and the
+coordinate gradient); its own gradient needs no kernel of its own: the output is
+``sample_zeros + fill * (1 - coverage)`` with ``coverage`` an all-ones image sampled with zeros
+padding (one more forward launch of the same kernel), so grad_fill[c] = sum over the batch and
+the output pixels of grad_out[:, c] * (1 - coverage).
 
 **The backend is an argument of both ops**, resolved once by the caller
 (:func:`resolve_backend` in the public function) and carried from the forward to its backward
@@ -57,6 +65,7 @@ class TransformSpec:
     kernel_forward: Callable      # (x, param, aux, size, mode, padding_mode, align_corners) -> out
     kernel_backward: Callable     # (grad_out, x, param, aux, mode, padding_mode, align_corners,
                                   #  need_x, need_param, deterministic) -> (grad_x | None, grad_param | None)
+    supports_fill: bool = False   # padding_mode="fill": both kernel callables then take fill= (the (C,) values)
 
 
 @torch.compiler.assume_constant_result
@@ -85,43 +94,65 @@ def register(spec: TransformSpec):
     """Define ``stn_triton::<spec.name>`` and its backward; returns the forward op."""
     aux_schema = "".join(f"Tensor? {a}, " for a in spec.aux)
     fwd_schema = (f"(Tensor x, Tensor {spec.param}, {aux_schema}int[] size, str mode, str padding_mode, "
-                  "bool align_corners, str backend) -> Tensor")
+                  "bool align_corners, str backend, Tensor? fill=None) -> Tensor")
     bwd_schema = (f"(Tensor grad_out, Tensor x, Tensor {spec.param}, {aux_schema}str mode, str padding_mode, "
-                  f"bool align_corners, bool need_x, bool need_{spec.param}, str backend) -> (Tensor, Tensor)")
+                  f"bool align_corners, bool need_x, bool need_{spec.param}, str backend, Tensor? fill=None, "
+                  "bool need_fill=False) -> (Tensor, Tensor, Tensor)")
+
+    def check_fill(padding_mode, fill):
+        if padding_mode == "fill" and (fill is None or not spec.supports_fill):
+            raise ValueError(f'stn_triton::{spec.name}: padding_mode="fill" needs fill values'
+                             if spec.supports_fill else f'stn_triton::{spec.name} does not support padding_mode="fill"')
 
     def forward_impl(*args):
-        x, param, aux, (size, mode, padding_mode, align_corners, backend) = _split(spec, args)
+        x, param, aux, (size, mode, padding_mode, align_corners, backend, *opt) = _split(spec, args)
+        fill = opt[0] if opt else None
         _check_backend(backend)
+        check_fill(padding_mode, fill)
         size = tuple(size)
-        if backend == "torch":
-            grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
-            return torch_path.sample(x, grid, mode, padding_mode, align_corners)
-        return spec.kernel_forward(x, param, aux, size, mode, padding_mode, align_corners)
+        return _forward(spec, backend, x, param, aux, size, mode, padding_mode, align_corners, fill)
 
     def forward_fake(*args):
         x, _, _, (size, *_rest) = _split(spec, args)
         return empty_output(x, *size)
 
-    def backward_impl(*args):
+    def backward_args(args):
         grad_out, x, rest = args[0], args[1], args[1:]
-        _, param, aux, (mode, padding_mode, align_corners, need_x, need_param, backend) = _split(spec, rest)
+        _, param, aux, (mode, padding_mode, align_corners, need_x, need_param, backend, *opt) = _split(spec, rest)
+        fill = opt[0] if opt else None
+        need_fill = bool(opt[1]) if len(opt) > 1 else False
+        return grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, fill, need_fill
+
+    def backward_impl(*args):
+        (grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, fill,
+         need_fill) = backward_args(args)
         _check_backend(backend)
+        check_fill(padding_mode, fill)
+        extra = {"fill": fill} if padding_mode == "fill" else {}
         if backend == "torch":
             gx, gp = _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x,
-                                     need_param)
+                                     need_param, fill)
         else:
             # any grad_out strides work, including the all-zero strides of an expanded scalar grad
             gx, gp = spec.kernel_backward(grad_out, x, param, aux, mode, padding_mode, align_corners, need_x,
-                                          need_param, torch.are_deterministic_algorithms_enabled())
-        return (gx if gx is not None else x.new_empty(0)), (gp if gp is not None else param.new_empty(0))
+                                          need_param, torch.are_deterministic_algorithms_enabled(), **extra)
+        gf = None
+        if need_fill and padding_mode == "fill":
+            cov = _forward(spec, backend, _ones_like_image(x), param, aux, tuple(grad_out.shape[2:]), mode, "zeros",
+                           align_corners, None)
+            gf = torch_path.fill_grad(grad_out, cov, fill)
+        return ((gx if gx is not None else x.new_empty(0)), (gp if gp is not None else param.new_empty(0)),
+                (gf if gf is not None else param.new_empty(0)))
 
     def backward_fake(*args):
-        _, x, param = args[0], args[1], args[2]
-        need_x, need_param = args[-3], args[-2]
+        (grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, fill,
+         need_fill) = backward_args(args)
         gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x)) if need_x \
             else x.new_empty(0)
         gp = torch.empty(param.shape, dtype=param.dtype, device=param.device) if need_param else param.new_empty(0)
-        return gx, gp
+        gf = torch.empty(fill.shape, dtype=fill.dtype, device=fill.device) \
+            if need_fill and padding_mode == "fill" and fill is not None else param.new_empty(0)
+        return gx, gp, gf
 
     forward_op = torch.library.custom_op(f"stn_triton::{spec.name}", forward_impl, mutates_args=(), schema=fwd_schema)
     forward_op.register_fake(forward_fake)
@@ -129,52 +160,83 @@ def register(spec: TransformSpec):
                                           schema=bwd_schema)
     backward_op.register_fake(backward_fake)
 
+    n_fwd = 2 + len(spec.aux) + 5  # positional inputs before fill
+
     def setup_context(ctx, inputs, output):
-        x, param, aux, (_size, mode, padding_mode, align_corners, backend) = _split(spec, inputs)
-        ctx.save_for_backward(x, param, *aux)
+        x, param, aux, (_size, mode, padding_mode, align_corners, backend, *opt) = _split(spec, inputs)
+        fill = opt[0] if opt else None
+        ctx.save_for_backward(x, param, fill, *aux)
         ctx.config = (mode, padding_mode, align_corners)
         ctx.backend = backend  # the forward's decision, carried to the backward
-        ctx.n_inputs = len(inputs)
 
     def backward(ctx, grad_out):
-        x, param, *aux = ctx.saved_tensors
+        x, param, fill, *aux = ctx.saved_tensors
         need_x, need_param = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        nones = (None,) * (ctx.n_inputs - 2)
-        if not (need_x or need_param):
-            return (None, None) + nones
-        gx, gp = backward_op(grad_out, x, param, *aux, *ctx.config, need_x, need_param, ctx.backend)
-        return (gx if need_x else None, gp if need_param else None) + nones
+        # needs_input_grad covers the arguments actually passed (fill may be left at its default)
+        n_passed = len(ctx.needs_input_grad)
+        need_fill = n_passed > n_fwd and ctx.needs_input_grad[n_fwd] and ctx.config[1] == "fill"
+        grads = [None] * n_passed
+        if not (need_x or need_param or need_fill):
+            return tuple(grads)
+        gx, gp, gf = backward_op(grad_out, x, param, *aux, *ctx.config, need_x, need_param, ctx.backend, fill,
+                                 need_fill)
+        grads[0], grads[1] = (gx if need_x else None), (gp if need_param else None)
+        if need_fill:
+            grads[n_fwd] = gf
+        return tuple(grads)
 
     forward_op.register_autograd(backward, setup_context=setup_context)
 
     def setup_context_backward(ctx, inputs, output):
-        grad_out, x, param, *rest = inputs
-        aux = tuple(rest[:len(spec.aux)])
-        mode, padding_mode, align_corners, need_x, need_param, _backend = rest[len(spec.aux):]
-        ctx.save_for_backward(grad_out, x, param, *aux)
+        (grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, _backend, fill,
+         need_fill) = backward_args(inputs)
+        ctx.save_for_backward(grad_out, x, param, fill, *aux)
         ctx.config = (mode, padding_mode, align_corners)
-        ctx.computed = (need_x, need_param)
-        ctx.n_inputs = len(inputs)
+        ctx.computed = (need_x, need_param, need_fill and padding_mode == "fill")
 
-    def double_backward(ctx, gg_x, gg_param):
+    def double_backward(ctx, gg_x, gg_param, gg_fill):
         """Second order through the PyTorch path: the same function, so the derivative of the
         fused first-order backward; the aux tensors stay constants, as in the first order."""
-        grad_out, x, param, *aux = ctx.saved_tensors
+        grad_out, x, param, fill, *aux = ctx.saved_tensors
         mode, padding_mode, align_corners = ctx.config
         size = tuple(grad_out.shape[2:])
 
-        def forward(x_, param_):
+        def forward(x_, param_, fill_=None):
             grid = spec.grid(param_, tuple(aux), size, align_corners, compute_dtype(x_.dtype))
-            return grid_sample_composed(x_, grid, mode, padding_mode, align_corners)
+            return grid_sample_composed(x_, grid, mode, padding_mode, align_corners, fill=fill_)
 
-        d_go, d_x, d_param = backward_of_backward(forward, grad_out, [x, param], ctx.computed, [gg_x, gg_param])
-        return (d_go, d_x, d_param) + (None,) * (ctx.n_inputs - 3)
+        if padding_mode == "fill":
+            d_go, d_x, d_param, d_fill = backward_of_backward(forward, grad_out, [x, param, fill], ctx.computed,
+                                                              [gg_x, gg_param, gg_fill])
+        else:
+            (d_go, d_x, d_param), d_fill = backward_of_backward(forward, grad_out, [x, param], ctx.computed[:2],
+                                                                [gg_x, gg_param]), None
+        n_passed = len(ctx.needs_input_grad)
+        grads = [d_go, d_x, d_param] + [None] * (n_passed - 3)
+        fill_at = 3 + len(spec.aux) + 6  # grad_out, x, param, aux, 6 non-tensor args, then fill
+        if d_fill is not None and n_passed > fill_at:
+            grads[fill_at] = d_fill
+        return tuple(grads)
 
     backward_op.register_autograd(double_backward, setup_context=setup_context_backward)
     return forward_op
 
 
-def _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param):
+def _ones_like_image(x: torch.Tensor) -> torch.Tensor:
+    """An all-ones (N, 1, *spatial) image in x's compute dtype (stride 0: no memory)."""
+    return torch.ones((), dtype=compute_dtype(x.dtype), device=x.device).expand(x.shape[0], 1, *x.shape[2:])
+
+
+def _forward(spec, backend, x, param, aux, size, mode, padding_mode, align_corners, fill):
+    if backend == "torch":
+        grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
+        return torch_path.sample(x, grid, mode, padding_mode, align_corners, fill)
+    extra = {"fill": fill} if padding_mode == "fill" else {}
+    return spec.kernel_forward(x, param, aux, size, mode, padding_mode, align_corners, **extra)
+
+
+def _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param,
+                    fill=None):
     """Backward of the PyTorch path: aten's grid-sampler backward, then ``spec.param_grad``."""
     if x.shape[0] == 0:
         gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=memory_format_of(x)) \
@@ -182,6 +244,7 @@ def _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_cor
         return gx, (torch.zeros(param.shape, dtype=param.dtype, device=param.device) if need_param else None)
     size = tuple(grad_out.shape[2:])
     grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
-    gx, ggrid = torch_path.sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_param)
+    gx, ggrid = torch_path.sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_param,
+                                           fill)
     gp = spec.param_grad(ggrid, grid, param, aux, size, align_corners).contiguous() if need_param else None
     return gx, gp

@@ -66,10 +66,11 @@ def _tap(flat: torch.Tensor, idx: list, sizes: list) -> torch.Tensor:
 
 
 def grid_sample_composed(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros",
-                         align_corners: bool = False) -> torch.Tensor:
+                         align_corners: bool = False, fill: torch.Tensor | None = None) -> torch.Tensor:
     """``F.grid_sample(x, grid, mode, padding_mode, align_corners)`` for 4-D x (grid (N, H, W, 2))
     or 5-D x (grid (N, D, H, W, 3), trilinear), differentiable to any order in x and grid;
-    computed in fp32 (fp64 for fp64), returned in x's dtype and layout."""
+    computed in fp32 (fp64 for fp64), returned in x's dtype and layout. ``padding_mode="fill"``:
+    zeros padding plus ``fill * (1 - coverage)`` (``torch_path.sample``), differentiable in fill too."""
     cdt = compute_dtype(x.dtype)
     n, c = x.shape[:2]
     sizes = list(x.shape[2:])[::-1]  # [W, H(, D)]: the grid's (x, y(, z)) order
@@ -80,17 +81,26 @@ def grid_sample_composed(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilin
     flat = x.to(cdt).reshape(n, c, -1)
     grid, finite = sanitize_grid(grid.to(cdt), traceable=True)  # the kernels' rule for non-finite coordinates
     g = grid.reshape(n, p, len(sizes))
-    coords = [_source_coord(g[..., k], s, padding_mode, align_corners) for k, s in enumerate(sizes)]
-    if mode == "nearest":
-        out = _tap(flat, [torch.round(i).detach() for i in coords], sizes)
-    else:
+    pad = "zeros" if padding_mode == "fill" else padding_mode
+    coords = [_source_coord(g[..., k], s, pad, align_corners) for k, s in enumerate(sizes)]
+
+    def interpolate(values):
+        if mode == "nearest":
+            return _tap(values, [torch.round(i).detach() for i in coords], sizes)
         lows = [torch.floor(i).detach() for i in coords]
         fracs = [(i - lo)[:, None, :] for i, lo in zip(coords, lows)]
-        out = 0
+        total = 0
         for corner in itertools.product((0, 1), repeat=len(sizes)):
             weight = 1
             for f, bit in zip(fracs, corner):
                 weight = weight * (f if bit else 1 - f)
-            out = out + weight * _tap(flat, [lo + bit for lo, bit in zip(lows, corner)], sizes)
-    out = (out * finite.reshape(n, 1, p).to(cdt)).reshape(n, c, *out_size)
+            total = total + weight * _tap(values, [lo + bit for lo, bit in zip(lows, corner)], sizes)
+        return total
+
+    keep = finite.reshape(n, 1, p).to(cdt)
+    out = interpolate(flat) * keep
+    if padding_mode == "fill":
+        cov = interpolate(torch.ones((), dtype=cdt, device=x.device).expand(n, 1, flat.shape[2])) * keep
+        out = out + fill.to(cdt).reshape(1, -1, 1) * (1 - cov)
+    out = out.reshape(n, c, *out_size)
     return out.to(dtype=x.dtype, memory_format=memory_format_of(x))

@@ -82,17 +82,40 @@ def sanitize_grid(grid: torch.Tensor, traceable: bool = False) -> tuple[torch.Te
     return safe.clamp(-COORD_LIMIT, COORD_LIMIT), finite
 
 
-def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
+def fill_column(fill: torch.Tensor, x: torch.Tensor, dtype) -> torch.Tensor:
+    """The (C,) (or scalar) fill values as (1, C, 1, 1[, 1]), broadcastable against x's samples."""
+    return fill.to(dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+def coverage(x: torch.Tensor, grid: torch.Tensor, mode: str, align_corners: bool) -> torch.Tensor:
+    """(N, 1, *out): the weight the samples of ``grid`` give to taps inside x (1 inside, 0 far
+    outside): an all-ones image sampled with zeros padding. ``padding_mode="fill"`` reads
+    ``sample_zeros + fill * (1 - coverage)``; ``grid`` is already sanitised."""
+    ones = torch.ones((), dtype=grid.dtype, device=grid.device).expand(x.shape[0], 1, *x.shape[2:])
+    return F.grid_sample(ones, grid, mode=mode, padding_mode="zeros", align_corners=align_corners)
+
+
+def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, align_corners: bool,
+           fill: torch.Tensor | None = None) -> torch.Tensor:
     """``F.grid_sample`` in fp32 (fp64 for fp64 input), result in x's dtype and memory format;
     non-finite coordinates sample 0 (:func:`sanitize_grid`). 4-D x with an (N, H, W, 2) grid, or
-    5-D x with an (N, D, H, W, 3) grid (trilinear, called ``bilinear`` as in PyTorch)."""
+    5-D x with an (N, D, H, W, 3) grid (trilinear, called ``bilinear`` as in PyTorch).
+    ``padding_mode="fill"``: outside x the samples read ``fill`` ((C,) or scalar), blended by the
+    interpolation weights as if x were surrounded by that constant; a non-finite coordinate reads it
+    too (it is outside everywhere)."""
     cdt = compute_dtype(x.dtype)
     if x.shape[0] == 0:  # F.grid_sample rejects an empty batch; we return an empty result.
         return x.new_empty((0, x.shape[1], *grid.shape[1:-1]))
     grid, finite = sanitize_grid(grid.to(cdt))
-    out = F.grid_sample(x.to(cdt), grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    pad = "zeros" if padding_mode == "fill" else padding_mode
+    out = F.grid_sample(x.to(cdt), grid, mode=mode, padding_mode=pad, align_corners=align_corners)
     if finite is not None:
         out = out * finite.squeeze(-1).unsqueeze(1).to(out.dtype)
+    if padding_mode == "fill":
+        cov = coverage(x, grid, mode, align_corners)
+        if finite is not None:
+            cov = cov * finite.squeeze(-1).unsqueeze(1).to(cdt)
+        out = out + fill_column(fill, x, cdt) * (1 - cov)
     return out.to(dtype=x.dtype, memory_format=memory_format_of(x))
 
 
@@ -100,10 +123,12 @@ _ATEN_MODES = {"bilinear": 0, "nearest": 1}  # at::native::GridSamplerInterpolat
 _ATEN_PADDINGS = {"zeros": 0, "border": 1, "reflection": 2}  # at::native::GridSamplerPadding
 
 
-def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_grid):
+def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_grid, fill=None):
     """Backward of :func:`sample` through aten's grid-sampler backward, in fp32 (fp64 for fp64).
 
     Returns (grad_x in x's dtype and memory format, or None; grad_grid in the compute dtype, or None).
+    ``padding_mode="fill"``: grad_x is zeros padding's; grad_grid adds the fill term's, the
+    backward of ``fill * (1 - coverage)`` (the grad of ``fill`` itself: :func:`fill_grad`).
     Non-finite coordinates contribute nothing and get zero gradient (:func:`sanitize_grid`).
     """
     cdt = compute_dtype(x.dtype)
@@ -112,15 +137,28 @@ def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x
     if finite is not None:
         grad_out = grad_out * finite.squeeze(-1).unsqueeze(1).to(cdt)
     aten_backward = torch.ops.aten.grid_sampler_3d_backward if x.dim() == 5 else torch.ops.aten.grid_sampler_2d_backward
+    pad = "zeros" if padding_mode == "fill" else padding_mode
     gx, ggrid = aten_backward(
-        grad_out, x.to(cdt), grid, _ATEN_MODES[mode], _ATEN_PADDINGS[padding_mode], align_corners,
+        grad_out, x.to(cdt), grid, _ATEN_MODES[mode], _ATEN_PADDINGS[pad], align_corners,
         [need_x, need_grid],
     )
+    if need_grid and padding_mode == "fill":
+        ones = torch.ones((), dtype=cdt, device=x.device).expand(x.shape[0], 1, *x.shape[2:])
+        g_cov = -(grad_out * fill_column(fill, x, cdt)).sum(1, keepdim=True)
+        ggrid = ggrid + aten_backward(g_cov, ones, grid, _ATEN_MODES[mode], 0, align_corners, [False, True])[1]
     if need_grid and finite is not None:  # clamped coordinates have zero gradient too
         ggrid = ggrid * (finite & (grid.abs() < COORD_LIMIT)).to(cdt)
     if need_x:
         gx = gx.to(dtype=x.dtype, memory_format=memory_format_of(x))
     return (gx if need_x else None), (ggrid if need_grid else None)
+
+
+def fill_grad(grad_out: torch.Tensor, coverage_: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """grad of ``fill`` ((C,) or scalar, in its dtype) from grad_out and the samples' coverage
+    (N, 1, *out): sum over the batch and the output pixels of grad_out * (1 - coverage)."""
+    dims = [0, *range(2, grad_out.dim())]
+    g = (grad_out.to(coverage_.dtype) * (1 - coverage_)).sum(dims)  # (C,)
+    return (g.sum() if fill.dim() == 0 else g).reshape(fill.shape).to(fill.dtype)
 
 
 def warp(x, theta, h_out, w_out, mode="bilinear", padding_mode="zeros", align_corners=False):

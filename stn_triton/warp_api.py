@@ -10,7 +10,7 @@ from ._warp3d_ops import warp3d_op
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "bilinear",
-         padding_mode: str = "zeros", align_corners: bool = False) -> torch.Tensor:
+         padding_mode: str = "zeros", align_corners: bool = False, fill_value=None) -> torch.Tensor:
     """Warp ``x`` by the affine or projective transforms ``theta``: one fused kernel each way.
     Images (4-D x) and volumes (5-D x, 3-D affine theta (N, 3, 4)).
 
@@ -35,7 +35,15 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
           ``False``: the outer edges of the corner pixels (PyTorch's default).
         * ``size``: (H_out, W_out), default (H, W).
         * ``mode``: ``"bilinear"`` | ``"nearest"`` (round half to even, as PyTorch);
-          ``padding_mode``: ``"zeros"`` | ``"border"`` | ``"reflection"``.
+          ``padding_mode``: ``"zeros"`` | ``"border"`` | ``"reflection"`` | ``"fill"``.
+        * ``padding_mode="fill"`` with ``fill_value`` (a float, C floats, or a tensor of shape () or
+          (C,), which may require grad; default 0): x is sampled as if surrounded on every side by
+          the constant ``fill_value[c]``: ``out = sample_zeros + fill_value[c] * (1 - coverage)``,
+          coverage = the interpolation weight that falls inside x (so a bilinear sample half a pixel
+          past the border blends the edge and the fill value half and half, and nearest reads the
+          fill value wherever the rounded tap is outside). A non-finite coordinate reads the fill
+          value. Gradients: x as with zeros, theta through both terms, fill_value =
+          sum of grad_out * (1 - coverage).
         * Coordinates are computed in fp32 even for fp16 / bf16 data (fp64 for fp64 data).
         * An empty batch (N = 0) returns an empty tensor. A pixel whose source coordinate is not
           finite (NaN / inf theta, w = 0 for projective theta) samples 0 in every padding mode and
@@ -57,13 +65,14 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
     """
     _checks.check_image(x, "x", volumes=True)
     check_theta(x, theta)
-    _checks.check_modes(mode, padding_mode)
+    _checks.check_modes(mode, padding_mode, allow_fill=True)
     align_corners = _checks.check_align_corners(align_corners)
+    fill = _checks.fill_tensor(x, padding_mode, fill_value)
     if x.dim() == 5:
         d_out, h_out, w_out = _checks.resolve_size_3d(x, size)
-        return warp3d_op(x, theta, [d_out, h_out, w_out], mode, padding_mode, align_corners, backend_for(x))
+        return warp3d_op(x, theta, [d_out, h_out, w_out], mode, padding_mode, align_corners, backend_for(x), fill)
     h_out, w_out = _checks.resolve_size(x, size)
-    return warp_op(x, theta, [h_out, w_out], mode, padding_mode, align_corners, backend_for(x))
+    return warp_op(x, theta, [h_out, w_out], mode, padding_mode, align_corners, backend_for(x), fill)
 
 
 def check_theta(x: torch.Tensor, theta) -> None:
