@@ -47,31 +47,35 @@ def warp_configs() -> list[KernelConfig]:
         fwd_strides = layout_strides("xo", layout_cl, channels)
         bwd_strides = layout_strides("gxd", layout_cl, channels)
         for projective in (False, True):
-            for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border")):
+            for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border"),
+                                  ("bilinear", "fill"), ("nearest", "fill")):
+                if padding == "fill" and (projective or storage == "fp16"):
+                    continue  # fill: affine fp32 NCHW and bf16 NHWC, both modes, both ways
                 common = dict(PROJECTIVE=projective, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding],
                               ALIGN_CORNERS=False, ACC=tl.float32, INDEX_64=False, BLOCK_P=block_p, BLOCK_C=block_c)
                 kind = "proj" if projective else "affine"
                 configs.append(KernelConfig(
                     f"warp_fwd/{kind}/{mode}/{padding}/{storage}/{layout}", warp._warp_fwd_kernel,
-                    {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage}, common,
+                    {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage, "fill_ptr": "fp32"}, common,
                     {**fwd_strides, **theta_strides(projective)}))
                 configs.append(KernelConfig(
                     f"warp_bwd/{kind}/{mode}/{padding}/{storage}/{layout}", warp._warp_bwd_kernel,
                     {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "fp32",
-                     "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32"},
+                     "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32", "fill_ptr": "fp32"},
                     dict(common, NEED_X=True, NEED_THETA=mode == "bilinear", DETERMINISTIC=False),
                     {**bwd_strides, **theta_strides(projective)}))
     by_label = {c.label: c for c in configs}
     # int64 indexing, both directions and both transforms (deterministic included), once each
     for label in ("warp_fwd/affine/bilinear/zeros/fp32/nchw", "warp_fwd/proj/nearest/border/bf16/nhwc",
-                  "warp_bwd/affine/bilinear/zeros/fp32/nchw", "warp_bwd/proj/bilinear/reflection/bf16/nhwc"):
+                  "warp_bwd/affine/bilinear/zeros/fp32/nchw", "warp_bwd/proj/bilinear/reflection/bf16/nhwc",
+                  "warp_fwd/affine/bilinear/fill/bf16/nhwc", "warp_bwd/affine/bilinear/fill/fp32/nchw"):
         configs.append(_int64(by_label[label]))
     # theta-only backward
     block_p, block_c = block_sizes(3, False)
     base = dict(PROJECTIVE=False, MODE=0, PADDING=0, ALIGN_CORNERS=True, ACC=tl.float32, BLOCK_P=block_p, BLOCK_C=block_c)
     configs.append(KernelConfig("warp_bwd/affine/bilinear/zeros/fp32/nchw/theta-only", warp._warp_bwd_kernel,
                                 {"grad_out_ptr": "fp32", "x_ptr": "fp32", "theta_ptr": "fp32", "grad_x_ptr": "fp32",
-                                 "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32"},
+                                 "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32", "fill_ptr": "fp32"},
                                 dict(base, INDEX_64=False, NEED_X=False, NEED_THETA=True, DETERMINISTIC=False),
                                 {**layout_strides("gxd", False, 3), **theta_strides(False)}))
     for storage, cl in (("fp32", False), ("bf16", True)):
@@ -79,7 +83,7 @@ def warp_configs() -> list[KernelConfig]:
         det = KernelConfig(
             f"warp_bwd/affine/bilinear/zeros/{storage}/{'nhwc' if cl else 'nchw'}/deterministic", warp._warp_bwd_kernel,
             {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "i64",
-             "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32"},
+             "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32", "fill_ptr": "fp32"},
             dict(base, ALIGN_CORNERS=False, INDEX_64=False, NEED_X=True, NEED_THETA=True, DETERMINISTIC=True,
                  BLOCK_P=block_p, BLOCK_C=block_c),
             {**layout_strides("gxd", cl, 64 if cl else 3), **theta_strides(False)})
@@ -154,6 +158,8 @@ def warp3d_configs() -> list[KernelConfig]:
         layout = "ndhwc" if layout_cl else "ncdhw"
         pairs = (("bilinear", "zeros"),) if storage == "fp64" else \
             (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border"))
+        if storage in ("fp32", "bf16"):
+            pairs += (("bilinear", "fill"), ("nearest", "fill"))
         for mode, padding in pairs:
             common = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding], ALIGN_CORNERS=False,
                           ACC=tl.float64 if acc == "fp64" else tl.float32, INDEX_64=False,
@@ -161,12 +167,12 @@ def warp3d_configs() -> list[KernelConfig]:
             tail = f"{mode}/{padding}/{storage}/{layout}"
             configs.append(KernelConfig(
                 f"warp3d_fwd/{tail}", warp3d._warp3d_fwd_kernel,
-                {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage}, common,
+                {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage, "fill_ptr": acc}, common,
                 {**volume_strides("xo", layout_cl, channels), **theta}))
             configs.append(KernelConfig(
                 f"warp3d_bwd/{tail}", warp3d._warp3d_bwd_kernel,
                 {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": acc,
-                 "grad_theta_partial_ptr": acc, "dx_exp_ptr": "i32"},
+                 "grad_theta_partial_ptr": acc, "dx_exp_ptr": "i32", "fill_ptr": acc},
                 dict(common, NEED_X=True, NEED_THETA=mode == "bilinear", DETERMINISTIC=False),
                 {**volume_strides("gxd", layout_cl, channels), **theta}))
     by_label = {c.label: c for c in configs}
@@ -179,7 +185,8 @@ def warp3d_configs() -> list[KernelConfig]:
                                            constexprs=dict(b.constexprs, DETERMINISTIC=True)))
     configs.append(_int64(configs[-1]))
     for label in ("warp3d_fwd/bilinear/zeros/fp32/ncdhw", "warp3d_fwd/nearest/border/bf16/ndhwc",
-                  "warp3d_bwd/bilinear/zeros/fp32/ncdhw", "warp3d_bwd/nearest/border/fp16/ncdhw"):
+                  "warp3d_bwd/bilinear/zeros/fp32/ncdhw", "warp3d_bwd/nearest/border/fp16/ncdhw",
+                  "warp3d_fwd/bilinear/fill/bf16/ndhwc", "warp3d_bwd/bilinear/fill/fp32/ncdhw"):
         configs.append(_int64(by_label[label]))
     return configs
 
