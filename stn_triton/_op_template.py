@@ -17,15 +17,15 @@ spec says only what differs:
 * ``stn_triton::<name>(x, <param>, <aux>..., size, mode, padding_mode, align_corners, backend,
   fill=None)`` and
 * ``stn_triton::<name>_backward(grad_out, x, <param>, <aux>..., mode, padding_mode,
-  align_corners, need_x, need_<param>, backend, fill=None, need_fill=False) -> (grad_x,
-  grad_<param>, grad_fill)``.
+  align_corners, need_x, need_<param>, backend, fill=None) -> (grad_x, grad_<param>)``.
 
 **Fill padding** (``padding_mode="fill"``, specs with ``supports_fill``): ``fill`` holds the (C,)
 fill values and may require grad. The kernels read it where a tap falls outside (forward, and the
 coordinate gradient); its own gradient needs no kernel of its own: the output is
 ``sample_zeros + fill * (1 - coverage)`` with ``coverage`` an all-ones image sampled with zeros
-padding (one more forward launch of the same kernel), so grad_fill[c] = sum over the batch and
-the output pixels of grad_out[:, c] * (1 - coverage).
+padding, so the autograd formula computes grad_fill[c] = sum over the batch and the output pixels
+of grad_out[:, c] * (1 - coverage) with one more call of the forward op (only when fill requires
+grad), which also gives its higher orders.
 
 **The backend is an argument of both ops**, resolved once by the caller
 (:func:`resolve_backend` in the public function) and carried from the forward to its backward
@@ -96,8 +96,8 @@ def register(spec: TransformSpec):
     fwd_schema = (f"(Tensor x, Tensor {spec.param}, {aux_schema}int[] size, str mode, str padding_mode, "
                   "bool align_corners, str backend, Tensor? fill=None) -> Tensor")
     bwd_schema = (f"(Tensor grad_out, Tensor x, Tensor {spec.param}, {aux_schema}str mode, str padding_mode, "
-                  f"bool align_corners, bool need_x, bool need_{spec.param}, str backend, Tensor? fill=None, "
-                  "bool need_fill=False) -> (Tensor, Tensor, Tensor)")
+                  f"bool align_corners, bool need_x, bool need_{spec.param}, str backend, Tensor? fill=None) "
+                  "-> (Tensor, Tensor)")
 
     def check_fill(padding_mode, fill):
         if padding_mode == "fill" and (fill is None or not spec.supports_fill):
@@ -119,40 +119,31 @@ def register(spec: TransformSpec):
     def backward_args(args):
         grad_out, x, rest = args[0], args[1], args[1:]
         _, param, aux, (mode, padding_mode, align_corners, need_x, need_param, backend, *opt) = _split(spec, rest)
-        fill = opt[0] if opt else None
-        need_fill = bool(opt[1]) if len(opt) > 1 else False
-        return grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, fill, need_fill
+        return grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, \
+            (opt[0] if opt else None)
 
     def backward_impl(*args):
-        (grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, fill,
-         need_fill) = backward_args(args)
+        grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, fill = \
+            backward_args(args)
         _check_backend(backend)
         check_fill(padding_mode, fill)
-        extra = {"fill": fill} if padding_mode == "fill" else {}
         if backend == "torch":
             gx, gp = _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x,
                                      need_param, fill)
         else:
+            extra = {"fill": fill} if padding_mode == "fill" else {}
             # any grad_out strides work, including the all-zero strides of an expanded scalar grad
             gx, gp = spec.kernel_backward(grad_out, x, param, aux, mode, padding_mode, align_corners, need_x,
                                           need_param, torch.are_deterministic_algorithms_enabled(), **extra)
-        gf = None
-        if need_fill and padding_mode == "fill":
-            cov = _forward(spec, backend, _ones_like_image(x), param, aux, tuple(grad_out.shape[2:]), mode, "zeros",
-                           align_corners, None)
-            gf = torch_path.fill_grad(grad_out, cov, fill)
-        return ((gx if gx is not None else x.new_empty(0)), (gp if gp is not None else param.new_empty(0)),
-                (gf if gf is not None else param.new_empty(0)))
+        return (gx if gx is not None else x.new_empty(0)), (gp if gp is not None else param.new_empty(0))
 
     def backward_fake(*args):
-        (grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, fill,
-         need_fill) = backward_args(args)
+        _, x, param, *_rest = args
+        need_x, need_param = backward_args(args)[7:9]
         gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x)) if need_x \
             else x.new_empty(0)
         gp = torch.empty(param.shape, dtype=param.dtype, device=param.device) if need_param else param.new_empty(0)
-        gf = torch.empty(fill.shape, dtype=fill.dtype, device=fill.device) \
-            if need_fill and padding_mode == "fill" and fill is not None else param.new_empty(0)
-        return gx, gp, gf
+        return gx, gp
 
     forward_op = torch.library.custom_op(f"stn_triton::{spec.name}", forward_impl, mutates_args=(), schema=fwd_schema)
     forward_op.register_fake(forward_fake)
@@ -160,7 +151,7 @@ def register(spec: TransformSpec):
                                           schema=bwd_schema)
     backward_op.register_fake(backward_fake)
 
-    n_fwd = 2 + len(spec.aux) + 5  # positional inputs before fill
+    fill_input = 2 + len(spec.aux) + 5  # the forward op's fill argument: after x, param, aux and 5 others
 
     def setup_context(ctx, inputs, output):
         x, param, aux, (_size, mode, padding_mode, align_corners, backend, *opt) = _split(spec, inputs)
@@ -171,32 +162,35 @@ def register(spec: TransformSpec):
 
     def backward(ctx, grad_out):
         x, param, fill, *aux = ctx.saved_tensors
-        need_x, need_param = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # needs_input_grad covers the arguments actually passed (fill may be left at its default)
-        n_passed = len(ctx.needs_input_grad)
-        need_fill = n_passed > n_fwd and ctx.needs_input_grad[n_fwd] and ctx.config[1] == "fill"
-        grads = [None] * n_passed
-        if not (need_x or need_param or need_fill):
-            return tuple(grads)
-        gx, gp, gf = backward_op(grad_out, x, param, *aux, *ctx.config, need_x, need_param, ctx.backend, fill,
-                                 need_fill)
-        grads[0], grads[1] = (gx if need_x else None), (gp if need_param else None)
+        grads = [None] * len(ctx.needs_input_grad)
+        need_x, need_param = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_fill = len(grads) > fill_input and ctx.needs_input_grad[fill_input] and ctx.config[1] == "fill"
+        if need_x or need_param:
+            gx, gp = backward_op(grad_out, x, param, *aux, *ctx.config, need_x, need_param, ctx.backend, fill)
+            grads[0], grads[1] = (gx if need_x else None), (gp if need_param else None)
         if need_fill:
-            grads[n_fwd] = gf
+            # out = sample_zeros + fill * (1 - coverage): grad fill = sum of grad_out * (1 - coverage),
+            # the coverage one more forward of the same op (differentiable, so higher orders follow)
+            mode, _, align_corners = ctx.config
+            cov = forward_op(_ones_like_image(x), param, *aux, list(grad_out.shape[2:]), mode, "zeros", align_corners,
+                             ctx.backend)
+            grads[fill_input] = torch_path.fill_grad(grad_out, cov, fill)
         return tuple(grads)
 
     forward_op.register_autograd(backward, setup_context=setup_context)
 
     def setup_context_backward(ctx, inputs, output):
-        (grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, _backend, fill,
-         need_fill) = backward_args(inputs)
+        grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, _backend, fill = \
+            backward_args(inputs)
         ctx.save_for_backward(grad_out, x, param, fill, *aux)
         ctx.config = (mode, padding_mode, align_corners)
-        ctx.computed = (need_x, need_param, need_fill and padding_mode == "fill")
+        ctx.computed = (need_x, need_param)
 
-    def double_backward(ctx, gg_x, gg_param, gg_fill):
+    def double_backward(ctx, gg_x, gg_param):
         """Second order through the PyTorch path: the same function, so the derivative of the
-        fused first-order backward; the aux tensors stay constants, as in the first order."""
+        fused first-order backward; the aux tensors stay constants, as in the first order. With
+        fill padding the fill values are an input too (grad theta depends on them)."""
         grad_out, x, param, fill, *aux = ctx.saved_tensors
         mode, padding_mode, align_corners = ctx.config
         size = tuple(grad_out.shape[2:])
@@ -205,17 +199,14 @@ def register(spec: TransformSpec):
             grid = spec.grid(param_, tuple(aux), size, align_corners, compute_dtype(x_.dtype))
             return grid_sample_composed(x_, grid, mode, padding_mode, align_corners, fill=fill_)
 
-        if padding_mode == "fill":
-            d_go, d_x, d_param, d_fill = backward_of_backward(forward, grad_out, [x, param, fill], ctx.computed,
-                                                              [gg_x, gg_param, gg_fill])
-        else:
-            (d_go, d_x, d_param), d_fill = backward_of_backward(forward, grad_out, [x, param], ctx.computed[:2],
-                                                                [gg_x, gg_param]), None
-        n_passed = len(ctx.needs_input_grad)
-        grads = [d_go, d_x, d_param] + [None] * (n_passed - 3)
+        with_fill = padding_mode == "fill"
+        inputs = [x, param] + ([fill] if with_fill else [])
+        d = backward_of_backward(forward, grad_out, inputs, ctx.computed + ((False,) if with_fill else ()),
+                                 [gg_x, gg_param] + ([None] if with_fill else []))
+        grads = d[:3] + [None] * (len(ctx.needs_input_grad) - 3)
         fill_at = 3 + len(spec.aux) + 6  # grad_out, x, param, aux, 6 non-tensor args, then fill
-        if d_fill is not None and n_passed > fill_at:
-            grads[fill_at] = d_fill
+        if with_fill and len(grads) > fill_at:
+            grads[fill_at] = d[3]
         return tuple(grads)
 
     backward_op.register_autograd(double_backward, setup_context=setup_context_backward)

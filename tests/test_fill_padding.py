@@ -202,5 +202,26 @@ def test_opcheck_with_fill(backend, dims):
     torch.library.opcheck(op.default, (x.requires_grad_(), theta.requires_grad_(), size, "bilinear", "fill", False,
                                        backend, fill.clone().requires_grad_()))
     bwd = torch.ops.stn_triton.warp_backward if dims == 4 else torch.ops.stn_triton.warp3d_backward
-    torch.library.opcheck(bwd.default, (torch.randn(2, 2, *size, device=DEVICE), x.detach(), theta.detach(), "bilinear",
-                                        "fill", False, True, True, backend, fill, True))
+    torch.library.opcheck(bwd.default, (torch.randn(2, 2, *size, device=DEVICE).requires_grad_(),
+                                        x.detach().requires_grad_(), theta.detach().requires_grad_(), "bilinear",
+                                        "fill", False, True, True, backend, fill.clone().requires_grad_()))
+
+
+@pytest.mark.parametrize("dims", [4, 5])
+def test_torch_compile_fullgraph_with_learned_fill(dims):
+    """fill_value a learned parameter: one graph, forward and backward (fill, theta, x)."""
+    shape = (2, 2, 5, 6) if dims == 4 else (2, 2, 3, 4, 5)
+    size = (4, 4) if dims == 4 else (2, 3, 4)
+    fill = torch.nn.Parameter(torch.tensor([0.5, -0.5]))
+    theta = random_theta(2, dims - 2).requires_grad_()
+    x = torch.randn(*shape, requires_grad=True)
+
+    def f(x_, t_, f_):
+        return stn_triton.warp(x_, t_, size, padding_mode="fill", fill_value=f_).square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(x, theta, fill), [x, theta, fill])
+    expected = torch.autograd.grad(f(x, theta, fill), [x, theta, fill])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
