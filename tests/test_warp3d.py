@@ -235,24 +235,29 @@ def test_int64_specialisation_computes_the_same(device, triton_backend, monkeypa
 # ----------------------------------------------------------------------------- gradcheck, higher orders
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
-@pytest.mark.parametrize("padding_mode,align_corners", [("zeros", False), ("border", True), ("reflection", False)])
+# gradcheck perturbs every input element and reruns the interpreted kernels each time: the Triton
+# cases use the smallest volumes that still put taps on every side of a voxel.
+@pytest.mark.parametrize("backend,padding_mode,align_corners", [
+    ("triton", "reflection", False), ("torch", "zeros", False), ("torch", "border", True),
+    ("torch", "reflection", False)])
 def test_gradcheck(device, backend, padding_mode, align_corners):
-    x = torch.randn(1, 1, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    shape, size = ((1, 1, 2, 2, 3), (1, 2, 2)) if backend == "triton" else ((1, 2, 2, 3, 3), (2, 2, 3))
+    x = torch.randn(*shape, dtype=torch.float64, device=device, requires_grad=True)
     theta = random_theta3d(1, torch.float64, device, strength=0.2).requires_grad_()
     with stn_triton.use_backend(backend):
         assert torch.autograd.gradcheck(
-            lambda a, t: stn_triton.warp(a, t, (2, 2, 3), padding_mode=padding_mode, align_corners=align_corners),
+            lambda a, t: stn_triton.warp(a, t, size, padding_mode=padding_mode, align_corners=align_corners),
             (x, theta), eps=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_gradgradcheck(device, backend):
-    x = torch.randn(1, 1, 2, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(1, 1, 2, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
     theta = random_theta3d(1, torch.float64, device, strength=0.2).requires_grad_()
+    size = (1, 2, 2) if backend == "triton" else (2, 2, 2)
     with stn_triton.use_backend(backend):
         assert torch.autograd.gradgradcheck(
-            lambda a, t: stn_triton.warp(a, t, (2, 2, 2), padding_mode="border"), (x, theta), eps=1e-6, atol=1e-6)
+            lambda a, t: stn_triton.warp(a, t, size, padding_mode="border"), (x, theta), eps=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -283,15 +288,15 @@ def test_bad_input(x, theta, size, match):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["ncdhw", "ndhwc"])
 def test_opcheck(backend, channels_last):
-    x = torch.randn(2, 3, 2, 3, 4, device=DEVICE)
+    x = torch.randn(1, 3, 2, 2, 3, device=DEVICE)
     if channels_last:
         x = x.to(memory_format=torch.channels_last_3d)
-    theta = random_theta3d(2, device=DEVICE)
+    theta = random_theta3d(1, device=DEVICE)
     torch.library.opcheck(torch.ops.stn_triton.warp3d.default,
-                          (x.requires_grad_(), theta.requires_grad_(), [3, 2, 3], "bilinear", "reflection", True,
+                          (x.requires_grad_(), theta.requires_grad_(), [1, 2, 3], "bilinear", "reflection", True,
                            backend))
     torch.library.opcheck(torch.ops.stn_triton.warp3d_backward.default,
-                          (torch.randn(2, 3, 3, 2, 3, device=DEVICE).requires_grad_(), x.detach().requires_grad_(),
+                          (torch.randn(1, 3, 1, 2, 3, device=DEVICE).requires_grad_(), x.detach().requires_grad_(),
                            theta.detach().requires_grad_(), "bilinear", "zeros", False, True, True, backend))
 
 
