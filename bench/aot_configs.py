@@ -13,8 +13,8 @@ import dataclasses
 import triton.language as tl
 
 from bench.aot import KernelConfig
-from stn_triton.kernels import fixed_point, tps, warp
-from stn_triton.kernels.policy import MODE_CODES, PADDING_CODES, block_sizes
+from stn_triton.kernels import fixed_point, tps, warp, warp3d
+from stn_triton.kernels.policy import MODE_CODES, PADDING_CODES, block_sizes, block_sizes_3d
 
 
 def layout_strides(prefixes, channels_last: bool, c: int = 64, h: int = 32, w: int = 32) -> dict:
@@ -47,31 +47,35 @@ def warp_configs() -> list[KernelConfig]:
         fwd_strides = layout_strides("xo", layout_cl, channels)
         bwd_strides = layout_strides("gxd", layout_cl, channels)
         for projective in (False, True):
-            for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border")):
+            for mode, padding in (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border"),
+                                  ("bilinear", "fill"), ("nearest", "fill")):
+                if padding == "fill" and (projective or storage == "fp16"):
+                    continue  # fill: affine fp32 NCHW and bf16 NHWC, both modes, both ways
                 common = dict(PROJECTIVE=projective, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding],
                               ALIGN_CORNERS=False, ACC=tl.float32, INDEX_64=False, BLOCK_P=block_p, BLOCK_C=block_c)
                 kind = "proj" if projective else "affine"
                 configs.append(KernelConfig(
                     f"warp_fwd/{kind}/{mode}/{padding}/{storage}/{layout}", warp._warp_fwd_kernel,
-                    {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage}, common,
+                    {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage, "fill_ptr": "fp32"}, common,
                     {**fwd_strides, **theta_strides(projective)}))
                 configs.append(KernelConfig(
                     f"warp_bwd/{kind}/{mode}/{padding}/{storage}/{layout}", warp._warp_bwd_kernel,
                     {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "fp32",
-                     "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32"},
+                     "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32", "fill_ptr": "fp32"},
                     dict(common, NEED_X=True, NEED_THETA=mode == "bilinear", DETERMINISTIC=False),
                     {**bwd_strides, **theta_strides(projective)}))
     by_label = {c.label: c for c in configs}
     # int64 indexing, both directions and both transforms (deterministic included), once each
     for label in ("warp_fwd/affine/bilinear/zeros/fp32/nchw", "warp_fwd/proj/nearest/border/bf16/nhwc",
-                  "warp_bwd/affine/bilinear/zeros/fp32/nchw", "warp_bwd/proj/bilinear/reflection/bf16/nhwc"):
+                  "warp_bwd/affine/bilinear/zeros/fp32/nchw", "warp_bwd/proj/bilinear/reflection/bf16/nhwc",
+                  "warp_fwd/affine/bilinear/fill/bf16/nhwc", "warp_bwd/affine/bilinear/fill/fp32/nchw"):
         configs.append(_int64(by_label[label]))
     # theta-only backward
     block_p, block_c = block_sizes(3, False)
     base = dict(PROJECTIVE=False, MODE=0, PADDING=0, ALIGN_CORNERS=True, ACC=tl.float32, BLOCK_P=block_p, BLOCK_C=block_c)
     configs.append(KernelConfig("warp_bwd/affine/bilinear/zeros/fp32/nchw/theta-only", warp._warp_bwd_kernel,
                                 {"grad_out_ptr": "fp32", "x_ptr": "fp32", "theta_ptr": "fp32", "grad_x_ptr": "fp32",
-                                 "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32"},
+                                 "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32", "fill_ptr": "fp32"},
                                 dict(base, INDEX_64=False, NEED_X=False, NEED_THETA=True, DETERMINISTIC=False),
                                 {**layout_strides("gxd", False, 3), **theta_strides(False)}))
     for storage, cl in (("fp32", False), ("bf16", True)):
@@ -79,7 +83,7 @@ def warp_configs() -> list[KernelConfig]:
         det = KernelConfig(
             f"warp_bwd/affine/bilinear/zeros/{storage}/{'nhwc' if cl else 'nchw'}/deterministic", warp._warp_bwd_kernel,
             {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": "i64",
-             "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32"},
+             "grad_theta_partial_ptr": "fp32", "dx_exp_ptr": "i32", "fill_ptr": "fp32"},
             dict(base, ALIGN_CORNERS=False, INDEX_64=False, NEED_X=True, NEED_THETA=True, DETERMINISTIC=True,
                  BLOCK_P=block_p, BLOCK_C=block_c),
             {**layout_strides("gxd", cl, 64 if cl else 3), **theta_strides(False)})
@@ -129,6 +133,64 @@ def tps_configs() -> list[KernelConfig]:
     return configs
 
 
+def volume_strides(prefixes, channels_last: bool, c: int = 64, d: int = 16, h: int = 32, w: int = 32) -> dict:
+    """Representative strides of (N, C, D, H, W) tensors in NCDHW or NDHWC (channels_last_3d)."""
+    if channels_last:
+        n_, c_, d_, h_, w_ = d * h * w * c, 1, h * w * c, w * c, c
+    else:
+        n_, c_, d_, h_, w_ = c * d * h * w, d * h * w, h * w, w, 1
+    out = {"C": c, "D": d, "H": h, "W": w, "D_OUT": d, "H_OUT": h, "W_OUT": w}
+    for p in prefixes:
+        out.update({f"stride_{p}n": n_, f"stride_{p}c": c_, f"stride_{p}d": d_, f"stride_{p}h": h_,
+                    f"stride_{p}w": w_})
+    return out
+
+
+def warp3d_configs() -> list[KernelConfig]:
+    """The 3-D warp: fp32 NCDHW, bf16 NDHWC, fp16 NCDHW and one fp64, each mode / padding pair
+    both ways; theta-only and deterministic backward; int64 specialisations of each direction."""
+    theta = {"stride_tn": 12, "stride_tr": 4, "stride_tc": 1}
+    configs = []
+    for storage, layout_cl, acc in (("fp32", False, "fp32"), ("bf16", True, "fp32"), ("fp16", False, "fp32"),
+                                    ("fp64", False, "fp64")):
+        channels = 64 if layout_cl else 3
+        block_p, block_c = block_sizes_3d(channels, layout_cl)
+        layout = "ndhwc" if layout_cl else "ncdhw"
+        pairs = (("bilinear", "zeros"),) if storage == "fp64" else \
+            (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border"))
+        if storage in ("fp32", "bf16"):
+            pairs += (("bilinear", "fill"), ("nearest", "fill"))
+        for mode, padding in pairs:
+            common = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding], ALIGN_CORNERS=False,
+                          ACC=tl.float64 if acc == "fp64" else tl.float32, INDEX_64=False,
+                          BLOCK_P=block_p, BLOCK_C=block_c)
+            tail = f"{mode}/{padding}/{storage}/{layout}"
+            configs.append(KernelConfig(
+                f"warp3d_fwd/{tail}", warp3d._warp3d_fwd_kernel,
+                {"x_ptr": storage, "theta_ptr": "fp32", "out_ptr": storage, "fill_ptr": acc}, common,
+                {**volume_strides("xo", layout_cl, channels), **theta}))
+            configs.append(KernelConfig(
+                f"warp3d_bwd/{tail}", warp3d._warp3d_bwd_kernel,
+                {"grad_out_ptr": storage, "x_ptr": storage, "theta_ptr": "fp32", "grad_x_ptr": acc,
+                 "grad_theta_partial_ptr": acc, "dx_exp_ptr": "i32", "fill_ptr": acc},
+                dict(common, NEED_X=True, NEED_THETA=mode == "bilinear", DETERMINISTIC=False),
+                {**volume_strides("gxd", layout_cl, channels), **theta}))
+    by_label = {c.label: c for c in configs}
+    bwd = by_label["warp3d_bwd/bilinear/zeros/fp32/ncdhw"]
+    configs.append(dataclasses.replace(bwd, label=bwd.label + "/theta-only",
+                                       constexprs=dict(bwd.constexprs, NEED_X=False)))
+    for label in ("warp3d_bwd/bilinear/zeros/fp32/ncdhw", "warp3d_bwd/bilinear/reflection/bf16/ndhwc"):
+        b = by_label[label]
+        configs.append(dataclasses.replace(b, label=b.label + "/deterministic", pointers=dict(b.pointers, grad_x_ptr="i64"),
+                                           constexprs=dict(b.constexprs, DETERMINISTIC=True)))
+    configs.append(_int64(configs[-1]))
+    for label in ("warp3d_fwd/bilinear/zeros/fp32/ncdhw", "warp3d_fwd/nearest/border/bf16/ndhwc",
+                  "warp3d_bwd/bilinear/zeros/fp32/ncdhw", "warp3d_bwd/nearest/border/fp16/ncdhw",
+                  "warp3d_fwd/bilinear/fill/bf16/ndhwc", "warp3d_bwd/bilinear/fill/fp32/ncdhw"):
+        configs.append(_int64(by_label[label]))
+    return configs
+
+
 def fixed_point_configs() -> list[KernelConfig]:
     """Both fixed-point kernels always index in int64 (no INDEX_64 constexpr)."""
     configs = []
@@ -148,4 +210,4 @@ def fixed_point_configs() -> list[KernelConfig]:
 
 def all_configs() -> list[KernelConfig]:
     """Every kernel's AOT specialisations."""
-    return [*warp_configs(), *tps_configs(), *fixed_point_configs()]
+    return [*warp_configs(), *warp3d_configs(), *tps_configs(), *fixed_point_configs()]

@@ -73,7 +73,7 @@ def format_table(rows: list[dict]) -> str:
 def bytes_table() -> str:
     """Fused vs unfused (affine_grid + grid_sample) bytes per benchmark shape: the best speedup
     fusion alone can give where both are bandwidth-bound."""
-    from bench.cases import CASES, PASSES, bytes_fused, bytes_unfused
+    from bench.cases import CASES, PASSES, VOLUME_CASES, bytes_fused, bytes_unfused
 
     lines = [f"{'case':44s} {'dtype':5s} {'pass':9s} {'fused MB':>10s} {'unfused MB':>11s} {'ratio':>6s}"]
     for case in CASES:
@@ -81,6 +81,12 @@ def bytes_table() -> str:
             for pass_ in PASSES:
                 f, u = bytes_fused(case, pass_, elem), bytes_unfused(case, pass_, elem)
                 lines.append(f"{case.id:44s} {dtype:5s} {pass_:9s} {f / 1e6:10.2f} {u / 1e6:11.2f} {u / f:6.2f}")
+    lines.append("3-D warp (theta (N, 3, 4); the grid holds 3 floats per output voxel), each case in its own dtype:")
+    for case in VOLUME_CASES:
+        elem = 2 if case.dtype == "bf16" else 4
+        for pass_ in PASSES:
+            f, u = bytes_fused(case, pass_, elem, 12), bytes_unfused(case, pass_, elem, 12)
+            lines.append(f"{case.id:60s} {pass_:9s} {f / 1e6:10.2f} {u / 1e6:11.2f} {u / f:6.2f}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import stn_triton
 from stn_triton import torch_path
 
-from .cases import CASES, PASSES, bytes_fused, bytes_unfused
+from .cases import CASES, PASSES, VOLUME_CASES, bytes_fused, bytes_unfused
 from .conftest import HAS_CUDA
 from .timing import rotating_sets, time_ms
 
@@ -39,7 +39,7 @@ def torch_tps(x, points, size):
 
 
 def stn_affine(x, theta, size):
-    return stn_triton.warp(x, theta, size)
+    return stn_triton.warp(x, theta, size)  # images (N, 2, 3) and volumes (N, 3, 4) alike
 
 
 def stn_tps(x, points, size):
@@ -80,6 +80,9 @@ FUNCS = {
     ("affine", "stn_triton"): stn_affine,
     ("affine", "torch_eager"): torch_affine,
     ("affine", "torch_compile"): lambda x, t, s: compiled(torch_affine)(x, t, s),
+    ("affine3d", "stn_triton"): stn_affine,
+    ("affine3d", "torch_eager"): torch_affine,  # F.affine_grid / F.grid_sample take 5-D sizes as they are
+    ("affine3d", "torch_compile"): lambda x, t, s: compiled(torch_affine)(x, t, s),
     ("tps", "stn_triton"): stn_tps,
     ("tps", "torch_eager"): torch_tps,
     ("tps", "torch_compile"): lambda x, t, s: compiled(torch_tps)(x, t, s),
@@ -92,16 +95,21 @@ FUNCS = {
 
 def make_inputs(case, dtype, channels_last, transform, k, pass_, seed):
     g = torch.Generator(device=DEVICE).manual_seed(seed)
-    x = torch.rand(case.n, case.c, case.h, case.w, device=DEVICE, generator=g).to(dtype)
+    volume = transform == "affine3d"
+    spatial = (case.d, case.h, case.w) if volume else (case.h, case.w)
+    out_size = (case.d_out, case.h_out, case.w_out) if volume else (case.h_out, case.w_out)
+    x = torch.rand(case.n, case.c, *spatial, device=DEVICE, generator=g).to(dtype)
     if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    if transform == "affine":
+        x = x.to(memory_format=torch.channels_last_3d if volume else torch.channels_last)
+    if volume:
+        p = torch.eye(3, 4, device=DEVICE).expand(case.n, 3, 4) + 0.1 * torch.randn(case.n, 3, 4, device=DEVICE, generator=g)
+    elif transform == "affine":
         p = torch.eye(2, 3, device=DEVICE).expand(case.n, 2, 3) + 0.1 * torch.randn(case.n, 2, 3, device=DEVICE, generator=g)
     else:
         p = stn_triton.params.tps(0.05 * torch.randn(case.n, 2 * k, device=DEVICE, generator=g), k)
     x.requires_grad_(pass_ == "fwd_bwd")
     p.requires_grad_(pass_ != "fwd")
-    go = torch.randn(case.n, case.c, case.h_out, case.w_out, device=DEVICE, generator=g).to(dtype)
+    go = torch.randn(case.n, case.c, *out_size, device=DEVICE, generator=g).to(dtype)
     return x, p.contiguous().detach().requires_grad_(pass_ != "fwd"), go
 
 
@@ -128,10 +136,10 @@ def bench_case(benchmark, env_info, copy_bandwidth, case, transform, k, provider
     if channels_last and case.c < 3:
         pytest.skip("channels_last is the same layout as NCHW for C < 3")
     dtype = DTYPES[dtype_name]
-    size = (case.h_out, case.w_out)
+    size = (case.d_out, case.h_out, case.w_out) if transform == "affine3d" else (case.h_out, case.w_out)
     fn = FUNCS[(transform, provider)]
     elem = torch.finfo(dtype).bits // 8
-    params = 6 if transform == "affine" else 2 * k
+    params = {"affine": 6, "affine3d": 12}.get(transform, 2 * k)
     set_bytes = bytes_fused(case, pass_, elem, params)
     sets = rotating_sets(lambda i: make_inputs(case, dtype, channels_last, transform, k, pass_, i),
                          set_bytes, env_info.get("l2_bytes"))
@@ -142,10 +150,12 @@ def bench_case(benchmark, env_info, copy_bandwidth, case, transform, k, provider
     benchmark.extra_info.update(env_info)
     benchmark.extra_info.update(
         case=case.id, transform=f"{transform}{k if transform == 'tps' else ''}", provider=provider, pass_=pass_,
-        dtype=dtype_name, layout="nhwc" if channels_last else "nchw", median_ms=ms, torch_eager_ms=eager_ms,
+        dtype=dtype_name, layout=("ndhwc" if transform == "affine3d" else "nhwc") if channels_last else "nchw",
+        median_ms=ms, torch_eager_ms=eager_ms,
         speedup_vs_eager=eager_ms / ms, gbps=gbps,
         copy_bw_fraction=(gbps / copy_bandwidth) if copy_bandwidth else None, copy_bandwidth_gbps=copy_bandwidth,
-        bytes_fused=set_bytes, bytes_unfused=bytes_unfused(case, pass_, elem, params) if transform == "affine" else None,
+        bytes_fused=set_bytes,
+        bytes_unfused=bytes_unfused(case, pass_, elem, params) if transform in ("affine", "affine3d") else None,
     )
     it = itertools.cycle(sets)
 
@@ -170,6 +180,16 @@ def test_affine(benchmark, env_info, copy_bandwidth, case, provider, pass_, dtyp
         pytest.skip("CPU run: fp32 only")
     benchmark.group = f"affine/{case.id}/{pass_}/{dtype_name}"
     bench_case(benchmark, env_info, copy_bandwidth, case, "affine", 0, provider, pass_, dtype_name, channels_last)
+
+
+@pytest.mark.parametrize("pass_", PASSES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", VOLUME_CASES, ids=lambda c: c.id)
+def test_affine3d(benchmark, env_info, copy_bandwidth, case, provider, pass_):
+    """Volumes, each case in its own dtype and layout (bf16 channels_last_3d for the multi-channel MRI)."""
+    benchmark.group = f"affine3d/{case.id}/{pass_}"
+    bench_case(benchmark, env_info, copy_bandwidth, case, "affine3d", 0, provider, pass_, case.dtype,
+               case.channels_last)
 
 
 TPS_CASES = [c for c in CASES if c.name in ("mnist", "svhn64", "cub448", "large-c64")]

@@ -107,7 +107,10 @@ def _fixed_to_float_kernel(
 @on_tensor_device
 def fixed_point_exponents(grad_out: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """Per-image scale exponents (N,) int32 for the fixed-point scatter of ``grad_out``; see the
-    module docstring. One launch, on the device: no host synchronisation."""
+    module docstring. One launch, on the device: no host synchronisation. A volume's grad_out
+    (N, C, D, H, W) is read as (N, C, D*H, W) (a view where its strides allow, else a copy)."""
+    if grad_out.dim() == 5:
+        grad_out = grad_out.flatten(2, 3)
     n, c, h, w = grad_out.shape
     exps = torch.empty(n, dtype=torch.int32, device=grad_out.device)
     if n == 0:
@@ -121,10 +124,12 @@ def fixed_point_exponents(grad_out: torch.Tensor, acc: torch.dtype) -> torch.Ten
 
 @on_tensor_device
 def fixed_to_float(buf: torch.Tensor, exps: torch.Tensor, dtype: torch.dtype, acc: torch.dtype) -> torch.Tensor:
-    """``buf * 2**-exps[n]`` as ``dtype``, in one pass; ``buf`` (N, C, H, W) int64, NCHW- or NHWC-contiguous."""
-    dense = buf.is_contiguous() or buf.is_contiguous(memory_format=torch.channels_last)
-    if buf.dtype != torch.int64 or buf.dim() != 4 or not dense:
-        raise ValueError("fixed_to_float: buf must be an (N, C, H, W) int64 tensor, contiguous or channels_last, "
+    """``buf * 2**-exps[n]`` as ``dtype``, in one pass; ``buf`` (N, C, H, W) int64, NCHW- or
+    NHWC-contiguous, or a volume (N, C, D, H, W), NCDHW- or NDHWC-contiguous."""
+    dense = buf.is_contiguous() or buf.is_contiguous(memory_format=memory_format_of(buf))
+    if buf.dtype != torch.int64 or buf.dim() not in (4, 5) or not dense:
+        raise ValueError("fixed_to_float: buf must be an (N, C, H, W) or (N, C, D, H, W) int64 tensor, contiguous "
+                         "or channels-last, "
                          f"got {buf.dtype} of shape {tuple(buf.shape)}, strides {buf.stride()}")
     out = torch.empty_like(buf, dtype=dtype)
     n = buf.shape[0]

@@ -9,7 +9,9 @@ Conventions (identical to ``F.affine_grid`` + ``F.grid_sample``):
 * a normalised source coordinate ``x_s`` maps to the pixel coordinate
   ``((x_s + 1) * W - 1) / 2`` (``align_corners=False``) or ``(x_s + 1) / 2 * (W - 1)`` (True);
 * padding ``zeros`` (0) reads 0 outside, ``border`` (1) clips the coordinate, ``reflection`` (2)
-  reflects it about the border (then clips), each with its sub-gradient, as PyTorch defines it.
+  reflects it about the border (then clips), each with its sub-gradient, as PyTorch defines it;
+  ``fill`` (3) is ``zeros`` whose out-of-range taps read the channel's fill value (``fill_ptr``,
+  (C,) in ACC) instead of 0, so the image is sampled as if surrounded by that constant.
 
 Every helper also returns d(pixel coordinate)/d(normalised coordinate) so the backward kernels
 can chain the sampling gradient back to the coordinates without a grid tensor.
@@ -20,6 +22,7 @@ import triton.language as tl
 PAD_ZEROS = tl.constexpr(0)
 PAD_BORDER = tl.constexpr(1)
 PAD_REFLECTION = tl.constexpr(2)
+PAD_FILL = tl.constexpr(3)  # zeros' coordinates; out-of-range taps read the fill value instead of 0
 MODE_BILINEAR = tl.constexpr(0)
 MODE_NEAREST = tl.constexpr(1)
 
@@ -51,22 +54,40 @@ def channel_block(c0, c_range, INDEX_64: tl.constexpr):
 
 
 @triton.jit
+def _lin(i, size, ALIGN_CORNERS: tl.constexpr, ACC: tl.constexpr):
+    """Normalised output coordinate, dtype ACC, of integer index ``i`` along an axis of ``size``."""
+    f = i.to(ACC)
+    if ALIGN_CORNERS:
+        t = -1.0 + 2.0 * f / tl.maximum(size - 1, 1).to(ACC)
+    else:
+        t = (2.0 * f + 1.0) / size.to(ACC) - 1.0
+    # a single output pixel sits at 0 (affine_grid's convention for both align_corners)
+    return tl.where(size > 1, t, 0.0)
+
+
+@triton.jit
 def output_coords(p, W_OUT, H_OUT, ALIGN_CORNERS: tl.constexpr, ACC: tl.constexpr):
     """Normalised output coordinates (x_t, y_t), dtype ACC, of flat output pixel indices ``p``."""
     ho = p // W_OUT
     wo = p - ho * W_OUT
-    wf = wo.to(ACC)
-    hf = ho.to(ACC)
-    if ALIGN_CORNERS:
-        x_t = -1.0 + 2.0 * wf / tl.maximum(W_OUT - 1, 1).to(ACC)
-        y_t = -1.0 + 2.0 * hf / tl.maximum(H_OUT - 1, 1).to(ACC)
-    else:
-        x_t = (2.0 * wf + 1.0) / W_OUT.to(ACC) - 1.0
-        y_t = (2.0 * hf + 1.0) / H_OUT.to(ACC) - 1.0
-    # a single output pixel sits at 0 (affine_grid's convention for both align_corners)
-    x_t = tl.where(W_OUT > 1, x_t, 0.0)
-    y_t = tl.where(H_OUT > 1, y_t, 0.0)
-    return x_t, y_t
+    return _lin(wo, W_OUT, ALIGN_CORNERS, ACC), _lin(ho, H_OUT, ALIGN_CORNERS, ACC)
+
+
+@triton.jit
+def program_voxels(NUM_PBLOCKS, D_OUT, H_OUT, W_OUT, ALIGN_CORNERS: tl.constexpr, ACC: tl.constexpr,
+                   INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr):
+    """:func:`program_pixels` for a volume: program ``pid`` covers volume ``n`` and the flat output
+    voxels ``p`` (x fastest, then y, then z) with normalised coordinates (x_t, y_t, z_t)."""
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+    n = pid // NUM_PBLOCKS
+    p = (pid - n * NUM_PBLOCKS) * BLOCK_P + tl.arange(0, BLOCK_P)
+    hw_out = H_OUT * W_OUT
+    p_mask = p < D_OUT * hw_out
+    do = p // hw_out
+    x_t, y_t = output_coords(p - do * hw_out, W_OUT, H_OUT, ALIGN_CORNERS, ACC)
+    return pid, n, p, p_mask, x_t, y_t, _lin(do, D_OUT, ALIGN_CORNERS, ACC)
 
 
 @triton.jit
@@ -177,10 +198,64 @@ def nearest_tap(ix, iy, H, W, p_mask, INDEX_64: tl.constexpr):
 
 
 @triton.jit
+def load_2x2(x_c, m_nw, m_ne, m_sw, m_se, c_mask, stride_xh, stride_xw, fill, ACC: tl.constexpr,
+             FILL: tl.constexpr):
+    """The four taps of a 2x2 neighbourhood ([BLOCK_P, BLOCK_C] each, top-left at ``x_c``) in ACC;
+    out-of-range taps read 0 (masked, never loaded), or with FILL the [1, BLOCK_C] ``fill``."""
+    v_nw = tl.load(x_c, mask=m_nw & c_mask, other=0.0).to(ACC)
+    v_ne = tl.load(x_c + stride_xw, mask=m_ne & c_mask, other=0.0).to(ACC)
+    v_sw = tl.load(x_c + stride_xh, mask=m_sw & c_mask, other=0.0).to(ACC)
+    v_se = tl.load(x_c + stride_xh + stride_xw, mask=m_se & c_mask, other=0.0).to(ACC)
+    if FILL:
+        v_nw = tl.where(m_nw & c_mask, v_nw, fill)
+        v_ne = tl.where(m_ne & c_mask, v_ne, fill)
+        v_sw = tl.where(m_sw & c_mask, v_sw, fill)
+        v_se = tl.where(m_se & c_mask, v_se, fill)
+    return v_nw, v_ne, v_sw, v_se
+
+
+@triton.jit
+def fill_block(fill_ptr, c, C, ACC: tl.constexpr, FILL: tl.constexpr):
+    """The fill values of channels ``c`` as a [1, BLOCK_C] row (FILL), else 0 (unused)."""
+    if FILL:
+        return tl.load(fill_ptr + c, mask=c < C, other=0.0).to(ACC)[None, :]
+    else:
+        return 0.0
+
+
+@triton.jit
+def blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se):
+    """The bilinear blend of a 2x2 tile (weights as [BLOCK_P, 1] columns)."""
+    acc = w_nw * v_nw
+    acc += w_ne * v_ne
+    acc += w_sw * v_sw
+    acc += w_se * v_se
+    return acc
+
+
+@triton.jit
+def slopes_2x2(g, v_nw, v_ne, v_sw, v_se, fx, fy):
+    """d(bilinear blend)/d(ix, iy) of a 2x2 tile times ``g``, summed over channels ([BLOCK_P] each)."""
+    d_ix = tl.sum(g * ((v_ne - v_nw) * (1.0 - fy) + (v_se - v_sw) * fy), axis=1)
+    d_iy = tl.sum(g * ((v_sw - v_nw) * (1.0 - fx) + (v_se - v_ne) * fx), axis=1)
+    return d_ix, d_iy
+
+
+@triton.jit
+def scatter_2x2(d_c, g, fx, fy, m_nw, m_ne, m_sw, m_se, c_mask, stride_dh, stride_dw, nonfinite, s1, s2,
+                DETERMINISTIC: tl.constexpr):
+    """Scatter ``g`` times the four bilinear weights into the 2x2 neighbourhood at ``d_c``."""
+    scatter_add(d_c, g * (1.0 - fx) * (1.0 - fy), m_nw & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+    scatter_add(d_c + stride_dw, g * fx * (1.0 - fy), m_ne & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+    scatter_add(d_c + stride_dh, g * (1.0 - fx) * fy, m_sw & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+    scatter_add(d_c + stride_dh + stride_dw, g * fx * fy, m_se & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+
+
+@triton.jit
 def sample_channels(
-    x_img, out_ptr, out_off, p_mask, ix, iy,
+    x_img, out_ptr, out_off, p_mask, ix, iy, fill_ptr,
     C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
-    MODE: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
+    MODE: tl.constexpr, FILL: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Sample every channel of one image at pixel coordinates (ix, iy) and store the result.
 
@@ -199,11 +274,10 @@ def sample_channels(
         for c0 in range(0, C, BLOCK_C):
             c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
-            x_c = x_img + (c * stride_xc)[None, :] + off_nw
-            acc = w_nw * tl.load(x_c, mask=m_nw & c_mask, other=0.0).to(ACC)
-            acc += w_ne * tl.load(x_c + stride_xw, mask=m_ne & c_mask, other=0.0).to(ACC)
-            acc += w_sw * tl.load(x_c + stride_xh, mask=m_sw & c_mask, other=0.0).to(ACC)
-            acc += w_se * tl.load(x_c + stride_xh + stride_xw, mask=m_se & c_mask, other=0.0).to(ACC)
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
+            v_nw, v_ne, v_sw, v_se = load_2x2(x_img + (c * stride_xc)[None, :] + off_nw, m_nw, m_ne, m_sw, m_se,
+                                              c_mask, stride_xh, stride_xw, fill, ACC, FILL)
+            acc = blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se)
             o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
             tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
     else:
@@ -212,7 +286,10 @@ def sample_channels(
         for c0 in range(0, C, BLOCK_C):
             c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
             v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
+            if FILL:
+                v = tl.where(m & c_mask, v.to(ACC), fill)
             o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
             tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
 
@@ -265,9 +342,10 @@ def scatter_add(ptrs, values, mask, nonfinite, s1, s2, DETERMINISTIC: tl.constex
 
 @triton.jit
 def backprop_channels(
-    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy, nonfinite, s1, s2,
+    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy, nonfinite, s1, s2, fill_ptr,
     C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
-    MODE: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    MODE: tl.constexpr, FILL: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr,
+    DETERMINISTIC: tl.constexpr,
     ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Backward of :func:`sample_channels` for one image.
@@ -290,22 +368,18 @@ def backprop_channels(
         for c0 in range(0, C, BLOCK_C):
             c = channel_block(c0, c_range, INDEX_64)
             c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
             g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
                         mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
             if NEED_X:
-                d_c = dx_img + (c * stride_dc)[None, :] + d_nw
-                scatter_add(d_c, g * (1.0 - fx) * (1.0 - fy), m_nw & c_mask, nonfinite, s1, s2, DETERMINISTIC)
-                scatter_add(d_c + stride_dw, g * fx * (1.0 - fy), m_ne & c_mask, nonfinite, s1, s2, DETERMINISTIC)
-                scatter_add(d_c + stride_dh, g * (1.0 - fx) * fy, m_sw & c_mask, nonfinite, s1, s2, DETERMINISTIC)
-                scatter_add(d_c + stride_dh + stride_dw, g * fx * fy, m_se & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+                scatter_2x2(dx_img + (c * stride_dc)[None, :] + d_nw, g, fx, fy, m_nw, m_ne, m_sw, m_se, c_mask,
+                            stride_dh, stride_dw, nonfinite, s1, s2, DETERMINISTIC)
             if NEED_COORDS:
-                x_c = x_img + (c * stride_xc)[None, :] + off_nw
-                v_nw = tl.load(x_c, mask=m_nw & c_mask, other=0.0).to(ACC)
-                v_ne = tl.load(x_c + stride_xw, mask=m_ne & c_mask, other=0.0).to(ACC)
-                v_sw = tl.load(x_c + stride_xh, mask=m_sw & c_mask, other=0.0).to(ACC)
-                v_se = tl.load(x_c + stride_xh + stride_xw, mask=m_se & c_mask, other=0.0).to(ACC)
-                d_ix += tl.sum(g * ((v_ne - v_nw) * (1.0 - fy) + (v_se - v_sw) * fy), axis=1)
-                d_iy += tl.sum(g * ((v_sw - v_nw) * (1.0 - fx) + (v_se - v_ne) * fx), axis=1)
+                v_nw, v_ne, v_sw, v_se = load_2x2(x_img + (c * stride_xc)[None, :] + off_nw, m_nw, m_ne, m_sw, m_se,
+                                                  c_mask, stride_xh, stride_xw, fill, ACC, FILL)
+                s_ix, s_iy = slopes_2x2(g, v_nw, v_ne, v_sw, v_se, fx, fy)
+                d_ix += s_ix
+                d_iy += s_iy
     else:
         if NEED_X:
             xn, yn, m = nearest_tap(ix, iy, H, W, p_mask, INDEX_64)
@@ -321,7 +395,7 @@ def backprop_channels(
 
 @triton.jit
 def sample_at(
-    x_ptr, out_ptr, n, p, p_mask, x_s, y_s,
+    x_ptr, out_ptr, fill_ptr, n, p, p_mask, x_s, y_s,
     C, H, W, W_OUT,
     stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
     MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
@@ -334,15 +408,15 @@ def sample_at(
     ho = p // W_OUT  # n and p are int64 with INDEX_64 (program_pixels): so is every offset
     out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
     sample_channels(
-        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy,
+        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy, fill_ptr,
         C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
-        MODE, ACC, INDEX_64, BLOCK_C,
+        MODE, PADDING == PAD_FILL, ACC, INDEX_64, BLOCK_C,
     )
 
 
 @triton.jit
 def backprop_at(
-    grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, n, p, p_mask, x_s, y_s,
+    grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, fill_ptr, n, p, p_mask, x_s, y_s,
     C, H, W, W_OUT,
     stride_gn, stride_gc, stride_gh, stride_gw,
     stride_xn, stride_xc, stride_xh, stride_xw,
@@ -367,7 +441,202 @@ def backprop_at(
     g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
     d_ix, d_iy = backprop_channels(
         grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, nonfinite, s1, s2,
-        C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
-        MODE, NEED_X, NEED_COORDS, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+        fill_ptr, C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
+        MODE, PADDING == PAD_FILL, NEED_X, NEED_COORDS, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
     return tl.where(p_mask, d_ix * dix, 0.0), tl.where(p_mask, d_iy * diy, 0.0)
+
+
+# ----------------------------------------------------------------------------- volumes (trilinear)
+# The same helpers with a z axis: source_pixel unnormalises and pads z exactly as x and y, and a
+# 2x2x2 neighbourhood is two 2x2 tiles (bilinear_taps / load_2x2 / scatter_2x2) one z-stride apart,
+# blended by (1 - fz, fz).
+
+
+@triton.jit
+def _z_taps(iz, D, p_mask, INDEX_64: tl.constexpr):
+    """Lower z slice z0, fraction fz and the pixel masks of slices z0 and z0 + 1 ([BLOCK_P])."""
+    z0f = tl.floor(iz)
+    fz = iz - z0f
+    z0 = z0f.to(tl.int32)
+    if INDEX_64:
+        z0 = z0.to(tl.int64)
+    return z0, fz, p_mask & (z0 >= 0) & (z0 < D), p_mask & (z0 + 1 >= 0) & (z0 + 1 < D)
+
+
+@triton.jit
+def _nearest_tap_3d(ix, iy, iz, D, H, W, p_mask, INDEX_64: tl.constexpr):
+    zn = round_half_even(iz).to(tl.int32)
+    if INDEX_64:
+        zn = zn.to(tl.int64)
+    xn, yn, m = nearest_tap(ix, iy, H, W, p_mask & (zn >= 0) & (zn < D), INDEX_64)
+    return xn, yn, zn, m
+
+
+@triton.jit
+def sample_channels_3d(
+    x_img, out_ptr, out_off, p_mask, ix, iy, iz, fill_ptr,
+    C, D, H, W, stride_xc, stride_xd, stride_xh, stride_xw, stride_oc,
+    MODE: tl.constexpr, FILL: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """:func:`sample_channels` for a volume: 2x2x2 trilinear taps (``bilinear`` mode) or 1 nearest."""
+    c_range = tl.arange(0, BLOCK_C)
+    if MODE == MODE_BILINEAR:
+        z0, fz, mz0, mz1 = _z_taps(iz, D, p_mask, INDEX_64)
+        x0, y0, fx, fy, m_nw0, m_ne0, m_sw0, m_se0 = bilinear_taps(ix, iy, H, W, mz0, INDEX_64)
+        _x0, _y0, _fx, _fy, m_nw1, m_ne1, m_sw1, m_se1 = bilinear_taps(ix, iy, H, W, mz1, INDEX_64)
+        w_nw = ((1.0 - fx) * (1.0 - fy))[:, None]
+        w_ne = (fx * (1.0 - fy))[:, None]
+        w_sw = ((1.0 - fx) * fy)[:, None]
+        w_se = (fx * fy)[:, None]
+        wz1 = fz[:, None]
+        wz0 = 1.0 - wz1
+        off = (z0 * stride_xd + y0 * stride_xh + x0 * stride_xw)[:, None]
+        for c0 in range(0, C, BLOCK_C):
+            c = channel_block(c0, c_range, INDEX_64)
+            c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
+            x_c = x_img + (c * stride_xc)[None, :] + off
+            v_nw, v_ne, v_sw, v_se = load_2x2(x_c, m_nw0, m_ne0, m_sw0, m_se0, c_mask, stride_xh, stride_xw, fill,
+                                              ACC, FILL)
+            acc = wz0 * blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se)
+            v_nw, v_ne, v_sw, v_se = load_2x2(x_c + stride_xd, m_nw1, m_ne1, m_sw1, m_se1, c_mask, stride_xh,
+                                              stride_xw, fill, ACC, FILL)
+            acc += wz1 * blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se)
+            o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
+            tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+    else:
+        xn, yn, zn, m = _nearest_tap_3d(ix, iy, iz, D, H, W, p_mask, INDEX_64)
+        off = (zn * stride_xd + yn * stride_xh + xn * stride_xw)[:, None]
+        for c0 in range(0, C, BLOCK_C):
+            c = channel_block(c0, c_range, INDEX_64)
+            c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
+            v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
+            if FILL:
+                v = tl.where(m & c_mask, v.to(ACC), fill)
+            o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
+            tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+
+
+@triton.jit
+def backprop_channels_3d(
+    grad_out_ptr, g_off, x_img, dx_img, p_mask, ix, iy, iz, nonfinite, s1, s2, fill_ptr,
+    C, D, H, W, stride_gc, stride_xc, stride_xd, stride_xh, stride_xw, stride_dc, stride_dd, stride_dh, stride_dw,
+    MODE: tl.constexpr, FILL: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr,
+    DETERMINISTIC: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """:func:`backprop_channels` for a volume: returns (d_ix, d_iy, d_iz)."""
+    c_range = tl.arange(0, BLOCK_C)
+    d_ix = tl.zeros([BLOCK_P], dtype=ACC)
+    d_iy = tl.zeros([BLOCK_P], dtype=ACC)
+    d_iz = tl.zeros([BLOCK_P], dtype=ACC)
+    if MODE == MODE_BILINEAR:
+        z0, fz, mz0, mz1 = _z_taps(iz, D, p_mask, INDEX_64)
+        x0, y0, fx, fy, m_nw0, m_ne0, m_sw0, m_se0 = bilinear_taps(ix, iy, H, W, mz0, INDEX_64)
+        _x0, _y0, _fx, _fy, m_nw1, m_ne1, m_sw1, m_se1 = bilinear_taps(ix, iy, H, W, mz1, INDEX_64)
+        w_nw = ((1.0 - fx) * (1.0 - fy))[:, None]
+        w_ne = (fx * (1.0 - fy))[:, None]
+        w_sw = ((1.0 - fx) * fy)[:, None]
+        w_se = (fx * fy)[:, None]
+        fx = fx[:, None]
+        fy = fy[:, None]
+        wz1 = fz[:, None]
+        wz0 = 1.0 - wz1
+        d_off = (z0 * stride_dd + y0 * stride_dh + x0 * stride_dw)[:, None]
+        x_off = (z0 * stride_xd + y0 * stride_xh + x0 * stride_xw)[:, None]
+        for c0 in range(0, C, BLOCK_C):
+            c = channel_block(c0, c_range, INDEX_64)
+            c_mask = (c < C)[None, :]
+            fill = fill_block(fill_ptr, c, C, ACC, FILL)
+            g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
+                        mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
+            if NEED_X:
+                d_c = dx_img + (c * stride_dc)[None, :] + d_off
+                scatter_2x2(d_c, g * wz0, fx, fy, m_nw0, m_ne0, m_sw0, m_se0, c_mask, stride_dh, stride_dw,
+                            nonfinite, s1, s2, DETERMINISTIC)
+                scatter_2x2(d_c + stride_dd, g * wz1, fx, fy, m_nw1, m_ne1, m_sw1, m_se1, c_mask, stride_dh,
+                            stride_dw, nonfinite, s1, s2, DETERMINISTIC)
+            if NEED_COORDS:
+                x_c = x_img + (c * stride_xc)[None, :] + x_off
+                v_nw, v_ne, v_sw, v_se = load_2x2(x_c, m_nw0, m_ne0, m_sw0, m_se0, c_mask, stride_xh, stride_xw, fill,
+                                              ACC, FILL)
+                s_ix0, s_iy0 = slopes_2x2(g * wz0, v_nw, v_ne, v_sw, v_se, fx, fy)
+                b0 = blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se)
+                v_nw, v_ne, v_sw, v_se = load_2x2(x_c + stride_xd, m_nw1, m_ne1, m_sw1, m_se1, c_mask, stride_xh,
+                                                  stride_xw, fill, ACC, FILL)
+                s_ix1, s_iy1 = slopes_2x2(g * wz1, v_nw, v_ne, v_sw, v_se, fx, fy)
+                b1 = blend_2x2(v_nw, v_ne, v_sw, v_se, w_nw, w_ne, w_sw, w_se)
+                d_ix += s_ix0 + s_ix1
+                d_iy += s_iy0 + s_iy1
+                d_iz += tl.sum(g * (b1 - b0), axis=1)
+    else:
+        if NEED_X:
+            xn, yn, zn, m = _nearest_tap_3d(ix, iy, iz, D, H, W, p_mask, INDEX_64)
+            d_off = (zn * stride_dd + yn * stride_dh + xn * stride_dw)[:, None]
+            for c0 in range(0, C, BLOCK_C):
+                c = channel_block(c0, c_range, INDEX_64)
+                c_mask = (c < C)[None, :]
+                g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :],
+                            mask=p_mask[:, None] & c_mask, other=0.0).to(ACC)
+                scatter_add(dx_img + (c * stride_dc)[None, :] + d_off, g, m & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+    return d_ix, d_iy, d_iz
+
+
+@triton.jit
+def _voxel_offset(n, p, H_OUT, W_OUT, stride_n, stride_d, stride_h, stride_w):
+    """Offset of output voxel p (flat, x fastest) of volume n; int64 with INDEX_64 (n, p are)."""
+    hw_out = H_OUT * W_OUT
+    do = p // hw_out
+    r = p - do * hw_out
+    ho = r // W_OUT
+    return n * stride_n + do * stride_d + ho * stride_h + (r - ho * W_OUT) * stride_w
+
+
+@triton.jit
+def sample_at_3d(
+    x_ptr, out_ptr, fill_ptr, n, p, p_mask, x_s, y_s, z_s,
+    C, D, H, W, H_OUT, W_OUT,
+    stride_xn, stride_xc, stride_xd, stride_xh, stride_xw, stride_on, stride_oc, stride_od, stride_oh, stride_ow,
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """:func:`sample_at` for a volume at normalised source coordinates (x_s, y_s, z_s)."""
+    ix, _ = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+    iy, _ = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
+    iz, _ = source_pixel(z_s, D, PADDING, ALIGN_CORNERS)
+    out_off = _voxel_offset(n, p, H_OUT, W_OUT, stride_on, stride_od, stride_oh, stride_ow)
+    sample_channels_3d(
+        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy, iz, fill_ptr,
+        C, D, H, W, stride_xc, stride_xd, stride_xh, stride_xw, stride_oc,
+        MODE, PADDING == PAD_FILL, ACC, INDEX_64, BLOCK_C,
+    )
+
+
+@triton.jit
+def backprop_at_3d(
+    grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, fill_ptr, n, p, p_mask, x_s, y_s, z_s,
+    C, D, H, W, H_OUT, W_OUT,
+    stride_gn, stride_gc, stride_gd, stride_gh, stride_gw,
+    stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,
+    stride_dn, stride_dc, stride_dd, stride_dh, stride_dw,
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """:func:`backprop_at` for a volume: returns (g_xs, g_ys, g_zs)."""
+    ix, dix = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+    iy, diy = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
+    iz, diz = source_pixel(z_s, D, PADDING, ALIGN_CORNERS)
+    nonfinite, s1, s2 = False, 1.0, 1.0
+    if DETERMINISTIC:
+        nonfinite, s1, s2 = fixed_point_factors(dx_exp_ptr, n, ACC)
+    g_off = _voxel_offset(n, p, H_OUT, W_OUT, stride_gn, stride_gd, stride_gh, stride_gw)[:, None]
+    d_ix, d_iy, d_iz = backprop_channels_3d(
+        grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, iz, nonfinite, s1, s2,
+        fill_ptr, C, D, H, W, stride_gc, stride_xc, stride_xd, stride_xh, stride_xw, stride_dc, stride_dd, stride_dh,
+        stride_dw, MODE, PADDING == PAD_FILL, NEED_X, NEED_COORDS, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+    )
+    return (tl.where(p_mask, d_ix * dix, 0.0), tl.where(p_mask, d_iy * diy, 0.0),
+            tl.where(p_mask, d_iz * diz, 0.0))

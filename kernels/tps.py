@@ -100,7 +100,7 @@ def _tps_fwd_kernel(
         K = K.to(tl.int64)
     x_s, y_s = _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, ACC, BLOCK_K)
     sample_at(
-        x_ptr, out_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        x_ptr, out_ptr, x_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
         stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
         MODE, PADDING, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_C,
     )
@@ -127,7 +127,7 @@ def _tps_bwd_kernel(
         K = K.to(tl.int64)
     x_s, y_s = _tps_source(coef_ptr, ctrl_ptr, n, K, x_t, y_t, ACC, BLOCK_K)
     g_xs, g_ys = backprop_at(
-        grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, x_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
         stride_gn, stride_gc, stride_gh, stride_gw, stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dn, stride_dc, stride_dh, stride_dw,
         MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_COEF and MODE == MODE_BILINEAR, DETERMINISTIC,

@@ -72,7 +72,7 @@ def _source_coords(theta_ptr, n, stride_tn, stride_tr, stride_tc, x_t, y_t, PROJ
 @triton.jit
 def _warp_fwd_kernel(
     # pointers
-    x_ptr, theta_ptr, out_ptr,
+    x_ptr, theta_ptr, out_ptr, fill_ptr,
     # sizes
     C, H, W, H_OUT, W_OUT, NUM_PBLOCKS,
     # strides (elements)
@@ -86,7 +86,7 @@ def _warp_fwd_kernel(
     pid, n, p, p_mask, x_t, y_t = program_pixels(NUM_PBLOCKS, H_OUT, W_OUT, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_P)
     x_s, y_s, inv_w = _source_coords(theta_ptr, n, stride_tn, stride_tr, stride_tc, x_t, y_t, PROJECTIVE, ACC)
     sample_at(
-        x_ptr, out_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        x_ptr, out_ptr, fill_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
         stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
         MODE, PADDING, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_C,
     )
@@ -95,7 +95,7 @@ def _warp_fwd_kernel(
 @triton.jit
 def _warp_bwd_kernel(
     # pointers
-    grad_out_ptr, x_ptr, theta_ptr, grad_x_ptr, grad_theta_partial_ptr, dx_exp_ptr,
+    grad_out_ptr, x_ptr, theta_ptr, grad_x_ptr, grad_theta_partial_ptr, dx_exp_ptr, fill_ptr,
     # sizes
     C, H, W, H_OUT, W_OUT, NUM_PBLOCKS,
     # strides (elements)
@@ -111,7 +111,7 @@ def _warp_bwd_kernel(
     pid, n, p, p_mask, x_t, y_t = program_pixels(NUM_PBLOCKS, H_OUT, W_OUT, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_P)
     x_s, y_s, inv_w = _source_coords(theta_ptr, n, stride_tn, stride_tr, stride_tc, x_t, y_t, PROJECTIVE, ACC)
     g_xs, g_ys = backprop_at(
-        grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, fill_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
         stride_gn, stride_gc, stride_gh, stride_gw, stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dn, stride_dc, stride_dh, stride_dw,
         MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_THETA and MODE == MODE_BILINEAR, DETERMINISTIC,
@@ -142,9 +142,21 @@ def _warp_bwd_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
+def fill_values(fill, x, padding_mode):
+    """The kernels' ``fill_ptr``: with ``padding_mode="fill"`` the fill values as a contiguous (C,)
+    tensor in the compute dtype (a scalar is broadcast over the channels), else x (never read)."""
+    if padding_mode != "fill":
+        return x
+    if fill is None:
+        raise ValueError('padding_mode="fill" needs fill values')
+    return fill.to(compute_dtype(x.dtype)).expand(x.shape[1]).contiguous()
+
+
 @on_tensor_device
-def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=None):
+def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=None, fill=None):
     """Launch ``_warp_fwd_kernel``; output has x's dtype and memory format.
+
+    ``fill``: the (C,) fill values of ``padding_mode="fill"`` (any float dtype; :func:`fill_values`).
 
     ``config``: (BLOCK_P, BLOCK_C[, num_warps]) override of the default tiling (``policy.launch_config``).
     """
@@ -155,7 +167,7 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=N
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     _warp_fwd_kernel[(n * num_pblocks,)](
-        x, theta, out,
+        x, theta, out, fill_values(fill, x, padding_mode),
         c, h, w, h_out, w_out, num_pblocks,
         *x.stride(), *out.stride(), *theta.stride(),
         PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
@@ -167,7 +179,7 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=N
 
 @on_tensor_device
 def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta, deterministic=False,
-             config=None):
+             config=None, fill=None):
     """Launch ``_warp_bwd_kernel``. Returns (grad_x or None, grad_theta or None) in the inputs' dtypes.
 
     ``deterministic``: grad_x is accumulated in int64 fixed point (bit-identical run to run);
@@ -190,7 +202,7 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
         grad_x_arg = grad_x if grad_x is not None else x
         _warp_bwd_kernel[(n * num_pblocks,)](
             grad_out, x, theta, grad_x_arg, partial if partial is not None else x,
-            exponents if exponents is not None else x,
+            exponents if exponents is not None else x, fill_values(fill, x, padding_mode),
             c, h, w, h_out, w_out, num_pblocks,
             *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *theta.stride(),
             PROJECTIVE=rows == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],

@@ -11,24 +11,60 @@ PADDING_MODES = ("zeros", "border", "reflection")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def check_image(x, name: str = "x") -> None:
+def check_image(x, name: str = "x", volumes: bool = False) -> None:
+    """x is an (N, C, H, W) image batch, or with ``volumes`` also an (N, C, D, H, W) volume batch."""
+    what = "(N, C, H, W) or (N, C, D, H, W)" if volumes else "(N, C, H, W)"
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape {what}, got {type(x).__name__}")
+    if x.dim() != 4 and not (volumes and x.dim() == 5):
+        raise ValueError(f"{name} must be {'4-D (N, C, H, W) or 5-D (N, C, D, H, W)' if volumes else '4-D (N, C, H, W)'}, "
+                         f"got shape {tuple(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must be float32, float16, bfloat16 or float64, got dtype {x.dtype}"
         )
-    if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"{name} must have C, H, W > 0, got shape {tuple(x.shape)}")
+    if any(s == 0 for s in x.shape[1:]):
+        raise ValueError(f"{name} must have {'C, D, H, W' if x.dim() == 5 else 'C, H, W'} > 0, "
+                         f"got shape {tuple(x.shape)}")
 
 
-def check_modes(mode: str, padding_mode: str) -> None:
+def check_modes(mode: str, padding_mode: str, allow_fill: bool = False) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    allowed = PADDING_MODES + (("fill",) if allow_fill else ())
+    if padding_mode not in allowed:
+        raise ValueError(f"padding_mode must be one of {allowed}, got {padding_mode!r}")
+
+
+def fill_tensor(x: torch.Tensor, padding_mode: str, fill_value) -> torch.Tensor | None:
+    """The (C,) fill values of ``padding_mode="fill"`` from ``fill_value``: a number (every channel),
+    a sequence of C numbers, or a float tensor of shape () or (C,) on x's device (it may require
+    grad: a 0-d one is expanded, so its gradient is the sum over channels). None otherwise."""
+    c = x.shape[1]
+    if padding_mode != "fill":
+        if fill_value is not None:
+            raise ValueError(f'fill_value is only used with padding_mode="fill", got padding_mode={padding_mode!r}')
+        return None
+    if fill_value is None:
+        fill_value = 0.0
+    if isinstance(fill_value, torch.Tensor):
+        if not fill_value.is_floating_point():
+            raise TypeError(f"fill_value must be a floating-point tensor, got dtype {fill_value.dtype}")
+        check_same_device(x, fill_value, "fill_value")
+        if fill_value.dim() == 0:
+            return fill_value.expand(c)
+        if tuple(fill_value.shape) != (c,):
+            raise ValueError(f"fill_value must be a float or have shape () or (C,) = ({c},), "
+                             f"got shape {tuple(fill_value.shape)}")
+        return fill_value
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if isinstance(fill_value, numbers.Real) and not isinstance(fill_value, bool):
+        return torch.full((c,), float(fill_value), dtype=cdt, device=x.device)
+    if isinstance(fill_value, Sequence) and not isinstance(fill_value, str) and len(fill_value) == c \
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in fill_value):
+        return torch.tensor([float(v) for v in fill_value], dtype=cdt, device=x.device)
+    raise ValueError(f"fill_value must be a float, a sequence of C = {c} floats or a tensor of shape () or ({c},), "
+                     f"got {fill_value!r}")
 
 
 def check_same_device(x: torch.Tensor, other: torch.Tensor, name: str) -> None:
@@ -57,6 +93,19 @@ def resolve_size(x: torch.Tensor | None, size, name: str = "size") -> tuple[int,
                 return h, w
     raise ValueError(f"{name} must be {'None or ' if x is not None else ''}a pair of positive ints (H_out, W_out), "
                      f"got {size!r}")
+
+
+def resolve_size_3d(x: torch.Tensor, size, name: str = "size") -> tuple[int, int, int]:
+    """(D_out, H_out, W_out) of a volume from ``size`` (None means x's (D, H, W))."""
+    if size is None:
+        return int(x.shape[2]), int(x.shape[3]), int(x.shape[4])
+    if isinstance(size, (torch.Size, Sequence)) and not isinstance(size, str):
+        if len(size) == 3 and all(_is_int(s) for s in size):
+            d, h, w = (int(s) for s in size)
+            if d > 0 and h > 0 and w > 0:
+                return d, h, w
+    raise ValueError(f"{name} must be None or a triple of positive ints (D_out, H_out, W_out) for a volume "
+                     f"x of shape {tuple(x.shape)}, got {size!r}")
 
 
 def check_align_corners(align_corners) -> bool:

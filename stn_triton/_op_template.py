@@ -14,10 +14,18 @@ spec says only what differs:
 
 :func:`register` then defines
 
-* ``stn_triton::<name>(x, <param>, <aux>..., size, mode, padding_mode, align_corners, backend)``
-  and
+* ``stn_triton::<name>(x, <param>, <aux>..., size, mode, padding_mode, align_corners, backend,
+  fill=None)`` and
 * ``stn_triton::<name>_backward(grad_out, x, <param>, <aux>..., mode, padding_mode,
-  align_corners, need_x, need_<param>, backend) -> (grad_x, grad_<param>)``.
+  align_corners, need_x, need_<param>, backend, fill=None) -> (grad_x, grad_<param>)``.
+
+**Fill padding** (``padding_mode="fill"``, specs with ``supports_fill``): ``fill`` holds the (C,)
+fill values and may require grad. The kernels read it where a tap falls outside (forward, and the
+coordinate gradient); its own gradient needs no kernel of its own: the output is
+``sample_zeros + fill * (1 - coverage)`` with ``coverage`` an all-ones image sampled with zeros
+padding, so the autograd formula computes grad_fill[c] = sum over the batch and the output pixels
+of grad_out[:, c] * (1 - coverage) with one more call of the forward op (only when fill requires
+grad), which also gives its higher orders.
 
 **The backend is an argument of both ops**, resolved once by the caller
 (:func:`resolve_backend` in the public function) and carried from the forward to its backward
@@ -57,6 +65,7 @@ class TransformSpec:
     kernel_forward: Callable      # (x, param, aux, size, mode, padding_mode, align_corners) -> out
     kernel_backward: Callable     # (grad_out, x, param, aux, mode, padding_mode, align_corners,
                                   #  need_x, need_param, deterministic) -> (grad_x | None, grad_param | None)
+    supports_fill: bool = False   # padding_mode="fill": both kernel callables then take fill= (the (C,) values)
 
 
 @torch.compiler.assume_constant_result
@@ -85,39 +94,52 @@ def register(spec: TransformSpec):
     """Define ``stn_triton::<spec.name>`` and its backward; returns the forward op."""
     aux_schema = "".join(f"Tensor? {a}, " for a in spec.aux)
     fwd_schema = (f"(Tensor x, Tensor {spec.param}, {aux_schema}int[] size, str mode, str padding_mode, "
-                  "bool align_corners, str backend) -> Tensor")
+                  "bool align_corners, str backend, Tensor? fill=None) -> Tensor")
     bwd_schema = (f"(Tensor grad_out, Tensor x, Tensor {spec.param}, {aux_schema}str mode, str padding_mode, "
-                  f"bool align_corners, bool need_x, bool need_{spec.param}, str backend) -> (Tensor, Tensor)")
+                  f"bool align_corners, bool need_x, bool need_{spec.param}, str backend, Tensor? fill=None) "
+                  "-> (Tensor, Tensor)")
+
+    def check_fill(padding_mode, fill):
+        if padding_mode == "fill" and (fill is None or not spec.supports_fill):
+            raise ValueError(f'stn_triton::{spec.name}: padding_mode="fill" needs fill values'
+                             if spec.supports_fill else f'stn_triton::{spec.name} does not support padding_mode="fill"')
 
     def forward_impl(*args):
-        x, param, aux, (size, mode, padding_mode, align_corners, backend) = _split(spec, args)
+        x, param, aux, (size, mode, padding_mode, align_corners, backend, *opt) = _split(spec, args)
+        fill = opt[0] if opt else None
         _check_backend(backend)
+        check_fill(padding_mode, fill)
         size = tuple(size)
-        if backend == "torch":
-            grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
-            return torch_path.sample(x, grid, mode, padding_mode, align_corners)
-        return spec.kernel_forward(x, param, aux, size, mode, padding_mode, align_corners)
+        return _forward(spec, backend, x, param, aux, size, mode, padding_mode, align_corners, fill)
 
     def forward_fake(*args):
         x, _, _, (size, *_rest) = _split(spec, args)
         return empty_output(x, *size)
 
-    def backward_impl(*args):
+    def backward_args(args):
         grad_out, x, rest = args[0], args[1], args[1:]
-        _, param, aux, (mode, padding_mode, align_corners, need_x, need_param, backend) = _split(spec, rest)
+        _, param, aux, (mode, padding_mode, align_corners, need_x, need_param, backend, *opt) = _split(spec, rest)
+        return grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, \
+            (opt[0] if opt else None)
+
+    def backward_impl(*args):
+        grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, fill = \
+            backward_args(args)
         _check_backend(backend)
+        check_fill(padding_mode, fill)
         if backend == "torch":
             gx, gp = _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x,
-                                     need_param)
+                                     need_param, fill)
         else:
+            extra = {"fill": fill} if padding_mode == "fill" else {}
             # any grad_out strides work, including the all-zero strides of an expanded scalar grad
             gx, gp = spec.kernel_backward(grad_out, x, param, aux, mode, padding_mode, align_corners, need_x,
-                                          need_param, torch.are_deterministic_algorithms_enabled())
+                                          need_param, torch.are_deterministic_algorithms_enabled(), **extra)
         return (gx if gx is not None else x.new_empty(0)), (gp if gp is not None else param.new_empty(0))
 
     def backward_fake(*args):
-        _, x, param = args[0], args[1], args[2]
-        need_x, need_param = args[-3], args[-2]
+        _, x, param, *_rest = args
+        need_x, need_param = backward_args(args)[7:9]
         gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format_of(x)) if need_x \
             else x.new_empty(0)
         gp = torch.empty(param.shape, dtype=param.dtype, device=param.device) if need_param else param.new_empty(0)
@@ -129,52 +151,83 @@ def register(spec: TransformSpec):
                                           schema=bwd_schema)
     backward_op.register_fake(backward_fake)
 
+    fill_input = 2 + len(spec.aux) + 5  # the forward op's fill argument: after x, param, aux and 5 others
+
     def setup_context(ctx, inputs, output):
-        x, param, aux, (_size, mode, padding_mode, align_corners, backend) = _split(spec, inputs)
-        ctx.save_for_backward(x, param, *aux)
+        x, param, aux, (_size, mode, padding_mode, align_corners, backend, *opt) = _split(spec, inputs)
+        fill = opt[0] if opt else None
+        ctx.save_for_backward(x, param, fill, *aux)
         ctx.config = (mode, padding_mode, align_corners)
         ctx.backend = backend  # the forward's decision, carried to the backward
-        ctx.n_inputs = len(inputs)
 
     def backward(ctx, grad_out):
-        x, param, *aux = ctx.saved_tensors
+        x, param, fill, *aux = ctx.saved_tensors
+        # needs_input_grad covers the arguments actually passed (fill may be left at its default)
+        grads = [None] * len(ctx.needs_input_grad)
         need_x, need_param = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        nones = (None,) * (ctx.n_inputs - 2)
-        if not (need_x or need_param):
-            return (None, None) + nones
-        gx, gp = backward_op(grad_out, x, param, *aux, *ctx.config, need_x, need_param, ctx.backend)
-        return (gx if need_x else None, gp if need_param else None) + nones
+        need_fill = len(grads) > fill_input and ctx.needs_input_grad[fill_input] and ctx.config[1] == "fill"
+        if need_x or need_param:
+            gx, gp = backward_op(grad_out, x, param, *aux, *ctx.config, need_x, need_param, ctx.backend, fill)
+            grads[0], grads[1] = (gx if need_x else None), (gp if need_param else None)
+        if need_fill:
+            # out = sample_zeros + fill * (1 - coverage): grad fill = sum of grad_out * (1 - coverage),
+            # the coverage one more forward of the same op (differentiable, so higher orders follow)
+            mode, _, align_corners = ctx.config
+            cov = forward_op(_ones_like_image(x), param, *aux, list(grad_out.shape[2:]), mode, "zeros", align_corners,
+                             ctx.backend)
+            grads[fill_input] = torch_path.fill_grad(grad_out, cov, fill)
+        return tuple(grads)
 
     forward_op.register_autograd(backward, setup_context=setup_context)
 
     def setup_context_backward(ctx, inputs, output):
-        grad_out, x, param, *rest = inputs
-        aux = tuple(rest[:len(spec.aux)])
-        mode, padding_mode, align_corners, need_x, need_param, _backend = rest[len(spec.aux):]
-        ctx.save_for_backward(grad_out, x, param, *aux)
+        grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, _backend, fill = \
+            backward_args(inputs)
+        ctx.save_for_backward(grad_out, x, param, fill, *aux)
         ctx.config = (mode, padding_mode, align_corners)
         ctx.computed = (need_x, need_param)
-        ctx.n_inputs = len(inputs)
 
     def double_backward(ctx, gg_x, gg_param):
         """Second order through the PyTorch path: the same function, so the derivative of the
-        fused first-order backward; the aux tensors stay constants, as in the first order."""
-        grad_out, x, param, *aux = ctx.saved_tensors
+        fused first-order backward; the aux tensors stay constants, as in the first order. With
+        fill padding the fill values are an input too (grad theta depends on them)."""
+        grad_out, x, param, fill, *aux = ctx.saved_tensors
         mode, padding_mode, align_corners = ctx.config
         size = tuple(grad_out.shape[2:])
 
-        def forward(x_, param_):
+        def forward(x_, param_, fill_=None):
             grid = spec.grid(param_, tuple(aux), size, align_corners, compute_dtype(x_.dtype))
-            return grid_sample_composed(x_, grid, mode, padding_mode, align_corners)
+            return grid_sample_composed(x_, grid, mode, padding_mode, align_corners, fill=fill_)
 
-        d_go, d_x, d_param = backward_of_backward(forward, grad_out, [x, param], ctx.computed, [gg_x, gg_param])
-        return (d_go, d_x, d_param) + (None,) * (ctx.n_inputs - 3)
+        with_fill = padding_mode == "fill"
+        inputs = [x, param] + ([fill] if with_fill else [])
+        d = backward_of_backward(forward, grad_out, inputs, ctx.computed + ((False,) if with_fill else ()),
+                                 [gg_x, gg_param] + ([None] if with_fill else []))
+        grads = d[:3] + [None] * (len(ctx.needs_input_grad) - 3)
+        fill_at = 3 + len(spec.aux) + 6  # grad_out, x, param, aux, 6 non-tensor args, then fill
+        if with_fill and len(grads) > fill_at:
+            grads[fill_at] = d[3]
+        return tuple(grads)
 
     backward_op.register_autograd(double_backward, setup_context=setup_context_backward)
     return forward_op
 
 
-def _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param):
+def _ones_like_image(x: torch.Tensor) -> torch.Tensor:
+    """An all-ones (N, 1, *spatial) image in x's compute dtype (stride 0: no memory)."""
+    return torch.ones((), dtype=compute_dtype(x.dtype), device=x.device).expand(x.shape[0], 1, *x.shape[2:])
+
+
+def _forward(spec, backend, x, param, aux, size, mode, padding_mode, align_corners, fill):
+    if backend == "torch":
+        grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
+        return torch_path.sample(x, grid, mode, padding_mode, align_corners, fill)
+    extra = {"fill": fill} if padding_mode == "fill" else {}
+    return spec.kernel_forward(x, param, aux, size, mode, padding_mode, align_corners, **extra)
+
+
+def _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param,
+                    fill=None):
     """Backward of the PyTorch path: aten's grid-sampler backward, then ``spec.param_grad``."""
     if x.shape[0] == 0:
         gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=memory_format_of(x)) \
@@ -182,6 +235,7 @@ def _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_cor
         return gx, (torch.zeros(param.shape, dtype=param.dtype, device=param.device) if need_param else None)
     size = tuple(grad_out.shape[2:])
     grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
-    gx, ggrid = torch_path.sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_param)
+    gx, ggrid = torch_path.sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_param,
+                                           fill)
     gp = spec.param_grad(ggrid, grid, param, aux, size, align_corners).contiguous() if need_param else None
     return gx, gp

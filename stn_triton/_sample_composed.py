@@ -14,6 +14,8 @@ Memory: O(N * C * H_out * W_out) per tap, which is fine for the small second-ord
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from .torch_path import sanitize_grid
@@ -47,33 +49,58 @@ def _source_coord(coord: torch.Tensor, size: int, padding_mode: str, align_corne
     return coord
 
 
-def _tap(flat: torch.Tensor, xi: torch.Tensor, yi: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """x[n, :, yi, xi] for integer-valued float coordinates (N, P); 0 outside the image."""
+def _tap(flat: torch.Tensor, idx: list, sizes: list) -> torch.Tensor:
+    """x[n, :, (zi,) yi, xi] for integer-valued float coordinates (N, P), ``idx`` = [xi, yi(, zi)],
+    ``sizes`` = [W, H(, D)]; 0 outside the image."""
     n, c = flat.shape[:2]
-    valid = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
-    idx = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
-    vals = flat.gather(2, idx[:, None, :].expand(n, c, idx.shape[1]))
+    valid = torch.ones_like(idx[0], dtype=torch.bool)
+    lin = torch.zeros_like(idx[0])
+    stride = 1
+    for i, s in zip(idx, sizes):
+        valid = valid & (i >= 0) & (i <= s - 1)
+        lin = lin + i.clamp(0, s - 1) * stride
+        stride *= s
+    lin = lin.long()
+    vals = flat.gather(2, lin[:, None, :].expand(n, c, lin.shape[1]))
     return vals * valid[:, None, :].to(vals.dtype)
 
 
 def grid_sample_composed(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros",
-                         align_corners: bool = False) -> torch.Tensor:
-    """``F.grid_sample(x, grid, mode, padding_mode, align_corners)`` for 4-D x, differentiable to
-    any order in x and grid; computed in fp32 (fp64 for fp64), returned in x's dtype and layout."""
+                         align_corners: bool = False, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.grid_sample(x, grid, mode, padding_mode, align_corners)`` for 4-D x (grid (N, H, W, 2))
+    or 5-D x (grid (N, D, H, W, 3), trilinear), differentiable to any order in x and grid;
+    computed in fp32 (fp64 for fp64), returned in x's dtype and layout. ``padding_mode="fill"``:
+    zeros padding plus ``fill * (1 - coverage)`` (``torch_path.sample``), differentiable in fill too."""
     cdt = compute_dtype(x.dtype)
-    n, c, h, w = x.shape
-    h_out, w_out = grid.shape[1], grid.shape[2]
-    flat = x.to(cdt).reshape(n, c, h * w)
+    n, c = x.shape[:2]
+    sizes = list(x.shape[2:])[::-1]  # [W, H(, D)]: the grid's (x, y(, z)) order
+    out_size = tuple(grid.shape[1:-1])
+    p = 1
+    for s in out_size:
+        p *= s
+    flat = x.to(cdt).reshape(n, c, -1)
     grid, finite = sanitize_grid(grid.to(cdt), traceable=True)  # the kernels' rule for non-finite coordinates
-    g = grid.reshape(n, h_out * w_out, 2)
-    ix = _source_coord(g[..., 0], w, padding_mode, align_corners)
-    iy = _source_coord(g[..., 1], h, padding_mode, align_corners)
-    if mode == "nearest":
-        out = _tap(flat, torch.round(ix).detach(), torch.round(iy).detach(), h, w)
-    else:
-        x0, y0 = torch.floor(ix).detach(), torch.floor(iy).detach()
-        fx, fy = (ix - x0)[:, None, :], (iy - y0)[:, None, :]
-        out = ((1 - fx) * (1 - fy) * _tap(flat, x0, y0, h, w) + fx * (1 - fy) * _tap(flat, x0 + 1, y0, h, w)
-               + (1 - fx) * fy * _tap(flat, x0, y0 + 1, h, w) + fx * fy * _tap(flat, x0 + 1, y0 + 1, h, w))
-    out = (out * finite.reshape(n, 1, h_out * w_out).to(cdt)).reshape(n, c, h_out, w_out)
+    g = grid.reshape(n, p, len(sizes))
+    pad = "zeros" if padding_mode == "fill" else padding_mode
+    coords = [_source_coord(g[..., k], s, pad, align_corners) for k, s in enumerate(sizes)]
+
+    def interpolate(values):
+        if mode == "nearest":
+            return _tap(values, [torch.round(i).detach() for i in coords], sizes)
+        lows = [torch.floor(i).detach() for i in coords]
+        fracs = [(i - lo)[:, None, :] for i, lo in zip(coords, lows)]
+        total = 0
+        for corner in itertools.product((0, 1), repeat=len(sizes)):
+            weight = 1
+            for f, bit in zip(fracs, corner):
+                weight = weight * (f if bit else 1 - f)
+            total = total + weight * _tap(values, [lo + bit for lo, bit in zip(lows, corner)], sizes)
+        return total
+
+    keep = finite.reshape(n, 1, p).to(cdt)
+    out = interpolate(flat) * keep
+    if padding_mode == "fill":
+        cov = interpolate(torch.ones((), dtype=cdt, device=x.device).expand(n, 1, flat.shape[2])) * keep
+        out = out + fill.to(cdt).reshape(1, -1, 1) * (1 - cov)
+    out = out.reshape(n, c, *out_size)
     return out.to(dtype=x.dtype, memory_format=memory_format_of(x))

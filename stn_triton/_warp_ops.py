@@ -33,15 +33,16 @@ def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
     return g.transpose(1, 2).bmm(base).to(theta.dtype)
 
 
-def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners):
-    return kw.warp_fwd(x, theta, *size, mode, padding_mode, align_corners)
+def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):
+    return kw.warp_fwd(x, theta, *size, mode, padding_mode, align_corners, fill=fill)
 
 
-def _kernel_backward(grad_out, x, theta, aux, mode, padding_mode, align_corners, need_x, need_theta, deterministic):
+def _kernel_backward(grad_out, x, theta, aux, mode, padding_mode, align_corners, need_x, need_theta, deterministic,
+                     fill=None):
     return kw.warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need_theta,
-                       deterministic=deterministic)
+                       deterministic=deterministic, fill=fill)
 
 
 SPEC = TransformSpec(name="warp", param="theta", aux=(), grid=_grid, param_grad=_theta_grad,
-                     kernel_forward=_kernel_forward, kernel_backward=_kernel_backward)
+                     kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True)
 warp_op = register(SPEC)

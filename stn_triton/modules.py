@@ -10,7 +10,8 @@ from . import params as _params
 from .tps_api import tps_warp
 from .warp_api import warp
 
-TRANSFORMS = ("attention", "translation", "rotation_scale_translation", "affine", "projective", "tps")
+TRANSFORMS = ("attention", "translation", "rotation_scale_translation", "affine", "projective", "tps",
+              *_params.VOLUME_TRANSFORMS)
 
 
 def parse_transform(transform: str, k: int = 16) -> tuple[str, int]:
@@ -43,9 +44,10 @@ class SpatialTransformer(nn.Module):
     Args:
         loc_net: maps the input (N, C, H, W) to features (N, F) (flattening included).
         transform: ``attention`` | ``translation`` | ``rotation_scale_translation`` | ``affine`` |
-            ``projective`` | ``tps`` (``tps(K)`` / ``tpsK`` pick K control points; default 16).
-        out_size: (H_out, W_out) of the warped output, or an int for a square, or ``None`` for the
-            input's size.
+            ``projective`` | ``tps`` (``tps(K)`` / ``tpsK`` pick K control points; default 16);
+            for volumes (x (N, C, D, H, W)): ``attention3d`` | ``affine3d`` ((N, 3, 4) theta).
+        out_size: (H_out, W_out) of the warped output ((D_out, H_out, W_out) for volumes), or an
+            int for a square (cube), or ``None`` for the input's size.
         loc_features: F; inferred from the last layer with ``out_features`` in ``loc_net`` if omitted.
         k: TPS control points when ``transform == "tps"`` (a perfect square; default grid).
         mode / padding_mode / align_corners: as :func:`stn_triton.warp`.
@@ -66,10 +68,13 @@ class SpatialTransformer(nn.Module):
                  padding_mode: str = "zeros", align_corners: bool = False):
         super().__init__()
         self.transform, self.k = parse_transform(transform, k)
+        volume = self.transform in _params.VOLUME_TRANSFORMS
         if out_size is not None:
-            out_size = (int(out_size), int(out_size)) if isinstance(out_size, int) else tuple(int(s) for s in out_size)
-            if len(out_size) != 2 or min(out_size) <= 0:
-                raise ValueError(f"out_size must be None, an int or (H_out, W_out), got {out_size!r}")
+            dims = 3 if volume else 2
+            out_size = (int(out_size),) * dims if isinstance(out_size, int) else tuple(int(s) for s in out_size)
+            if len(out_size) != dims or min(out_size) <= 0:
+                raise ValueError(f"out_size must be None, an int or {'(D_out, H_out, W_out)' if volume else '(H_out, W_out)'}"
+                                 f" for transform {self.transform!r}, got {out_size!r}")
         self.out_size = out_size
         self.loc_net = loc_net
         feats = int(loc_features) if loc_features is not None else _infer_features(loc_net)

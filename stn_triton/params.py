@@ -15,7 +15,11 @@ helper                         params    theta
 ``affine``                     6         I + v.view(2, 3)
 ``projective``                 8         I + [v, 0].view(3, 3)
 ``tps``                        2K        control_points + v.view(K, 2)
+``attention3d``                4         [[1+s, 0, 0, tx], [0, 1+s, 0, ty], [0, 0, 1+s, tz]]  (volumes)
+``affine3d``                   12        I + v.view(3, 4)                       (volumes)
 =============================  ========  =====================================================
+
+The ``*3d`` helpers return (N, 3, 4) theta for volumes (5-D x).
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ import torch
 
 from . import torch_path
 
-N_PARAMS = {"attention": 3, "translation": 2, "rotation_scale_translation": 4, "affine": 6, "projective": 8}
+N_PARAMS = {"attention": 3, "translation": 2, "rotation_scale_translation": 4, "affine": 6, "projective": 8,
+            "attention3d": 4, "affine3d": 12}
+VOLUME_TRANSFORMS = ("attention3d", "affine3d")
 
 
 def _check(v: torch.Tensor, n: int, name: str) -> None:
@@ -68,6 +74,22 @@ def projective(v: torch.Tensor) -> torch.Tensor:
     _check(v, 8, "projective")
     eye = torch.eye(3, dtype=v.dtype, device=v.device)
     return eye + torch.cat([v, torch.zeros_like(v[:, :1])], 1).view(-1, 3, 3)
+
+
+def attention3d(v: torch.Tensor) -> torch.Tensor:
+    """Isotropic scale + translation of a volume: (N, 3, 4) theta. v = (s, tx, ty, tz)."""
+    _check(v, 4, "attention3d")
+    s = 1.0 + v[:, 0]
+    z = torch.zeros_like(s)
+    return torch.stack([torch.stack([s, z, z, v[:, 1]], 1), torch.stack([z, s, z, v[:, 2]], 1),
+                        torch.stack([z, z, s, v[:, 3]], 1)], 1)
+
+
+def affine3d(v: torch.Tensor) -> torch.Tensor:
+    """General 3-D affine: identity + v viewed as (3, 4), for volumes."""
+    _check(v, 12, "affine3d")
+    eye = torch.eye(3, 4, dtype=v.dtype, device=v.device)
+    return eye + v.view(-1, 3, 4)
 
 
 def tps(v: torch.Tensor, k: int = 16, control_points: torch.Tensor | None = None) -> torch.Tensor:

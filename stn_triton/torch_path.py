@@ -42,6 +42,23 @@ def base_grid(h: int, w: int, align_corners: bool, dtype=torch.float32, device=N
     return base.view(h * w, 3)
 
 
+def base_grid_3d(d: int, h: int, w: int, align_corners: bool, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Homogeneous output coordinates of a volume, shape (D*H*W, 4), rows ``[x, y, z, 1]`` with x
+    varying fastest, then y, then z (``F.affine_grid``'s 5-D base grid)."""
+    xs = _linspace_from_neg_one(w, align_corners, dtype, device)
+    ys = _linspace_from_neg_one(h, align_corners, dtype, device)
+    zs = _linspace_from_neg_one(d, align_corners, dtype, device)
+    gz, gy, gx = torch.meshgrid(zs, ys, xs, indexing="ij")
+    ones = torch.ones(d * h * w, dtype=dtype, device=device)
+    return torch.stack([gx.reshape(-1), gy.reshape(-1), gz.reshape(-1), ones], dim=1)
+
+
+def transform_grid_3d(theta: torch.Tensor, d: int, h: int, w: int, align_corners: bool) -> torch.Tensor:
+    """Sampling grid (N, D, H, W, 3), (x, y, z) order, for affine (N, 3, 4) ``theta``."""
+    base = base_grid_3d(d, h, w, align_corners, theta.dtype, theta.device)
+    return torch.einsum("pk,njk->npj", base, theta).reshape(theta.shape[0], d, h, w, 3)
+
+
 def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> torch.Tensor:
     """Sampling grid (N, H, W, 2) for affine (N, 2, 3) or projective (N, 3, 3) ``theta``."""
     base = base_grid(h, w, align_corners, theta.dtype, theta.device)
@@ -55,7 +72,7 @@ def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> 
 
 def sanitize_grid(grid: torch.Tensor, traceable: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(grid', mask)``: grid' samples like the kernels (non-finite -> 0, clamped to +-COORD_LIMIT),
-    ``mask`` (N, H_out, W_out, 1) is False where a coordinate is not finite, or None when every
+    ``mask`` (N, H_out, W_out, 1) ((N, D_out, H_out, W_out, 1) for a volume's grid) is False where a coordinate is not finite, or None when every
     coordinate is finite and inside the limit (grid' is then grid itself: the common case costs one
     reduction; on CPU its result is read on the host, on other devices the mask is always built so
     nothing synchronises). ``traceable``: always build the mask (no data-dependent branch), for
@@ -69,16 +86,40 @@ def sanitize_grid(grid: torch.Tensor, traceable: bool = False) -> tuple[torch.Te
     return safe.clamp(-COORD_LIMIT, COORD_LIMIT), finite
 
 
-def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, align_corners: bool) -> torch.Tensor:
+def fill_column(fill: torch.Tensor, x: torch.Tensor, dtype) -> torch.Tensor:
+    """The (C,) (or scalar) fill values as (1, C, 1, 1[, 1]), broadcastable against x's samples."""
+    return fill.to(dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+def coverage(x: torch.Tensor, grid: torch.Tensor, mode: str, align_corners: bool) -> torch.Tensor:
+    """(N, 1, *out): the weight the samples of ``grid`` give to taps inside x (1 inside, 0 far
+    outside): an all-ones image sampled with zeros padding. ``padding_mode="fill"`` reads
+    ``sample_zeros + fill * (1 - coverage)``; ``grid`` is already sanitised."""
+    ones = torch.ones((), dtype=grid.dtype, device=grid.device).expand(x.shape[0], 1, *x.shape[2:])
+    return F.grid_sample(ones, grid, mode=mode, padding_mode="zeros", align_corners=align_corners)
+
+
+def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, align_corners: bool,
+           fill: torch.Tensor | None = None) -> torch.Tensor:
     """``F.grid_sample`` in fp32 (fp64 for fp64 input), result in x's dtype and memory format;
-    non-finite coordinates sample 0 (:func:`sanitize_grid`)."""
+    non-finite coordinates sample 0 (:func:`sanitize_grid`). 4-D x with an (N, H, W, 2) grid, or
+    5-D x with an (N, D, H, W, 3) grid (trilinear, called ``bilinear`` as in PyTorch).
+    ``padding_mode="fill"``: outside x the samples read ``fill`` ((C,) or scalar), blended by the
+    interpolation weights as if x were surrounded by that constant; a non-finite coordinate reads it
+    too (it is outside everywhere)."""
     cdt = compute_dtype(x.dtype)
     if x.shape[0] == 0:  # F.grid_sample rejects an empty batch; we return an empty result.
-        return x.new_empty((0, x.shape[1], grid.shape[1], grid.shape[2]))
+        return x.new_empty((0, x.shape[1], *grid.shape[1:-1]))
     grid, finite = sanitize_grid(grid.to(cdt))
-    out = F.grid_sample(x.to(cdt), grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    pad = "zeros" if padding_mode == "fill" else padding_mode
+    out = F.grid_sample(x.to(cdt), grid, mode=mode, padding_mode=pad, align_corners=align_corners)
     if finite is not None:
         out = out * finite.squeeze(-1).unsqueeze(1).to(out.dtype)
+    if padding_mode == "fill":
+        cov = coverage(x, grid, mode, align_corners)
+        if finite is not None:
+            cov = cov * finite.squeeze(-1).unsqueeze(1).to(cdt)
+        out = out + fill_column(fill, x, cdt) * (1 - cov)
     return out.to(dtype=x.dtype, memory_format=memory_format_of(x))
 
 
@@ -86,10 +127,12 @@ _ATEN_MODES = {"bilinear": 0, "nearest": 1}  # at::native::GridSamplerInterpolat
 _ATEN_PADDINGS = {"zeros": 0, "border": 1, "reflection": 2}  # at::native::GridSamplerPadding
 
 
-def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_grid):
+def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_grid, fill=None):
     """Backward of :func:`sample` through aten's grid-sampler backward, in fp32 (fp64 for fp64).
 
     Returns (grad_x in x's dtype and memory format, or None; grad_grid in the compute dtype, or None).
+    ``padding_mode="fill"``: grad_x is zeros padding's; grad_grid adds the fill term's, the
+    backward of ``fill * (1 - coverage)`` (the grad of ``fill`` itself: :func:`fill_grad`).
     Non-finite coordinates contribute nothing and get zero gradient (:func:`sanitize_grid`).
     """
     cdt = compute_dtype(x.dtype)
@@ -97,10 +140,16 @@ def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x
     grad_out = grad_out.to(cdt)
     if finite is not None:
         grad_out = grad_out * finite.squeeze(-1).unsqueeze(1).to(cdt)
-    gx, ggrid = torch.ops.aten.grid_sampler_2d_backward(
-        grad_out, x.to(cdt), grid, _ATEN_MODES[mode], _ATEN_PADDINGS[padding_mode], align_corners,
+    aten_backward = torch.ops.aten.grid_sampler_3d_backward if x.dim() == 5 else torch.ops.aten.grid_sampler_2d_backward
+    pad = "zeros" if padding_mode == "fill" else padding_mode
+    gx, ggrid = aten_backward(
+        grad_out, x.to(cdt), grid, _ATEN_MODES[mode], _ATEN_PADDINGS[pad], align_corners,
         [need_x, need_grid],
     )
+    if need_grid and padding_mode == "fill":
+        ones = torch.ones((), dtype=cdt, device=x.device).expand(x.shape[0], 1, *x.shape[2:])
+        g_cov = -(grad_out * fill_column(fill, x, cdt)).sum(1, keepdim=True)
+        ggrid = ggrid + aten_backward(g_cov, ones, grid, _ATEN_MODES[mode], 0, align_corners, [False, True])[1]
     if need_grid and finite is not None:  # clamped coordinates have zero gradient too
         ggrid = ggrid * (finite & (grid.abs() < COORD_LIMIT)).to(cdt)
     if need_x:
@@ -108,9 +157,23 @@ def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x
     return (gx if need_x else None), (ggrid if need_grid else None)
 
 
+def fill_grad(grad_out: torch.Tensor, coverage_: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """grad of ``fill`` ((C,) or scalar, in its dtype) from grad_out and the samples' coverage
+    (N, 1, *out): sum over the batch and the output pixels of grad_out * (1 - coverage)."""
+    dims = [0, *range(2, grad_out.dim())]
+    g = (grad_out.to(coverage_.dtype) * (1 - coverage_)).sum(dims)  # (C,)
+    return (g.sum() if fill.dim() == 0 else g).reshape(fill.shape).to(fill.dtype)
+
+
 def warp(x, theta, h_out, w_out, mode="bilinear", padding_mode="zeros", align_corners=False):
     """Reference affine/projective warp: ``grid_sample(x, transform_grid(theta))``."""
     grid = transform_grid(theta.to(compute_dtype(x.dtype)), h_out, w_out, align_corners)
+    return sample(x, grid, mode, padding_mode, align_corners)
+
+
+def warp3d(x, theta, d_out, h_out, w_out, mode="bilinear", padding_mode="zeros", align_corners=False):
+    """Reference 3-D affine warp: ``grid_sample(x, transform_grid_3d(theta))``."""
+    grid = transform_grid_3d(theta.to(compute_dtype(x.dtype)), d_out, h_out, w_out, align_corners)
     return sample(x, grid, mode, padding_mode, align_corners)
 
 

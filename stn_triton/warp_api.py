@@ -6,11 +6,13 @@ import torch
 from . import _checks
 from ._op_template import backend_for
 from ._warp_ops import warp_op
+from ._warp3d_ops import warp3d_op
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "bilinear",
-         padding_mode: str = "zeros", align_corners: bool = False) -> torch.Tensor:
+         padding_mode: str = "zeros", align_corners: bool = False, fill_value=None) -> torch.Tensor:
     """Warp ``x`` by the affine or projective transforms ``theta``: one fused kernel each way.
+    Images (4-D x) and volumes (5-D x, 3-D affine theta (N, 3, 4)).
 
     Equal to ``F.grid_sample(x, F.affine_grid(theta, (N, C, *size), align_corners), mode,
     padding_mode, align_corners)`` for affine ``theta`` (to fp32 rounding), without building the
@@ -19,6 +21,11 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
     Convention:
         * ``x``: (N, C, H, W), float32 / float16 / bfloat16 / float64, contiguous, channels_last or
           any strides. The output has x's dtype and memory format, shape (N, C, H_out, W_out).
+        * Volumes: ``x`` (N, C, D, H, W) (NCDHW, channels_last_3d or any strides) with ``theta``
+          (N, 3, 4): ``[x_s, y_s, z_s]^T = theta @ [x_t, y_t, z_t, 1]^T``, (x, y, z) = (column,
+          row, slice), ``size`` (D_out, H_out, W_out); equal to ``F.grid_sample(x,
+          F.affine_grid(theta, (N, C, *size), align_corners), ...)``. ``"bilinear"`` is trilinear
+          (PyTorch's name for 5-D); every padding mode, dtype and gradient as for images.
         * ``theta``: (N, 2, 3) affine or (N, 3, 3) projective. It maps *normalised output*
           coordinates (x_t, y_t) to *normalised source* coordinates, exactly as ``F.affine_grid``:
           ``[x_s, y_s]^T = theta @ [x_t, y_t, 1]^T``; projective: ``[u, v, w]^T = theta @ [x_t, y_t, 1]^T``,
@@ -28,7 +35,15 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
           ``False``: the outer edges of the corner pixels (PyTorch's default).
         * ``size``: (H_out, W_out), default (H, W).
         * ``mode``: ``"bilinear"`` | ``"nearest"`` (round half to even, as PyTorch);
-          ``padding_mode``: ``"zeros"`` | ``"border"`` | ``"reflection"``.
+          ``padding_mode``: ``"zeros"`` | ``"border"`` | ``"reflection"`` | ``"fill"``.
+        * ``padding_mode="fill"`` with ``fill_value`` (a float, C floats, or a tensor of shape () or
+          (C,), which may require grad; default 0): x is sampled as if surrounded on every side by
+          the constant ``fill_value[c]``: ``out = sample_zeros + fill_value[c] * (1 - coverage)``,
+          coverage = the interpolation weight that falls inside x (so a bilinear sample half a pixel
+          past the border blends the edge and the fill value half and half, and nearest reads the
+          fill value wherever the rounded tap is outside). A non-finite coordinate reads the fill
+          value. Gradients: x as with zeros, theta through both terms, fill_value =
+          sum of grad_out * (1 - coverage).
         * Coordinates are computed in fp32 even for fp16 / bf16 data (fp64 for fp64 data).
         * An empty batch (N = 0) returns an empty tensor. A pixel whose source coordinate is not
           finite (NaN / inf theta, w = 0 for projective theta) samples 0 in every padding mode and
@@ -48,21 +63,32 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
         >>> torch.allclose(stn_triton.warp(x, theta), x, atol=1e-6)
         True
     """
-    _checks.check_image(x, "x")
+    _checks.check_image(x, "x", volumes=True)
     check_theta(x, theta)
-    _checks.check_modes(mode, padding_mode)
+    _checks.check_modes(mode, padding_mode, allow_fill=True)
     align_corners = _checks.check_align_corners(align_corners)
+    fill = _checks.fill_tensor(x, padding_mode, fill_value)
+    if x.dim() == 5:
+        d_out, h_out, w_out = _checks.resolve_size_3d(x, size)
+        return warp3d_op(x, theta, [d_out, h_out, w_out], mode, padding_mode, align_corners, backend_for(x), fill)
     h_out, w_out = _checks.resolve_size(x, size)
-    return warp_op(x, theta, [h_out, w_out], mode, padding_mode, align_corners, backend_for(x))
+    return warp_op(x, theta, [h_out, w_out], mode, padding_mode, align_corners, backend_for(x), fill)
 
 
 def check_theta(x: torch.Tensor, theta) -> None:
+    volume = x.dim() == 5
+    expected = "(N, 3, 4) (3-D affine, for a 5-D volume x)" if volume else \
+        "(N, 2, 3) (affine) or (N, 3, 3) (projective)"
     if not isinstance(theta, torch.Tensor):
-        raise TypeError(f"theta must be a torch.Tensor of shape (N, 2, 3) or (N, 3, 3), got {type(theta).__name__}")
-    if theta.dim() != 3 or tuple(theta.shape[1:]) not in ((2, 3), (3, 3)):
-        raise ValueError(
-            f"theta must have shape (N, 2, 3) (affine) or (N, 3, 3) (projective), got {tuple(theta.shape)}"
-        )
+        raise TypeError(f"theta must be a torch.Tensor of shape {expected}, got {type(theta).__name__}")
+    if theta.dim() != 3 or tuple(theta.shape[1:]) not in (((3, 4),) if volume else ((2, 3), (3, 3))):
+        hint = ""
+        if not volume and theta.dim() == 3 and tuple(theta.shape[1:]) == (3, 4):
+            hint = "; a (N, 3, 4) theta is a 3-D affine transform and needs a 5-D volume x (N, C, D, H, W)"
+        elif volume and theta.dim() == 3 and tuple(theta.shape[1:]) in ((2, 3), (3, 3)):
+            hint = "; a 2-D transform needs a 4-D image x (N, C, H, W)"
+        raise ValueError(f"theta must have shape {expected} for x of shape {tuple(x.shape)}, "
+                         f"got {tuple(theta.shape)}{hint}")
     if theta.shape[0] != x.shape[0]:
         raise ValueError(
             f"theta's batch size must equal x's: x has N = {x.shape[0]} (shape {tuple(x.shape)}), "

@@ -44,7 +44,7 @@ def test_every_kernel_compiles_for_sm80_sm90_without_spills():
     rows = static_report("--quick")
     check_rows(rows)
     kernels = {r["kernel"] for r in rows}
-    assert {"_warp_fwd_kernel", "_warp_bwd_kernel"} <= kernels
+    assert {"_warp_fwd_kernel", "_warp_bwd_kernel", "_warp3d_fwd_kernel", "_warp3d_bwd_kernel"} <= kernels
     assert {r["arch"] for r in rows} == {80, 90}
 
 
@@ -53,8 +53,8 @@ def test_int64_specialisations_compute_every_offset_in_int64():
     (a 1x3x32768^2 fp32 image wraps). Every kernel has int64 specialisations in the report."""
     rows = static_report("--arch", "90", "--match", "/int64", "fixed_to_float", "fixed_point_exponent")
     kernels = {r["kernel"] for r in rows}
-    assert kernels == {"_warp_fwd_kernel", "_warp_bwd_kernel", "_tps_fwd_kernel", "_tps_bwd_kernel",
-                       "_fixed_to_float_kernel", "_exponent_kernel"}, kernels
+    assert kernels == {"_warp_fwd_kernel", "_warp_bwd_kernel", "_warp3d_fwd_kernel", "_warp3d_bwd_kernel",
+                       "_tps_fwd_kernel", "_tps_bwd_kernel", "_fixed_to_float_kernel", "_exponent_kernel"}, kernels
     for r in rows:
         assert r["int32_offsets"] == [], f"{r['label']}: " + "\n".join(r["int32_offsets"])
 
@@ -76,6 +76,15 @@ def test_int32_offset_checker_flags_32bit_arithmetic():
     """
     bad = int32_offset_arithmetic(ttir)
     assert len(bad) == 2 and "%p0" in bad[0] and "%p3" in bad[1], bad  # constants, arguments and i64 pass
+
+
+def test_volume_and_fill_backward_compile_without_spills():
+    """Beyond --quick (the first 3-D specialisation of each direction) and the int64 test: the 3-D
+    channels_last_3d backward with fill padding and the 2-D fill backward, on both targets (the
+    full list: ``-m slow`` and ``python -m bench.static``)."""
+    rows = static_report("--match", "warp3d_bwd/bilinear/fill/bf16/ndhwc", "warp_bwd/affine/bilinear/fill/bf16/nhwc")
+    check_rows(rows)
+    assert len(rows) == 4 and {r["kernel"] for r in rows} == {"_warp3d_bwd_kernel", "_warp_bwd_kernel"}
 
 
 def test_channels_last_taps_are_vectorised():
