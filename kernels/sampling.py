@@ -19,12 +19,13 @@ can chain the sampling gradient back to the coordinates without a grid tensor.
 import triton
 import triton.language as tl
 
-PAD_ZEROS = tl.constexpr(0)
-PAD_BORDER = tl.constexpr(1)
-PAD_REFLECTION = tl.constexpr(2)
-PAD_FILL = tl.constexpr(3)  # zeros' coordinates; out-of-range taps read the fill value instead of 0
-MODE_BILINEAR = tl.constexpr(0)
-MODE_NEAREST = tl.constexpr(1)
+from .policy import MODE_CODES, PADDING_CODES
+
+# the kernels' names for the codes kernels.policy defines (zeros and nearest are the other branches)
+PAD_BORDER = tl.constexpr(PADDING_CODES["border"])
+PAD_REFLECTION = tl.constexpr(PADDING_CODES["reflection"])
+PAD_FILL = tl.constexpr(PADDING_CODES["fill"])  # zeros' coordinates; out-of-range taps read the fill value instead of 0
+MODE_BILINEAR = tl.constexpr(MODE_CODES["bilinear"])
 
 
 @triton.jit
