@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import stn_triton
 from conftest import DEVICE
-from stn_triton.kernels import fixed_point, tps as kt, warp as kw
+from stn_triton.kernels import fixed_point, tps as kt, warp as kw, warp3d as kw3
 
 NO_DEVICE_WORK = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty", "aten::view",
                   "aten::reshape", "aten::_reshape_alias", "aten::_unsafe_view", "aten::as_strided", "aten::slice",
@@ -28,6 +28,7 @@ NO_DEVICE_WORK = {"aten::empty", "aten::empty_strided", "aten::empty_like", "ate
                   "aten::unsqueeze", "aten::resolve_conj", "aten::resolve_neg", "aten::transpose",
                   "aten::to", "aten::contiguous"}  # as leaves these are no-ops (a real copy has a copy_ child)
 KERNELS = [(kw, "_warp_fwd_kernel"), (kw, "_warp_bwd_kernel"), (kt, "_tps_fwd_kernel"), (kt, "_tps_bwd_kernel"),
+           (kw3, "_warp3d_fwd_kernel"), (kw3, "_warp3d_bwd_kernel"),
            (fixed_point, "_exponent_kernel"), (fixed_point, "_fixed_to_float_kernel")]
 pytestmark = pytest.mark.skipif(DEVICE == "cuda", reason="host-side property; runs with the interpreter's CPU tensors")
 
@@ -127,3 +128,30 @@ def test_tps_launches(launches, points_dtype):
         ops, kernels = launches(lambda: torch.autograd.grad(out, [x, points], go, retain_graph=True))
     # zero-fill, kernel, partial sum, M^T @ grad_coef, cast to the points' dtype
     assert (sorted(ops), kernels) == (sorted(["aten::zero_", "aten::sum", "aten::bmm"] + cast), 1)
+
+
+@pytest.mark.parametrize("fill_value", [0.5, [0.1, 0.2, 0.3]])
+def test_fill_padding_launches(launches, fill_value):
+    """A Python fill value adds one small op (building the (C,) fill tensor the kernel reads: a fill
+    for a float, a host-to-device copy for a list on CUDA), nothing else: 1 + 1 forward, 3 backward."""
+    x, theta = _warp_case(False, torch.float32, torch.float32)
+    with stn_triton.use_backend("triton"):
+        ops, kernels = launches(lambda: stn_triton.warp(x.detach(), theta.detach(), padding_mode="fill",
+                                                        fill_value=fill_value))
+        out = stn_triton.warp(x, theta, padding_mode="fill", fill_value=fill_value)
+        go = torch.randn_like(out)
+        bops, bkernels = launches(lambda: torch.autograd.grad(out, [x, theta], go, retain_graph=True))
+    assert kernels == 1 and bkernels == 1
+    assert ops == (["aten::full"] if isinstance(fill_value, float) else ["aten::detach_"]), ops
+    assert (sorted(bops)) == ["aten::sum", "aten::zero_"]
+
+
+def test_volume_launches(launches):
+    x = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    theta = (torch.eye(3, 4) + 0.05 * torch.randn(2, 3, 4)).requires_grad_()
+    with stn_triton.use_backend("triton"):
+        out = stn_triton.warp(x, theta)
+        go = torch.randn_like(out)
+        fwd = launches(lambda: stn_triton.warp(x.detach(), theta.detach()))
+        bwd = launches(lambda: torch.autograd.grad(out, [x, theta], go, retain_graph=True))
+    assert fwd == ([], 1) and (sorted(bwd[0]), bwd[1]) == (["aten::sum", "aten::zero_"], 1), (fwd, bwd)
