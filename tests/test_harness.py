@@ -188,3 +188,13 @@ def test_prefetcher_returns_the_requested_batch():
     finally:
         feed.close()
     assert torch.equal(Prefetcher(src, 10, enabled=False).get(4)[0], src.batch(4)[0])
+
+
+def test_non_finite_loss_before_the_first_checkpoint_says_so(tmp_path):
+    """The message named a 'last good checkpoint' that did not exist (paper-profile P FCN, step 3939)."""
+    exp = _exp()
+    prof = exp.profiles["t"]
+    exp.loss_fn = lambda logits, y: nn.functional.cross_entropy(logits, y) * float("nan")
+    with pytest.raises(NonFiniteLoss, match="No checkpoint was written yet"):
+        train_one(exp, "mlp", prof, 0, tmp_path, progress=False)
+    assert not (tmp_path / "mlp" / "seed0" / "checkpoint.pt").exists()

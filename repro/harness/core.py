@@ -452,10 +452,12 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
                 steps_done = nxt - last_log_step
                 mean_loss = ls / (steps_done * world)
                 if not math.isfinite(mean_loss):
+                    kept = (f"The last good checkpoint is kept at {ckpt_path} (resume with --resume, e.g. after "
+                            f"lowering --lr)." if ckpt_path.exists() else
+                            f"No checkpoint was written yet (the first is due at step {profile.ckpt_every}).")
                     raise NonFiniteLoss(
                         f"[{model_name} seed {seed}] non-finite training loss ({mean_loss}) in steps "
-                        f"{last_log_step}..{nxt}; stopped. The last good checkpoint is kept at {ckpt_path} "
-                        f"(resume with --resume, e.g. after lowering --lr).")
+                        f"{last_log_step}..{nxt}; stopped. {kept}")
                 now = time.perf_counter()
                 imgs_per_s = nn_ / max(now - t_last, 1e-9)
                 acc = 100.0 * cr / max(nn_, 1)
