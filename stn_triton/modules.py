@@ -50,7 +50,9 @@ class SpatialTransformer(nn.Module):
             int for a square (cube), or ``None`` for the input's size.
         loc_features: F; inferred from the last layer with ``out_features`` in ``loc_net`` if omitted.
         k: TPS control points when ``transform == "tps"`` (a perfect square; default grid).
-        mode / padding_mode / align_corners: as :func:`stn_triton.warp`.
+        mode / padding_mode / align_corners / fill_value: as :func:`stn_triton.warp`
+            (``fill_value`` with ``padding_mode="fill"``: a float, C floats, a tensor (kept as a
+            buffer, so it moves with the module) or an ``nn.Parameter`` (learned)).
 
     The module appends the final regression layer ``self.regressor = nn.Linear(F, n_params)``
     initialised to zero weights and zero bias; with the :mod:`stn_triton.params` helpers the zero
@@ -65,7 +67,7 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, loc_net: nn.Module, transform: str = "affine", out_size=None, *,
                  loc_features: int | None = None, k: int = 16, mode: str = "bilinear",
-                 padding_mode: str = "zeros", align_corners: bool = False):
+                 padding_mode: str = "zeros", align_corners: bool = False, fill_value=None):
         super().__init__()
         self.transform, self.k = parse_transform(transform, k)
         volume = self.transform in _params.VOLUME_TRANSFORMS
@@ -82,6 +84,14 @@ class SpatialTransformer(nn.Module):
         self.regressor = nn.Linear(feats, self.n_params)
         self.reset_regressor()
         self.mode, self.padding_mode, self.align_corners = mode, padding_mode, bool(align_corners)
+        if fill_value is not None and padding_mode != "fill":
+            raise ValueError(f"fill_value is only used with padding_mode='fill', got padding_mode={padding_mode!r}")
+        if isinstance(fill_value, nn.Parameter):
+            self.fill_value = fill_value
+        elif isinstance(fill_value, torch.Tensor):
+            self.register_buffer("fill_value", fill_value)
+        else:
+            self.fill_value = fill_value
 
     def reset_regressor(self) -> None:
         """Zero weights and bias: the identity transform."""
@@ -103,7 +113,7 @@ class SpatialTransformer(nn.Module):
                          align_corners=self.align_corners)
         else:
             y = warp(x, theta, self.out_size, mode=self.mode, padding_mode=self.padding_mode,
-                     align_corners=self.align_corners)
+                     align_corners=self.align_corners, fill_value=self.fill_value)
         return y, theta
 
     def extra_repr(self) -> str:

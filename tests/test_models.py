@@ -148,3 +148,20 @@ def test_spatial_transformer_keeps_theta_precision():
     assert theta16.dtype == torch.float32 == theta.dtype
     torch.testing.assert_close(y16, stn_triton.warp(x, theta), rtol=0, atol=0)
     assert not torch.equal(y16, stn_triton.warp(x, theta.to(torch.bfloat16)))
+
+
+def test_spatial_transformer_fill_value_learned():
+    loc = nn.Sequential(nn.Flatten(), nn.Linear(2 * 6 * 6, 8))
+    fill = nn.Parameter(torch.tensor([0.25, -0.5]))
+    st = stn_triton.SpatialTransformer(loc, "attention", (5, 5), padding_mode="fill", fill_value=fill)
+    with torch.no_grad():
+        st.regressor.bias.copy_(torch.tensor([0.5, 0.6, 0.0]))  # zoom out, shifted: part of the output is outside
+    x = torch.rand(3, 2, 6, 6)
+    y, theta = st(x)
+    ref = stn_triton.warp(x, theta, (5, 5), padding_mode="fill", fill_value=fill.detach())
+    torch.testing.assert_close(y, ref)
+    y.sum().backward()
+    assert fill.grad is not None and (fill.grad > 0).all()
+    assert "fill_value" in dict(st.named_parameters())
+    with pytest.raises(ValueError, match="fill_value"):
+        stn_triton.SpatialTransformer(loc, "affine", fill_value=0.5)
