@@ -6,7 +6,8 @@ results live in ``repro/results/``. This copies the results of ``SRC`` into ``DS
 (``*.pt``), temporary files (``*.tmp``) and lock files -- keeping the folder layout, then lists what
 it copied. Files in ``DST`` that ``SRC`` lacks are left alone. A ``results.json`` in ``DST`` that
 lists models its replacement lacks (a one-model run published over the full table) stops the
-copy, naming them, unless ``--force``. Review with ``git diff`` / ``git status`` and commit.
+copy, naming them, unless ``--merge`` (add / replace this run's models, keep the others, rewrite
+results.md from the merged table) or ``--force`` (replace). Review with ``git diff`` / ``git status`` and commit.
 
     python -m repro.publish runs/mnist_addition repro/results/mnist_addition
     python -m repro.publish runs/mnist_addition repro/results/mnist_addition --dry-run
@@ -48,6 +49,43 @@ def dropped_models(src: Path, dst: Path, files: list[Path]) -> dict[Path, list[s
     return out
 
 
+def _notes_of(md: str) -> list[str]:
+    """The paragraphs a recipe appends to ``results.md`` after the table, schedules and profile notes."""
+    lines = md.split("\n")
+    start = next((i for i, line in enumerate(lines) if line.startswith("Profile note:")), None)
+    if start is None:
+        return []
+    rest = lines[start + 1:]
+    while rest and (not rest[0].strip() or rest[0].startswith("Profile note:")):
+        rest = rest[1:]
+    return [line for line in rest if line.strip()]
+
+
+def merge_results(src: Path, dst: Path, rel: Path) -> list[str]:
+    """Merge ``SRC/rel`` (a results.json) into ``DST/rel``: SRC's models replace DST's of the same
+    name, DST's other models stay; ``results.md`` beside it is rewritten from the merged models
+    (the paper numbers are in each model's ``paper_error``). Returns the merged model names."""
+    from repro.harness.core import write_results
+
+    old = json.loads((dst / rel).read_text())
+    new = json.loads((src / rel).read_text())
+    if (old.get("experiment"), old.get("profile")) != (new.get("experiment"), new.get("profile")):
+        raise SystemExit(f"error: {dst / rel} is {old.get('experiment')} / {old.get('profile')}, {src / rel} is "
+                         f"{new.get('experiment')} / {new.get('profile')}: not merged")
+    models = {**old.get("models", {}), **new.get("models", {})}
+
+    class _Published:  # what write_results reads of an Experiment
+        name = new["experiment"]
+        paper = {m: r.get("paper_error") for m, r in models.items()}
+
+    _Published.models = tuple(models)
+    md = src / rel.parent / "results.md"
+    notes = _notes_of(md.read_text()) if md.is_file() else []
+    (dst / rel).write_text(json.dumps({**old, "models": {}}, indent=1))  # write_results merges into it
+    write_results(_Published, new["profile"], new.get("device", "?"), models, dst / rel.parent, {}, notes)
+    return list(models)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m repro.publish", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -56,6 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("dst", metavar="DST", help="where to publish it, e.g. repro/results/mnist_addition")
     ap.add_argument("--dry-run", action="store_true", help="only list what would be copied")
     ap.add_argument("--force", action="store_true", help="publish even if it drops models from a published results.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="merge a run's models into a published results.json (a row at a time) instead of replacing it")
     a = ap.parse_args(argv)
     src, dst = Path(a.src), Path(a.dst)
     if not src.is_dir():
@@ -69,10 +109,16 @@ def main(argv=None) -> int:
         print(f"error: nothing to publish in {src}", file=sys.stderr)
         return 2
     lost = dropped_models(src, dst, files)
+    if lost and a.merge:
+        for rel in lost:
+            if not a.dry_run:
+                print(f"merge {src / rel} into {dst / rel}: {', '.join(merge_results(src, dst, rel))}")
+        files = [rel for rel in files if rel not in lost and not (rel.name == "results.md" and rel.parent / "results.json" in lost)]
+        lost = {}
     if lost and not a.force:
         for rel, models in lost.items():
             print(f"error: {dst / rel} lists {', '.join(models)}, which {src / rel} lacks; publishing would drop them "
-                  f"(publish a run with every model, or pass --force)", file=sys.stderr)
+                  f"(publish a run with every model, pass --merge to add this run's models, or --force)", file=sys.stderr)
         return 2
     for rel in files:
         print(f"{'would copy' if a.dry_run else 'copy'} {src / rel} -> {dst / rel}")

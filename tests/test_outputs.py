@@ -80,3 +80,19 @@ def test_publish_refuses_to_drop_published_models(tmp_path, one_thread, capsys):
     assert (dst / "results.json").read_text() == before
     assert publish.main([str(subset), str(dst), "--force"]) == 0
     assert list(json.loads((dst / "results.json").read_text())["models"]) == ["st"]
+
+
+def test_publish_merge_adds_a_row(tmp_path, one_thread, capsys):
+    """Paper-profile rows finish one at a time: --merge adds a run's models to the published table."""
+    from repro.harness import run
+
+    first, second, dst = tmp_path / "first", tmp_path / "second", tmp_path / "results"
+    run(_exp(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=first, progress=False)
+    run(_exp(steps=10), profile="t", models=["st"], seeds=[0], out_dir=second, progress=False)
+    assert publish.main([str(first), str(dst)]) == 0
+    assert publish.main([str(second), str(dst), "--merge"]) == 0
+    merged = json.loads((dst / "results.json").read_text())
+    assert list(merged["models"]) == ["mlp", "st"]
+    md = (dst / "results.md").read_text()
+    assert "| mlp |" in md and "| st |" in md
+    assert (dst / "st" / "seed0" / "result.json").is_file() and (dst / "mlp" / "seed0" / "result.json").is_file()
