@@ -6,7 +6,7 @@ The first thing to run on a lent GPU (``bash bench/run_gpu.sh first-light`` runs
 headline ``pytest bench/ --headline`` table). Every check draws fresh random inputs, runs the
 fused Triton kernels (``use_backend("triton")``) and the PyTorch path (``use_backend("torch")``,
 ``F.grid_sample`` on an explicit grid) on the same CUDA device, and compares the output, grad_x
-and the parameter gradient against the tolerances of the data dtype (``tests/tolerances.py``: the
+and the parameter gradient against the tolerances of the data dtype (``testing/tolerances.py``: the
 suite's table; grad_x, a sum over many taps, gets 10x), and reports max |a - b| / max |b| of each.
 Every element of the outputs and gradients must also be finite.
 
@@ -23,12 +23,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the suite's one tolerance table
-
-from tolerances import GRAD_PARAM_RTOL, TOL, TPS_TOL  # noqa: E402
-
-import stn_triton  # noqa: E402
+import stn_triton
+from testing.tolerances import GRAD_PARAM_RTOL, TOL, TPS_TOL  # the suite's one tolerance table
 
 # (transform, dtype, layout, mode, padding_mode, align_corners, (N, C, H, W), (H_out, W_out))
 CHECKS = [

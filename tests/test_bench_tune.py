@@ -48,7 +48,7 @@ def test_static_sweep_compiles_candidates(tmp_path):
     compiles for sm_90 without spills (the AOT compiler needs a process without the interpreter)."""
     import json
 
-    from test_aot import run_compiler_module
+    from testing.compiler import run_compiler_module
 
     out = tmp_path / "static.json"
     proc = run_compiler_module("bench.tune", "--static", "--kernels", "warp_fwd", "--layouts", "nhwc", "--json", str(out))

@@ -11,8 +11,8 @@ import torch
 
 import stn_triton
 from stn_triton.kernels import fixed_point, warp as kw
-from tolerances import assert_close, assert_close_param_grad
-from test_warp import random_theta, reference_grads
+from testing.tolerances import assert_close, assert_close_param_grad
+from testing.references import random_theta, reference_grads
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])

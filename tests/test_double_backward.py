@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import stn_triton
-from test_warp import random_theta
+from testing.references import random_theta
 
 
 def _grid_sample_twice_differentiable() -> bool:

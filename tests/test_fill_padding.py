@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import stn_triton
 from conftest import DEVICE
-from tolerances import assert_close, assert_close_param_grad
+from testing.tolerances import assert_close, assert_close_param_grad
 
 PAD = 16  # pixels of constant around the input in the reference: > any tap of the thetas below
 

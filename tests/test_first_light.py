@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import DEVICE
-from test_aot import ROOT
+from testing.compiler import ROOT
 
 first_light = pytest.importorskip("bench.first_light")
 

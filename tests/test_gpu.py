@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import stn_triton
-from tolerances import assert_close, assert_close_param_grad
-from test_warp import random_theta, reference, reference_grads
+from testing.tolerances import assert_close, assert_close_param_grad
+from testing.references import random_theta, reference, reference_grads
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

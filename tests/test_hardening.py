@@ -10,7 +10,7 @@ import torch
 import stn_triton
 from conftest import DEVICE
 from stn_triton import torch_path
-from test_aot import ROOT
+from testing.compiler import ROOT
 
 PADDINGS = ["zeros", "border", "reflection"]
 NAN, INF = float("nan"), float("inf")

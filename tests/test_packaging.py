@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from test_aot import ROOT
+from testing.compiler import ROOT
 
 
 def _python(code: str, **env) -> subprocess.CompletedProcess:

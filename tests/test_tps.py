@@ -15,13 +15,13 @@ import warnings
 
 import pytest
 from conftest import DEVICE
-from test_aot import check_rows, static_report  # every specialisation: test_aot's slow test
+from testing.compiler import check_rows, static_report  # every specialisation: test_aot's slow test
 import torch
 import torch.nn.functional as F
 
 import stn_triton
 from stn_triton import _tps_ops, torch_path
-from tolerances import TPS_TOL, assert_close, assert_close_param_grad
+from testing.tolerances import TPS_TOL, assert_close, assert_close_param_grad
 
 MODES = ["bilinear", "nearest"]
 PADDINGS = ["zeros", "border", "reflection"]

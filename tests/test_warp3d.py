@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import stn_triton
 from conftest import DEVICE
 from stn_triton.kernels import warp3d as kw3
-from tolerances import assert_close, assert_close_param_grad
+from testing.tolerances import assert_close, assert_close_param_grad
 
 MODES = ["bilinear", "nearest"]
 PADDINGS = ["zeros", "border", "reflection"]

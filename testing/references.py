@@ -1,0 +1,40 @@
+"""Independent float64 references for the warp: stock PyTorch ops only (``F.affine_grid`` +
+``F.grid_sample``, or an explicitly built homography grid for projective theta), and the random
+transforms the tests draw."""
+import torch
+import torch.nn.functional as F
+
+from stn_triton import torch_path
+
+
+def random_theta(n, projective=False, dtype=torch.float32, device="cpu", strength=0.4):
+    theta = torch.eye(3, dtype=torch.float64)[None].repeat(n, 1, 1)
+    theta[:, :2] += strength * torch.randn(n, 2, 3, dtype=torch.float64)
+    if projective:
+        theta[:, 2, :2] += 0.15 * torch.randn(n, 2, dtype=torch.float64)
+    else:
+        theta = theta[:, :2]
+    return theta.to(dtype=dtype, device=device)
+
+
+def reference(x, theta, size, mode, padding_mode, align_corners):
+    """float64 reference built from stock PyTorch ops only."""
+    n, c = x.shape[:2]
+    x64, t64 = x.detach().double(), theta.detach().double()
+    if theta.shape[1] == 2:
+        grid = F.affine_grid(t64, (n, c, *size), align_corners=align_corners)
+    else:
+        grid = torch_path.transform_grid(t64, *size, align_corners)
+    return F.grid_sample(x64, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+
+
+def reference_grads(x, theta, size, mode, padding_mode, align_corners, grad_out):
+    x64 = x.detach().double().requires_grad_()
+    t64 = theta.detach().double().requires_grad_()
+    n, c = x.shape[:2]
+    if theta.shape[1] == 2:
+        grid = F.affine_grid(t64, (n, c, *size), align_corners=align_corners)
+    else:
+        grid = torch_path.transform_grid(t64, *size, align_corners)
+    out = F.grid_sample(x64, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    return torch.autograd.grad(out, [x64, t64], grad_out.double())
