@@ -20,8 +20,9 @@ def _grid(theta, aux, size, align_corners, dtype):
 
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
     """grad theta = sum over voxels of g (x) [x_t, y_t, z_t, 1]."""
-    base = torch_path.base_grid_3d(*size, align_corners, ggrid.dtype, ggrid.device)  # (P, 4)
-    return torch.einsum("npj,pk->njk", ggrid.reshape(theta.shape[0], -1, 3), base).to(theta.dtype)
+    n = theta.shape[0]
+    base = torch_path.base_grid_3d(*size, align_corners, ggrid.dtype, ggrid.device).expand(n, -1, 4)  # (N, P, 4)
+    return ggrid.reshape(n, -1, 3).transpose(1, 2).bmm(base).to(theta.dtype)
 
 
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):

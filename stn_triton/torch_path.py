@@ -56,7 +56,8 @@ def base_grid_3d(d: int, h: int, w: int, align_corners: bool, dtype=torch.float3
 def transform_grid_3d(theta: torch.Tensor, d: int, h: int, w: int, align_corners: bool) -> torch.Tensor:
     """Sampling grid (N, D, H, W, 3), (x, y, z) order, for affine (N, 3, 4) ``theta``."""
     base = base_grid_3d(d, h, w, align_corners, theta.dtype, theta.device)
-    return torch.einsum("pk,njk->npj", base, theta).reshape(theta.shape[0], d, h, w, 3)
+    # batch-major like transform_grid (an einsum's batch-interleaved grid is slow to sample)
+    return base.expand(theta.shape[0], d * h * w, 4).bmm(theta.transpose(1, 2)).reshape(theta.shape[0], d, h, w, 3)
 
 
 def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> torch.Tensor:
@@ -247,7 +248,8 @@ def tps_grid_from_coef(coef, control_points, h, w, align_corners=False, out_dtyp
     cancellation). Differentiable w.r.t. ``coef`` by autograd.
     """
     phi = tps_features(control_points.detach().to(torch.float64), h, w, align_corners)
-    return torch.einsum("pj,njd->npd", phi, coef.to(torch.float64)).reshape(coef.shape[0], h, w, 2).to(out_dtype)
+    # batch-major (N, P, 2), like transform_grid: an einsum here returns a batch-interleaved grid
+    return torch.matmul(phi, coef.to(torch.float64)).reshape(coef.shape[0], h, w, 2).to(out_dtype)
 
 
 def tps_grid(points, control_points, h, w, align_corners=False, out_dtype=None):
