@@ -168,6 +168,13 @@ def round_half_even(v):
 
 
 @triton.jit
+def weights_2x2(fx, fy):
+    """The bilinear weights of the 2x2 taps (nw, ne, sw, se) as [BLOCK_P, 1] columns."""
+    return (((1.0 - fx) * (1.0 - fy))[:, None], (fx * (1.0 - fy))[:, None], ((1.0 - fx) * fy)[:, None],
+            (fx * fy)[:, None])
+
+
+@triton.jit
 def bilinear_taps(ix, iy, H, W, p_mask, INDEX_64: tl.constexpr):
     """The 2x2 taps of pixel coordinates (ix, iy): top-left integer corner (x0, y0), fractions
     (fx, fy) and the in-bounds masks of the four taps as [BLOCK_P, 1] columns (nw, ne, sw, se)."""
@@ -267,10 +274,7 @@ def sample_channels(
     c_range = tl.arange(0, BLOCK_C)
     if MODE == MODE_BILINEAR:
         x0, y0, fx, fy, m_nw, m_ne, m_sw, m_se = bilinear_taps(ix, iy, H, W, p_mask, INDEX_64)
-        w_nw = ((1.0 - fx) * (1.0 - fy))[:, None]
-        w_ne = (fx * (1.0 - fy))[:, None]
-        w_sw = ((1.0 - fx) * fy)[:, None]
-        w_se = (fx * fy)[:, None]
+        w_nw, w_ne, w_sw, w_se = weights_2x2(fx, fy)
         off_nw = (y0 * stride_xh + x0 * stride_xw)[:, None]
         for c0 in range(0, C, BLOCK_C):
             c = channel_block(c0, c_range, INDEX_64)
@@ -486,10 +490,7 @@ def sample_channels_3d(
         z0, fz, mz0, mz1 = _z_taps(iz, D, p_mask, INDEX_64)
         x0, y0, fx, fy, m_nw0, m_ne0, m_sw0, m_se0 = bilinear_taps(ix, iy, H, W, mz0, INDEX_64)
         _x0, _y0, _fx, _fy, m_nw1, m_ne1, m_sw1, m_se1 = bilinear_taps(ix, iy, H, W, mz1, INDEX_64)
-        w_nw = ((1.0 - fx) * (1.0 - fy))[:, None]
-        w_ne = (fx * (1.0 - fy))[:, None]
-        w_sw = ((1.0 - fx) * fy)[:, None]
-        w_se = (fx * fy)[:, None]
+        w_nw, w_ne, w_sw, w_se = weights_2x2(fx, fy)
         wz1 = fz[:, None]
         wz0 = 1.0 - wz1
         off = (z0 * stride_xd + y0 * stride_xh + x0 * stride_xw)[:, None]
@@ -537,10 +538,7 @@ def backprop_channels_3d(
         z0, fz, mz0, mz1 = _z_taps(iz, D, p_mask, INDEX_64)
         x0, y0, fx, fy, m_nw0, m_ne0, m_sw0, m_se0 = bilinear_taps(ix, iy, H, W, mz0, INDEX_64)
         _x0, _y0, _fx, _fy, m_nw1, m_ne1, m_sw1, m_se1 = bilinear_taps(ix, iy, H, W, mz1, INDEX_64)
-        w_nw = ((1.0 - fx) * (1.0 - fy))[:, None]
-        w_ne = (fx * (1.0 - fy))[:, None]
-        w_sw = ((1.0 - fx) * fy)[:, None]
-        w_se = (fx * fy)[:, None]
+        w_nw, w_ne, w_sw, w_se = weights_2x2(fx, fy)
         fx = fx[:, None]
         fy = fy[:, None]
         wz1 = fz[:, None]
