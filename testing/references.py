@@ -38,3 +38,16 @@ def reference_grads(x, theta, size, mode, padding_mode, align_corners, grad_out)
         grid = torch_path.transform_grid(t64, *size, align_corners)
     out = F.grid_sample(x64, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
     return torch.autograd.grad(out, [x64, t64], grad_out.double())
+
+
+def run_warp(x, theta, size, mode="bilinear", padding_mode="zeros", align_corners=False, grad_out=None):
+    """``stn_triton.warp`` on fresh leaves: (out, grad_x, grad_theta), the grads None without grad_out."""
+    import stn_triton
+
+    x = x.detach().requires_grad_()
+    theta = theta.detach().requires_grad_()
+    out = stn_triton.warp(x, theta, size, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    if grad_out is None:
+        return out, None, None
+    gx, gt = torch.autograd.grad(out, [x, theta], grad_out)
+    return out, gx, gt

@@ -13,21 +13,11 @@ import torch.nn.functional as F
 import stn_triton
 from stn_triton import torch_path
 from conftest import DEVICE
-from testing.references import random_theta, reference, reference_grads  # noqa: F401  (used below and by other tests)
+from testing.references import random_theta, reference, reference_grads, run_warp  # noqa: F401
 from testing.tolerances import assert_close, assert_close_param_grad
 
 MODES = ["bilinear", "nearest"]
 PADDINGS = ["zeros", "border", "reflection"]
-
-
-def run_warp(x, theta, size, mode, padding_mode, align_corners, grad_out=None):
-    x = x.detach().requires_grad_()
-    theta = theta.detach().requires_grad_()
-    out = stn_triton.warp(x, theta, size, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-    if grad_out is None:
-        return out, None, None
-    gx, gt = torch.autograd.grad(out, [x, theta], grad_out)
-    return out, gx, gt
 
 
 # ----------------------------------------------------------------------------- smoke

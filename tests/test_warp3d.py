@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import stn_triton
 from conftest import DEVICE
 from stn_triton.kernels import warp3d as kw3
+from testing.references import run_warp
 from testing.tolerances import assert_close, assert_close_param_grad
 
 MODES = ["bilinear", "nearest"]
@@ -36,16 +37,6 @@ def reference(x, theta, size, mode, padding_mode, align_corners, grad_out=None):
     return out.detach(), gx, gt
 
 
-def run(x, theta, size, mode="bilinear", padding_mode="zeros", align_corners=False, grad_out=None):
-    x = x.detach().requires_grad_()
-    theta = theta.detach().requires_grad_()
-    out = stn_triton.warp(x, theta, size, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-    if grad_out is None:
-        return out, None, None
-    gx, gt = torch.autograd.grad(out, [x, theta], grad_out)
-    return out, gx, gt
-
-
 # ----------------------------------------------------------------------------- forward + gradients
 
 
@@ -63,7 +54,7 @@ def test_forward_and_grads_match_reference(device, backend, mode, padding_mode, 
     theta = random_theta3d(2, device=device)
     grad_out = torch.randn(2, 2, *SIZE, device=device)
     with stn_triton.use_backend(backend):
-        out, gx, gt = run(x, theta, SIZE, mode, padding_mode, align_corners, grad_out)
+        out, gx, gt = run_warp(x, theta, SIZE, mode, padding_mode, align_corners, grad_out)
     ref, rgx, rgt = reference(x, theta, SIZE, mode, padding_mode, align_corners, grad_out)
     assert out.shape == (2, 2, *SIZE) and out.dtype == x.dtype
     assert_close(out, ref, torch.float32, "forward")
@@ -79,7 +70,7 @@ def test_dtypes_and_layouts(device, triton_backend, dtype, channels_last):
         x = x.to(memory_format=torch.channels_last_3d)
     theta = random_theta3d(2, device=device)
     grad_out = torch.randn(2, 3, *SIZE, device=device).to(dtype)
-    out, gx, gt = run(x, theta, SIZE, "bilinear", "border", False, grad_out)
+    out, gx, gt = run_warp(x, theta, SIZE, "bilinear", "border", False, grad_out)
     assert out.dtype == dtype and gx.dtype == dtype and gt.dtype == theta.dtype
     assert out.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
     assert gx.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
@@ -93,7 +84,7 @@ def test_fp64_theta_and_data_are_fp64_accurate(device, triton_backend):
     x = torch.randn(1, 2, 3, 4, 5, dtype=torch.float64, device=device)
     theta = random_theta3d(1, torch.float64, device)
     go = torch.randn(1, 2, *SIZE, dtype=torch.float64, device=device)
-    out, gx, gt = run(x, theta, SIZE, "bilinear", "reflection", True, go)
+    out, gx, gt = run_warp(x, theta, SIZE, "bilinear", "reflection", True, go)
     ref, rgx, rgt = reference(x, theta, SIZE, "bilinear", "reflection", True, go)
     assert_close(out, ref, torch.float64, "forward")
     assert_close(gx, rgx, torch.float64, "grad_x")
@@ -105,7 +96,7 @@ def test_arbitrary_strides_and_many_channels(device, triton_backend):
     x = base.permute(0, 4, 1, 2, 3)[:, :, ::2, :, 1:]  # (2, 3, 3, 5, 8): neither NCDHW nor NDHWC
     theta = random_theta3d(2, device=device)
     go = torch.randn(2, 3, *SIZE, device=device)
-    out, gx, gt = run(x, theta, SIZE, "bilinear", "reflection", False, go)
+    out, gx, gt = run_warp(x, theta, SIZE, "bilinear", "reflection", False, go)
     ref, rgx, rgt = reference(x, theta, SIZE, "bilinear", "reflection", False, go)
     assert_close(out, ref, torch.float32, "strided forward")
     assert_close(gx, rgx, torch.float32, "strided grad_x")
@@ -116,7 +107,7 @@ def test_arbitrary_strides_and_many_channels(device, triton_backend):
             x = x.to(memory_format=torch.channels_last_3d)
         theta = random_theta3d(1, device=device)
         go = torch.randn(1, 70, 2, 2, 3, device=device)
-        out, gx, gt = run(x, theta, (2, 2, 3), "bilinear", "zeros", True, go)
+        out, gx, gt = run_warp(x, theta, (2, 2, 3), "bilinear", "zeros", True, go)
         ref, rgx, rgt = reference(x, theta, (2, 2, 3), "bilinear", "zeros", True, go)
         assert_close(out, ref, torch.float32, f"C=70 cl={cl} forward")
         assert_close(gx, rgx, torch.float32, f"C=70 cl={cl} grad_x")
@@ -225,9 +216,9 @@ def test_int64_specialisation_computes_the_same(device, triton_backend, monkeypa
     x = torch.randn(2, 2, 3, 4, 5, device=device).to(memory_format=torch.channels_last_3d)
     theta = random_theta3d(2, device=device)
     go = torch.randn(2, 2, *SIZE, device=device)
-    base = run(x, theta, SIZE, mode, "reflection", False, go)
+    base = run_warp(x, theta, SIZE, mode, "reflection", False, go)
     monkeypatch.setattr(kw3, "needs_int64", lambda *t: True)
-    wide = run(x, theta, SIZE, mode, "reflection", False, go)
+    wide = run_warp(x, theta, SIZE, mode, "reflection", False, go)
     for a, b in zip(base, wide):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
