@@ -260,6 +260,23 @@ def scatter_2x2(d_c, g, fx, fy, m_nw, m_ne, m_sw, m_se, c_mask, stride_dh, strid
 
 
 @triton.jit
+def copy_nearest_channels(x_img, off, m, out_ptr, out_off, p_mask, fill_ptr, C, stride_xc, stride_oc,
+                          FILL: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The nearest-mode channel loop of images and volumes: copy every channel of the tap at
+    ``off`` (in-bounds mask ``m``; outside it reads 0, or the fill value) to the outputs."""
+    c_range = tl.arange(0, BLOCK_C)
+    for c0 in range(0, C, BLOCK_C):
+        c = channel_block(c0, c_range, INDEX_64)
+        c_mask = (c < C)[None, :]
+        fill = fill_block(fill_ptr, c, C, ACC, FILL)
+        v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
+        if FILL:
+            v = tl.where(m & c_mask, v.to(ACC), fill)
+        o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
+        tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+
+
+@triton.jit
 def sample_channels(
     x_img, out_ptr, out_off, p_mask, ix, iy, fill_ptr,
     C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
@@ -288,15 +305,8 @@ def sample_channels(
     else:
         xn, yn, m = nearest_tap(ix, iy, H, W, p_mask, INDEX_64)
         off = (yn * stride_xh + xn * stride_xw)[:, None]
-        for c0 in range(0, C, BLOCK_C):
-            c = channel_block(c0, c_range, INDEX_64)
-            c_mask = (c < C)[None, :]
-            fill = fill_block(fill_ptr, c, C, ACC, FILL)
-            v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
-            if FILL:
-                v = tl.where(m & c_mask, v.to(ACC), fill)
-            o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
-            tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+        copy_nearest_channels(x_img, off, m, out_ptr, out_off, p_mask, fill_ptr, C, stride_xc, stride_oc,
+                              FILL, ACC, INDEX_64, BLOCK_C)
 
 
 NONFINITE = tl.constexpr(1 << 30)  # fixed-point exponent sentinel: the image's grad_out is not all finite
@@ -510,15 +520,8 @@ def sample_channels_3d(
     else:
         xn, yn, zn, m = _nearest_tap_3d(ix, iy, iz, D, H, W, p_mask, INDEX_64)
         off = (zn * stride_xd + yn * stride_xh + xn * stride_xw)[:, None]
-        for c0 in range(0, C, BLOCK_C):
-            c = channel_block(c0, c_range, INDEX_64)
-            c_mask = (c < C)[None, :]
-            fill = fill_block(fill_ptr, c, C, ACC, FILL)
-            v = tl.load(x_img + (c * stride_xc)[None, :] + off, mask=m & c_mask, other=0.0)
-            if FILL:
-                v = tl.where(m & c_mask, v.to(ACC), fill)
-            o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
-            tl.store(o_ptrs, v.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+        copy_nearest_channels(x_img, off, m, out_ptr, out_off, p_mask, fill_ptr, C, stride_xc, stride_oc,
+                              FILL, ACC, INDEX_64, BLOCK_C)
 
 
 @triton.jit
