@@ -68,18 +68,30 @@ def test_localiser_and_descriptor():
     net = st.loc_net
     assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear", "ReLU"]
     assert net[0].out_channels == 8 and net[0].kernel_size == (9, 9) and net[0].stride == (4, 4)
-    assert st.regressor.out_features == 3
-    assert sum(p.numel() for p in st.parameters()) == 5947  # conv 656 + fc 5192 + fc 72 + regressor 27
+    assert st.regressor.out_features == 2  # schedule mode: translation only, the scale is set per step
+    assert sum(p.numel() for p in st.parameters()) == 5938  # conv 656 + fc 5192 + fc 72 + regressor 18
     x = torch.rand(3, 1, 84, 84)
     y, th = st(x)
     assert y.shape == (3, 1, 28, 28)
-    assert torch.allclose(co.attention_box(th), torch.tensor([[28.0, 28, 56, 56]] * 3), atol=1e-4)
+    # starts at the identity (the whole image), as the supplement initialises every ST
+    assert torch.allclose(th, torch.eye(2, 3).expand(3, 2, 3))
+    st.scale = 1 / 3
+    assert torch.allclose(co.attention_box(st.theta(x)), torch.tensor([[28.0, 28, 56, 56]] * 3), atol=1e-4)
     assert (th[:, 0, 1] == 0).all() and (th[:, 1, 0] == 0).all() and torch.equal(th[:, 0, 0], th[:, 1, 1])  # attention
-    # the window never leaves the image, whatever the regressor says
+    with torch.no_grad():  # a final 1/3-scale window never leaves the image, whatever the regressor says
+        st.regressor.bias.copy_(torch.tensor([-50.0, 50.0]))
+    b = co.attention_box(st.theta(x))
+    assert torch.allclose(b, torch.tensor([[0.0, 56, 28, 84]] * 3), atol=1e-3)
+    # learned scale: the whole window never leaves the image, whatever the regressor says
+    st = co.localiser("learned")
+    assert st.regressor.out_features == 3
+    assert torch.allclose(co.attention_box(st.theta(x)), torch.tensor([[28.0, 28, 56, 56]] * 3), atol=1e-4)
     with torch.no_grad():
         st.regressor.bias.copy_(torch.tensor([5.0, -50.0, 50.0]))
     b = co.attention_box(st.theta(x))
     assert (b[:, :2] >= -1e-3).all() and (b[:, 2:] <= 84 + 1e-3).all()
+    with pytest.raises(ValueError, match="scale must be one of"):
+        co.localiser("free")
     from repro import distorted_mnist as dm
 
     cnn = dm.build_model("P", "cnn")
@@ -88,13 +100,27 @@ def test_localiser_and_descriptor():
     assert d(y).shape == (3, w * 10 * 10 + w * 2 * 2 + 10)
     assert torch.allclose(d(y)[:, -10:], cnn(y))
     assert not any(p.requires_grad for p in d.parameters())
-    # the negative crop shares the positive's scale, gradient included, and stays inside the image
-    s = torch.full((64,), 0.4, requires_grad=True)
-    th_r = co.random_crop_theta(s, torch.Generator().manual_seed(0))
+    # the negative crop shares the positive's scale, gradient included; window-inside keeps it in
+    # the image, centre-inside only its centre (and so reaches windows the other cannot)
+    s = torch.full((256,), 0.4, requires_grad=True)
+    th_r = co.random_crop_theta(s, torch.Generator().manual_seed(0), "window-inside")
     th_r[:, 0, 0].sum().backward()
-    assert torch.allclose(s.grad, torch.ones(64))
+    assert torch.allclose(s.grad, torch.ones(256))
     b = co.attention_box(th_r.detach())
     assert (b[:, :2] >= -1e-4).all() and (b[:, 2:] <= 84 + 1e-4).all()
+    b = co.attention_box(co.random_crop_theta(s, torch.Generator().manual_seed(0)).detach())
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    assert ((cx >= 0) & (cx <= 84) & (cy >= 0) & (cy <= 84)).all() and (b[:, 0] < 0).any() and (b[:, 2] > 84).any()
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        co.random_crop_theta(s, torch.Generator(), "anywhere")
+
+
+def test_scale_schedule():
+    p = co.PROFILES["smoke"]
+    prof = co.replace(p, steps=100, hold=0.2, shrink=0.6)
+    assert co.scale_at(0, prof) == 1.0 and co.scale_at(20, prof) == 1.0
+    assert co.scale_at(50, prof) == pytest.approx(1 - 0.5 * (1 - 1 / 3))
+    assert co.scale_at(80, prof) == pytest.approx(1 / 3) and co.scale_at(100, prof) == pytest.approx(1 / 3)
 
 
 def test_cli_smoke(tmp_path):
@@ -106,7 +132,7 @@ def test_cli_smoke(tmp_path):
         assert (tmp_path / f"steps_{v}_digit3.png").stat().st_size > 1000
     t = (tmp_path / "table.md").read_text()
     assert "| 3 | 100 |" in t and "not run" in t
-    assert (tmp_path / "encoder.pt").exists()
+    assert r["encoder"]["steps"] == 3 and r["schedule"]["scale"] == "schedule"
 
 
 def test_ink_inside():
@@ -126,15 +152,18 @@ def test_box_theta_inverts_attention_box_and_corner_boxes():
     assert co.emptiest_corner_boxes(img).tolist() == [[56.0, 56.0, 84.0, 84.0]]
 
 
-def test_cli_damaged_encoder_checkpoint_and_restart(tmp_path, capsys):
+def test_cli_damaged_encoder_cache_and_restart(tmp_path, capsys):
+    from repro.coloc_encoder import EncoderSpec, cache_file
+
     args = ["--profile", "smoke", "--variant", "T", "--digits", "3", "--out", str(tmp_path), "--no-progress",
             "--figure-digit", "3"]
     assert co.main(args) == 0
-    enc = tmp_path / "encoder.pt"
+    enc = cache_file(EncoderSpec(steps=co.PROFILES["smoke"].encoder_steps))
     enc.write_bytes(enc.read_bytes()[:1000])  # truncated
     capsys.readouterr()
     assert co.main(args) == 4
     err = capsys.readouterr().err
     assert str(enc) in err and "--restart" in err and "Traceback" not in err
     assert co.main(args + ["--restart"]) == 0
-    assert "trained on the spot" in capsys.readouterr().out
+    assert "deleted the cached encoder" in capsys.readouterr().out
+    assert co.main(args) == 0  # the retrained cache loads
