@@ -29,14 +29,16 @@ choices, or the default is what made the optimisation work -- ``repro/results/co
 findings.md`` has the measurements):
 
 * ``--scale schedule`` (default) | ``learned``. *schedule*: coarse to fine -- the window's scale is
-  not predicted but set per step, from 1 (the identity) down to 1/3 (a digit's size) over the first
-  ``shrink`` fraction of the steps, then held; the localiser predicts the translation
-  t = (2/3) tanh(.), so that a final 1/3-scale window lies inside the image (larger windows on the
-  way may reach past the edge, where the warp samples zeros). At scale 1 every window holds its digit and the encoder's receptive
-  fields span the whole crop, so the pairs can align from any start; the windows then tighten around
-  what they agree on. *learned*: the localiser predicts the scale too, bounded so the window stays
-  inside the image (s = sigmoid(.), t = (1 - s) tanh(.)), starting at ``init_scale``; it collapses
-  onto empty background (0-2 % localised, findings.md).
+  not predicted but set per step: 1 (the identity) for the first ``hold`` fraction of the steps,
+  then linear down to 1/3 (a digit's size) over the next ``shrink`` fraction, then held; the
+  localiser predicts the translation t = (2/3) tanh(.), so that a final 1/3-scale window lies inside
+  the image (larger windows on the way may reach past the edge, where the warp samples zeros). At
+  scale 1 every window holds its digit, and eq. (1) is low for any *consistent* placement (0.15 at
+  a common offset of 0.3 vs 1.4 for the centred start, T digit 8), so the localiser can learn to
+  follow the digits before the windows tighten; without the hold the same run localised 100 % or
+  0 % depending on the encoder's seed. *learned*: the localiser predicts the scale too, bounded so
+  the window stays inside the image (s = sigmoid(.), t = (1 - s) tanh(.)), starting at
+  ``init_scale``; it collapses onto empty background (0-2 % localised).
 * ``--negatives centre-inside`` (default) | ``window-inside``: where I_n^rand may lie -- its centre
   uniform inside the image (it may reach past the edge), or the whole window inside the image
   (at scale 1 the only such window is the anchor itself, so d_neg = 0).
@@ -74,6 +76,7 @@ PAPER = {"T": "100", "TC": "75–93 (range over classes)"}
 SCALES = ("schedule", "learned")
 NEGATIVES = ("centre-inside", "window-inside")
 OPTIMIZERS = ("adam", "sgd")
+PADDINGS = ("zeros", "reflection")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class CoProfile:
     shrink: float = 0.375  # schedule: fraction of the steps over which the scale then goes 1 -> 1/3
     init_scale: float = CROP / CANVAS  # learned: the starting scale
     negatives: str = "centre-inside"
+    padding: str = "zeros"  # what a window reaching past the image edge samples there
     descriptor: str = "layer-l2"
     n_images: int = 100
     encoder_steps: int = 1500
@@ -171,8 +175,11 @@ class Localiser(nn.Module):
     t = (1 - s) tanh(v1, v2), so the whole window stays inside the image (with the unbounded
     parameterisation it escapes in the first steps: two all-black crops are a zero-loss solution)."""
 
-    def __init__(self, scale: str = "schedule", init_scale: float = CROP / CANVAS):
+    def __init__(self, scale: str = "schedule", init_scale: float = CROP / CANVAS, padding: str = "zeros"):
         super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        self.padding = padding
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         self.mode = scale
@@ -198,11 +205,11 @@ class Localiser(nn.Module):
         from stn_triton import warp
 
         th = self.theta(x)
-        return warp(x, th, (CROP, CROP)), th
+        return warp(x, th, (CROP, CROP), padding_mode=self.padding), th
 
 
-def localiser(scale: str = "schedule", init_scale: float = CROP / CANVAS) -> Localiser:
-    return Localiser(scale, init_scale)
+def localiser(scale: str = "schedule", init_scale: float = CROP / CANVAS, padding: str = "zeros") -> Localiser:
+    return Localiser(scale, init_scale, padding)
 
 
 DESCRIPTORS = ("concat", "layer-l2")
@@ -301,7 +308,7 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
     """One co-localisation optimisation over ``images`` (N, 1, 84, 84); ``boxes`` only for the metric."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
-    st = localiser(prof.scale, prof.init_scale)
+    st = localiser(prof.scale, prof.init_scale, prof.padding)
     desc = Descriptor(enc, prof.descriptor)
     if prof.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {prof.optimizer!r}")
@@ -328,7 +335,7 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
         crops, theta = st(images[torch.cat([i, j])])
         c_n, c_m = crops[:prof.batch], crops[prof.batch:]
         th_r = random_crop_theta(theta[:prof.batch, 0, 0], g, prof.negatives)
-        c_r = warp(images[i], th_r, (CROP, CROP))
+        c_r = warp(images[i], th_r, (CROP, CROP), padding_mode=prof.padding)
         e = desc(torch.cat([c_n, c_m, c_r]))
         e_n, e_m, e_r = e.split(prof.batch)
         loss = triplet_loss(e_n, e_m, e_r, prof.alpha)
@@ -522,6 +529,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shrink", type=float, help="--scale schedule: fraction of the steps over which 1 -> 1/3 next")
     ap.add_argument("--negatives", choices=NEGATIVES, help="centre-inside (default) or window-inside")
     ap.add_argument("--descriptor", choices=DESCRIPTORS, help="layer-l2 (default) or concat (the paper's)")
+    ap.add_argument("--padding", choices=PADDINGS, help="zeros (default) or reflection: what windows past the edge see")
     ap.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd (the paper's)")
     ap.add_argument("--figure-digit", type=int, default=8, help="digit shown in the steps figure (supplement: 8)")
     ap.add_argument("--diagnose", action="store_true",
@@ -534,7 +542,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     prof = PROFILES[a.profile]
     ov = {k: v for k, v in {"steps": a.steps, "batch": a.batch_size, "lr": a.lr, "init_scale": a.init_scale,
-                            "scale": a.scale, "hold": a.hold, "shrink": a.shrink, "negatives": a.negatives,
+                            "scale": a.scale, "hold": a.hold, "shrink": a.shrink, "negatives": a.negatives, "padding": a.padding,
                             "descriptor": a.descriptor, "optimizer": a.optimizer}.items()
           if v is not None}
     prof = replace(prof, **ov)
