@@ -39,6 +39,10 @@ findings.md`` has the measurements):
   0 % depending on the encoder's seed. *learned*: the localiser predicts the scale too, bounded so
   the window stays inside the image (s = sigmoid(.), t = (1 - s) tanh(.)), starting at
   ``init_scale``; it collapses onto empty background (0-2 % localised).
+* ``--start-scale`` (default 1, the identity) and ``--translation final-inside`` (default,
+  |t| <= 2/3) | ``window-inside`` (|t| <= 1 - s: the window never reaches past the edge; with a start
+  scale of 0.8 every digit still fits in some window, and there is no zero padding to hide in).
+* ``--padding zeros`` (default) | ``reflection``: what a window reaching past the edge samples.
 * ``--negatives centre-inside`` (default) | ``window-inside``: where I_n^rand may lie -- its centre
   uniform inside the image (it may reach past the edge), or the whole window inside the image
   (at scale 1 the only such window is the anchor itself, so d_neg = 0).
@@ -77,6 +81,7 @@ SCALES = ("schedule", "learned")
 NEGATIVES = ("centre-inside", "window-inside")
 OPTIMIZERS = ("adam", "sgd")
 PADDINGS = ("zeros", "reflection")
+TRANSLATIONS = ("final-inside", "window-inside")
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ class CoProfile:
     momentum: float = 0.9  # sgd only
     alpha: float = 1.0
     scale: str = "schedule"
+    start_scale: float = 1.0  # schedule: the scale held first (1 = the identity)
+    translation: str = "final-inside"  # schedule: bound on t, see Localiser
     hold: float = 0.375  # schedule: fraction of the steps at scale 1 (the identity) first
     shrink: float = 0.375  # schedule: fraction of the steps over which the scale then goes 1 -> 1/3
     init_scale: float = CROP / CANVAS  # learned: the starting scale
@@ -160,7 +167,7 @@ def scale_at(step: int, prof: CoProfile) -> float:
     of the steps, then linear down to 1/3 over the next ``prof.shrink`` fraction, then held at 1/3."""
     start = prof.hold * prof.steps
     frac = min(1.0, max(0.0, step - start) / max(1.0, prof.shrink * prof.steps)) if prof.shrink > 0 else 1.0
-    return 1.0 + (CROP / CANVAS - 1.0) * frac
+    return prof.start_scale + (CROP / CANVAS - prof.start_scale) * frac
 
 
 class Localiser(nn.Module):
@@ -175,8 +182,12 @@ class Localiser(nn.Module):
     t = (1 - s) tanh(v1, v2), so the whole window stays inside the image (with the unbounded
     parameterisation it escapes in the first steps: two all-black crops are a zero-loss solution)."""
 
-    def __init__(self, scale: str = "schedule", init_scale: float = CROP / CANVAS, padding: str = "zeros"):
+    def __init__(self, scale: str = "schedule", init_scale: float = CROP / CANVAS, padding: str = "zeros",
+                 translation: str = "final-inside"):
         super().__init__()
+        if translation not in TRANSLATIONS:
+            raise ValueError(f"translation must be one of {TRANSLATIONS}, got {translation!r}")
+        self.translation = translation
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         self.padding = padding
@@ -193,7 +204,9 @@ class Localiser(nn.Module):
     def theta(self, x):
         v = self.regressor(self.loc_net(x))
         if self.mode == "schedule":
-            t = (1 - CROP / CANVAS) * torch.tanh(v)  # the final (1/3-scale) window stays inside the image
+            # final-inside: a final 1/3-scale window stays inside the image; window-inside: this one does
+            bound = (1 - CROP / CANVAS) if self.translation == "final-inside" else max(0.0, 1 - self.scale)
+            t = bound * torch.tanh(v)
             s = torch.full_like(t[:, 0], self.scale)
         else:
             s = torch.sigmoid(v[:, 0] + self.init_logit)
@@ -208,8 +221,9 @@ class Localiser(nn.Module):
         return warp(x, th, (CROP, CROP), padding_mode=self.padding), th
 
 
-def localiser(scale: str = "schedule", init_scale: float = CROP / CANVAS, padding: str = "zeros") -> Localiser:
-    return Localiser(scale, init_scale, padding)
+def localiser(scale: str = "schedule", init_scale: float = CROP / CANVAS, padding: str = "zeros",
+              translation: str = "final-inside") -> Localiser:
+    return Localiser(scale, init_scale, padding, translation)
 
 
 DESCRIPTORS = ("concat", "layer-l2")
@@ -308,7 +322,7 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
     """One co-localisation optimisation over ``images`` (N, 1, 84, 84); ``boxes`` only for the metric."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
-    st = localiser(prof.scale, prof.init_scale, prof.padding)
+    st = localiser(prof.scale, prof.init_scale, prof.padding, prof.translation)
     desc = Descriptor(enc, prof.descriptor)
     if prof.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {prof.optimizer!r}")
@@ -475,10 +489,18 @@ def write_table(out: Path) -> Path:
                 res[v][d] = r
                 meta.setdefault("profile", r.get("profile"))
                 meta.setdefault("encoder", r.get("encoder"))
+    sched = next((r["schedule"] for v in VARIANTS for r in res[v].values() if "schedule" in r), {})
+    prov = next((r["versions"] for v in VARIANTS for r in res[v].values() if "versions" in r), {})
+    opts = ", ".join(f"{k} {sched[k]}" for k in ("steps", "batch", "optimizer", "lr", "scale", "start_scale", "translation", "hold", "shrink",
+                                                 "negatives", "descriptor", "padding", "alpha") if k in sched)
     lines = ["# Co-localisation (supplement Table 2): % of the 100 images whose box has IoU > 0.5", "",
-             f"Profile `{meta.get('profile')}`, device `cpu` (2 shared cores, 1 thread); one optimisation per digit "
+             f"Profile `{meta.get('profile')}` ({opts}); device `cpu`, "
+             f"{prov.get('threads', 1)} thread, commit {prov.get('git', '?')} "
+             f"({'clean' if prov.get('git_clean') else 'dirty or unknown'} tree); one optimisation per digit "
              "class on its first 100 test images, seed 0. Paper: T 100 % for every class, TC 75–93 % "
-             "depending on the class (per-class values not in our copy of the supplement).", "",
+             "depending on the class (per-class values not in our copy of the supplement). The options that "
+             "depart from the supplement are listed in `python -m repro.colocalisation --help` and the module "
+             "docstring.", "",
              "| digit | T paper | T ours | T mean IoU | TC paper | TC ours | TC mean IoU | wall time T / TC (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for d in range(10):
@@ -525,6 +547,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float)
     ap.add_argument("--init-scale", type=float, help="--scale learned: the starting scale")
     ap.add_argument("--scale", choices=SCALES, help="schedule (default: 1 -> 1/3, coarse to fine) or learned")
+    ap.add_argument("--start-scale", type=float, help="--scale schedule: the scale held first (default 1, the identity)")
+    ap.add_argument("--translation", choices=TRANSLATIONS,
+                    help="--scale schedule: final-inside (default; |t| <= 2/3) or window-inside (|t| <= 1 - s)")
     ap.add_argument("--hold", type=float, help="--scale schedule: fraction of the steps at scale 1 first")
     ap.add_argument("--shrink", type=float, help="--scale schedule: fraction of the steps over which 1 -> 1/3 next")
     ap.add_argument("--negatives", choices=NEGATIVES, help="centre-inside (default) or window-inside")
@@ -542,7 +567,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     prof = PROFILES[a.profile]
     ov = {k: v for k, v in {"steps": a.steps, "batch": a.batch_size, "lr": a.lr, "init_scale": a.init_scale,
-                            "scale": a.scale, "hold": a.hold, "shrink": a.shrink, "negatives": a.negatives, "padding": a.padding,
+                            "scale": a.scale, "start_scale": a.start_scale, "translation": a.translation, "hold": a.hold, "shrink": a.shrink, "negatives": a.negatives, "padding": a.padding,
                             "descriptor": a.descriptor, "optimizer": a.optimizer}.items()
           if v is not None}
     prof = replace(prof, **ov)

@@ -82,6 +82,15 @@ def test_localiser_and_descriptor():
         st.regressor.bias.copy_(torch.tensor([-50.0, 50.0]))
     b = co.attention_box(st.theta(x))
     assert torch.allclose(b, torch.tensor([[0.0, 56, 28, 84]] * 3), atol=1e-3)
+    # window-inside: the bound follows the scale, so this window never leaves the image either
+    st = co.localiser(translation="window-inside")
+    st.scale = 0.8
+    with torch.no_grad():
+        st.regressor.bias.copy_(torch.tensor([-50.0, 50.0]))
+    b = co.attention_box(st.theta(x))
+    assert torch.allclose(b, torch.tensor([[0.0, 84 - 0.8 * 84, 0.8 * 84, 84]] * 3), atol=1e-3)
+    with pytest.raises(ValueError, match="translation must be one of"):
+        co.localiser(translation="free")
     # learned scale: the whole window never leaves the image, whatever the regressor says
     st = co.localiser("learned")
     assert st.regressor.out_features == 3
@@ -121,6 +130,8 @@ def test_scale_schedule():
     assert co.scale_at(0, prof) == 1.0 and co.scale_at(20, prof) == 1.0
     assert co.scale_at(50, prof) == pytest.approx(1 - 0.5 * (1 - 1 / 3))
     assert co.scale_at(80, prof) == pytest.approx(1 / 3) and co.scale_at(100, prof) == pytest.approx(1 / 3)
+    prof = co.replace(prof, start_scale=0.8)
+    assert co.scale_at(10, prof) == 0.8 and co.scale_at(50, prof) == pytest.approx(0.8 - 0.5 * (0.8 - 1 / 3))
 
 
 def test_cli_smoke(tmp_path):
