@@ -47,8 +47,11 @@ MODELS = [("RTS", "fcn"), ("RTS", "st-fcn-aff"), ("TC", "fcn"), ("TC", "st-fcn-a
           ("addition", "fcn"), ("addition", "st-fcn"), ("addition", "2xst-fcn")]
 
 
-def plain_warp(x, theta, size=None, *, mode="bilinear", padding_mode="zeros", align_corners=False):
-    """The reference composition: ``F.affine_grid`` + ``F.grid_sample``."""
+def plain_warp(x, theta, size=None, *, mode="bilinear", padding_mode="zeros", align_corners=False,
+               fill_value=None):
+    """The reference composition: ``F.affine_grid`` + ``F.grid_sample`` (no fill padding)."""
+    if fill_value is not None:
+        raise ValueError(f"plain_warp: fill_value={fill_value!r} has no F.grid_sample equivalent")
     size = tuple(x.shape[-2:]) if size is None else tuple(size)
     grid = F.affine_grid(theta, (x.shape[0], x.shape[1], *size), align_corners=align_corners)
     return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
