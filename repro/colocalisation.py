@@ -9,8 +9,10 @@ digit)`` (a 28x28 MNIST digit at a uniform random integer position in an 84x84 b
 adds 16 random 6x6 crops of other digits). Neither labels nor boxes are used for optimisation.
 
 * Encoder e(.): the section-4.1 CNN *trained for digit classification*
-  (:mod:`repro.coloc_encoder`: MNIST train digits with +-2 px shifts, 1.15 % test error), trained
-  once and cached by hash, frozen. The descriptor concatenates the two hidden layers' activations
+  (:mod:`repro.coloc_encoder`: MNIST train digits shrunk to a random 1/3-1 of the 28 px frame at
+  random positions, the sizes a digit has in the schedule's windows; 1.75 % error on the full-size
+  MNIST test digits), trained once and cached by hash, frozen (``--encoder-augment shift``: the
+  full-size-only encoder, 1.0 %). The descriptor concatenates the two hidden layers' activations
   (after ReLU + max-pool, flattened) and the pre-softmax logits; ``--encoder PATH`` loads a
   distorted-MNIST recipe checkpoint instead.
 * Localiser: a spatial transformer parameterised for attention (scale + translation) producing a
@@ -99,11 +101,13 @@ class CoProfile:
     hold: float = 0.375  # schedule: fraction of the steps at scale 1 (the identity) first
     shrink: float = 0.375  # schedule: fraction of the steps over which the scale then goes 1 -> 1/3
     init_scale: float = CROP / CANVAS  # learned: the starting scale
+    final_lr_mult: float = 1.0  # schedule: the lr is multiplied by this once the windows reach 1/3 (the last phase)
     negatives: str = "centre-inside"
     padding: str = "zeros"  # what a window reaching past the image edge samples there
     descriptor: str = "layer-l2"
     n_images: int = 100
-    encoder_steps: int = 1500
+    encoder_steps: int = 2000
+    encoder_augment: str = "scale"  # repro.coloc_encoder: digits at 1/3-1 of the frame ("scale") or full size ("shift")
     snapshot_every: int = 10
     note: str = ""
 
@@ -111,7 +115,7 @@ class CoProfile:
 PROFILES = {
     "full": CoProfile("full", steps=800, batch=32, lr=3e-3,
                        note="800 Adam steps of 32 random pairs per class (300 at scale 1, 300 shrinking to 1/3, "
-                            "200 at 1/3); encoder trained 1,500 Adam steps on MNIST"),
+                            "200 at 1/3); encoder trained 2,000 Adam steps on MNIST digits at 1/3-1 scale"),
     "quick": CoProfile("quick", steps=400, batch=32, lr=3e-3,
                        note="400 steps of 32 random pairs per class (the full schedule at half length)"),
     "smoke": CoProfile("smoke", steps=4, batch=2, lr=3e-3, encoder_steps=3, snapshot_every=2,
@@ -292,11 +296,18 @@ def load_encoder(path: str | Path, dataset: str = "P") -> nn.Module:
     return m.eval()
 
 
+def encoder_spec(prof: CoProfile, seed: int = 0):
+    """The :class:`repro.coloc_encoder.EncoderSpec` a profile asks for (one place: training and --restart)."""
+    from repro.coloc_encoder import EncoderSpec
+
+    return EncoderSpec(steps=prof.encoder_steps, augment=prof.encoder_augment, seed=seed)
+
+
 def encoder(prof: CoProfile, seed: int = 0, progress: bool = True) -> tuple[nn.Module, dict]:
     """The section-4.1 CNN trained for digit classification (:mod:`repro.coloc_encoder`), cached by hash."""
-    from repro.coloc_encoder import EncoderSpec, digit_encoder
+    from repro.coloc_encoder import digit_encoder
 
-    return digit_encoder(EncoderSpec(steps=prof.encoder_steps, seed=seed), progress=progress)
+    return digit_encoder(encoder_spec(prof, seed), progress=progress)
 
 
 def ink_inside(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -342,8 +353,12 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
     t0 = time.perf_counter()
     from stn_triton import warp
 
+    final_phase = int(round((prof.hold + prof.shrink) * prof.steps)) if prof.scale == "schedule" else None
     for step in range(prof.steps):
         st.scale = scale_at(step, prof)
+        if step == final_phase:  # the windows have their final size: refine their position with a smaller step
+            for group in opt.param_groups:
+                group["lr"] *= prof.final_lr_mult
         i = torch.randint(0, n, (prof.batch,), generator=g)
         j = (i + torch.randint(1, n, (prof.batch,), generator=g)) % n  # m != n
         crops, theta = st(images[torch.cat([i, j])])
@@ -492,7 +507,7 @@ def write_table(out: Path) -> Path:
     sched = next((r["schedule"] for v in VARIANTS for r in res[v].values() if "schedule" in r), {})
     prov = next((r["versions"] for v in VARIANTS for r in res[v].values() if "versions" in r), {})
     opts = ", ".join(f"{k} {sched[k]}" for k in ("steps", "batch", "optimizer", "lr", "scale", "start_scale", "translation", "hold", "shrink",
-                                                 "negatives", "descriptor", "padding", "alpha") if k in sched)
+                                                 "final_lr_mult", "encoder_augment", "encoder_steps", "negatives", "descriptor", "padding", "alpha") if k in sched)
     lines = ["# Co-localisation (supplement Table 2): % of the 100 images whose box has IoU > 0.5", "",
              f"Profile `{meta.get('profile')}` ({opts}); device `cpu`, "
              f"{prov.get('threads', 1)} thread, commit {prov.get('git', '?')} "
@@ -552,9 +567,14 @@ def main(argv=None) -> int:
                     help="--scale schedule: final-inside (default; |t| <= 2/3) or window-inside (|t| <= 1 - s)")
     ap.add_argument("--hold", type=float, help="--scale schedule: fraction of the steps at scale 1 first")
     ap.add_argument("--shrink", type=float, help="--scale schedule: fraction of the steps over which 1 -> 1/3 next")
+    ap.add_argument("--final-lr-mult", type=float,
+                    help="--scale schedule: lr factor once the windows reach 1/3 (default 1: a constant lr)")
     ap.add_argument("--negatives", choices=NEGATIVES, help="centre-inside (default) or window-inside")
     ap.add_argument("--descriptor", choices=DESCRIPTORS, help="layer-l2 (default) or concat (the paper's)")
     ap.add_argument("--padding", choices=PADDINGS, help="zeros (default) or reflection: what windows past the edge see")
+    ap.add_argument("--encoder-augment", choices=("scale", "shift"),
+                    help="how the encoder's training digits are augmented: scale (default; 1/3-1 of the frame at a "
+                         "random position) or shift (full size, +-2 px)")
     ap.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd (the paper's)")
     ap.add_argument("--figure-digit", type=int, default=8, help="digit shown in the steps figure (supplement: 8)")
     ap.add_argument("--diagnose", action="store_true",
@@ -568,7 +588,8 @@ def main(argv=None) -> int:
     prof = PROFILES[a.profile]
     ov = {k: v for k, v in {"steps": a.steps, "batch": a.batch_size, "lr": a.lr, "init_scale": a.init_scale,
                             "scale": a.scale, "start_scale": a.start_scale, "translation": a.translation, "hold": a.hold, "shrink": a.shrink, "negatives": a.negatives, "padding": a.padding,
-                            "descriptor": a.descriptor, "optimizer": a.optimizer}.items()
+                            "descriptor": a.descriptor, "optimizer": a.optimizer,
+                            "encoder_augment": a.encoder_augment, "final_lr_mult": a.final_lr_mult}.items()
           if v is not None}
     prof = replace(prof, **ov)
     out = Path(a.out)
@@ -577,9 +598,9 @@ def main(argv=None) -> int:
 
     if a.restart:
         a.resume = False
-        from repro.coloc_encoder import EncoderSpec, cache_file
+        from repro.coloc_encoder import cache_file
 
-        cached = cache_file(EncoderSpec(steps=prof.encoder_steps, seed=a.seed))
+        cached = cache_file(encoder_spec(prof, a.seed))
         if cached.exists() and not a.encoder:
             cached.unlink()
             print(f"--restart: deleted the cached encoder {cached}")

@@ -164,12 +164,12 @@ def test_box_theta_inverts_attention_box_and_corner_boxes():
 
 
 def test_cli_damaged_encoder_cache_and_restart(tmp_path, capsys):
-    from repro.coloc_encoder import EncoderSpec, cache_file
+    from repro.coloc_encoder import cache_file
 
     args = ["--profile", "smoke", "--variant", "T", "--digits", "3", "--out", str(tmp_path), "--no-progress",
             "--figure-digit", "3"]
     assert co.main(args) == 0
-    enc = cache_file(EncoderSpec(steps=co.PROFILES["smoke"].encoder_steps))
+    enc = cache_file(co.encoder_spec(co.PROFILES["smoke"]))
     enc.write_bytes(enc.read_bytes()[:1000])  # truncated
     capsys.readouterr()
     assert co.main(args) == 4
