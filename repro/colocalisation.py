@@ -42,8 +42,10 @@ findings.md`` has the measurements):
   the window stays inside the image (s = sigmoid(.), t = (1 - s) tanh(.)), starting at
   ``init_scale``; it collapses onto empty background (0-2 % localised).
 * ``--start-scale`` (default 1, the identity) and ``--translation final-inside`` (default,
-  |t| <= 2/3) | ``window-inside`` (|t| <= 1 - s: the window never reaches past the edge; with a start
-  scale of 0.8 every digit still fits in some window, and there is no zero padding to hide in).
+  |t| <= 2/3) | ``final-slack`` (|t| <= 5/6: 2/3 is exactly the farthest digit centre, which a
+  tanh reaches only at infinity) | ``window-inside`` (|t| <= 1 - s: the window never reaches past
+  the edge; with a start scale of 0.8 every digit still fits in some window, and there is no zero
+  padding to hide in).
 * ``--padding zeros`` (default) | ``reflection``: what a window reaching past the edge samples.
 * ``--negatives centre-inside`` (default) | ``window-inside``: where I_n^rand may lie -- its centre
   uniform inside the image (it may reach past the edge), or the whole window inside the image
@@ -53,8 +55,8 @@ findings.md`` has the measurements):
   concatenation eq. (1) scores empty windows lower than the true boxes.
 * ``--optimizer adam`` (default) | ``sgd``: the paper says SGD; learning rate, batch and steps are
   ours (``PROFILES``). The loss is the batch mean (eq. (1) sums: a constant factor).
-* The localisation net as described has 5.9k parameters on an 84x84 input, not the "100k" the
-  supplement states (a stride-1 first conv would give ~93k); we keep the described layers.
+* ``--loc-stride 4`` (default) | ``1``: the localisation net as described has 5.9k parameters on an
+  84x84 input, not the "100k" the supplement states; a stride-1 first conv gives 93k.
 """
 from __future__ import annotations
 
@@ -83,7 +85,9 @@ SCALES = ("schedule", "learned")
 NEGATIVES = ("centre-inside", "window-inside")
 OPTIMIZERS = ("adam", "sgd")
 PADDINGS = ("zeros", "reflection")
-TRANSLATIONS = ("final-inside", "window-inside")
+TRANSLATIONS = ("final-inside", "final-slack", "window-inside")
+LOC_STRIDES = (4, 1)  # the localisation net's first conv: the stated stride, or the one the "100k" fits
+TRANSLATION_SLACK = 5 / 6  # final-slack: a final 28 px window may reach 7 px (a quarter of its width) past the edge
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class CoProfile:
     init_scale: float = CROP / CANVAS  # learned: the starting scale
     final_lr_mult: float = 1.0  # schedule: the lr is multiplied by this once the windows reach 1/3 (the last phase)
     negatives: str = "centre-inside"
+    loc_stride: int = 4  # the localisation net's first conv stride (4 as stated; 1 gives the stated ~100k parameters)
     padding: str = "zeros"  # what a window reaching past the image edge samples there
     descriptor: str = "layer-l2"
     n_images: int = 100
@@ -159,10 +164,12 @@ def triplet_loss(e_n: torch.Tensor, e_m: torch.Tensor, e_rand: torch.Tensor, alp
     raise ValueError(f"reduction must be sum, mean or none, got {reduction!r}")
 
 
-def loc_net() -> nn.Sequential:
-    """The supplement's co-localisation localisation CNN (without its final 3-unit regressor)."""
-    s = ((CANVAS - 9) // 4 + 1) // 2  # 19 -> 9
-    return nn.Sequential(nn.Conv2d(1, 8, 9, stride=4), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Flatten(),
+def loc_net(stride: int = 4) -> nn.Sequential:
+    """The supplement's co-localisation localisation CNN (without its final 3-unit regressor): conv
+    8@9x9 with the stated 4 px stride (5.9k parameters in all), or stride 1 (~93k: the "100k" the
+    supplement gives fits this one)."""
+    s = ((CANVAS - 9) // stride + 1) // 2  # stride 4: 19 -> 9; stride 1: 76 -> 38
+    return nn.Sequential(nn.Conv2d(1, 8, 9, stride=stride), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Flatten(),
                          nn.Linear(8 * s * s, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
 
 
@@ -187,8 +194,10 @@ class Localiser(nn.Module):
     parameterisation it escapes in the first steps: two all-black crops are a zero-loss solution)."""
 
     def __init__(self, scale: str = "schedule", init_scale: float = CROP / CANVAS, padding: str = "zeros",
-                 translation: str = "final-inside"):
+                 translation: str = "final-inside", loc_stride: int = 4):
         super().__init__()
+        if loc_stride not in LOC_STRIDES:
+            raise ValueError(f"loc_stride must be one of {LOC_STRIDES}, got {loc_stride!r}")
         if translation not in TRANSLATIONS:
             raise ValueError(f"translation must be one of {TRANSLATIONS}, got {translation!r}")
         self.translation = translation
@@ -198,7 +207,7 @@ class Localiser(nn.Module):
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         self.mode = scale
-        self.loc_net = loc_net()
+        self.loc_net = loc_net(loc_stride)
         self.regressor = nn.Linear(8, 2 if scale == "schedule" else 3)
         self.scale = 1.0  # schedule mode: the current window scale
         self.init_logit = math.log(init_scale / (1 - init_scale))
@@ -209,7 +218,9 @@ class Localiser(nn.Module):
         v = self.regressor(self.loc_net(x))
         if self.mode == "schedule":
             # final-inside: a final 1/3-scale window stays inside the image; window-inside: this one does
-            bound = (1 - CROP / CANVAS) if self.translation == "final-inside" else max(0.0, 1 - self.scale)
+            # final-slack: a little past 2/3, so that the farthest digit centres (+-2/3) need no saturated tanh
+            bound = {"final-inside": 1 - CROP / CANVAS, "final-slack": TRANSLATION_SLACK,
+                     "window-inside": max(0.0, 1 - self.scale)}[self.translation]
             t = bound * torch.tanh(v)
             s = torch.full_like(t[:, 0], self.scale)
         else:
@@ -226,8 +237,8 @@ class Localiser(nn.Module):
 
 
 def localiser(scale: str = "schedule", init_scale: float = CROP / CANVAS, padding: str = "zeros",
-              translation: str = "final-inside") -> Localiser:
-    return Localiser(scale, init_scale, padding, translation)
+              translation: str = "final-inside", loc_stride: int = 4) -> Localiser:
+    return Localiser(scale, init_scale, padding, translation, loc_stride)
 
 
 DESCRIPTORS = ("concat", "layer-l2")
@@ -333,7 +344,7 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
     """One co-localisation optimisation over ``images`` (N, 1, 84, 84); ``boxes`` only for the metric."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
-    st = localiser(prof.scale, prof.init_scale, prof.padding, prof.translation)
+    st = localiser(prof.scale, prof.init_scale, prof.padding, prof.translation, prof.loc_stride)
     desc = Descriptor(enc, prof.descriptor)
     if prof.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {prof.optimizer!r}")
@@ -507,7 +518,7 @@ def write_table(out: Path) -> Path:
     sched = next((r["schedule"] for v in VARIANTS for r in res[v].values() if "schedule" in r), {})
     prov = next((r["versions"] for v in VARIANTS for r in res[v].values() if "versions" in r), {})
     opts = ", ".join(f"{k} {sched[k]}" for k in ("steps", "batch", "optimizer", "lr", "scale", "start_scale", "translation", "hold", "shrink",
-                                                 "final_lr_mult", "encoder_augment", "encoder_steps", "negatives", "descriptor", "padding", "alpha") if k in sched)
+                                                 "final_lr_mult", "encoder_augment", "encoder_steps", "loc_stride", "negatives", "descriptor", "padding", "alpha") if k in sched)
     lines = ["# Co-localisation (supplement Table 2): % of the 100 images whose box has IoU > 0.5", "",
              f"Profile `{meta.get('profile')}` ({opts}); device `cpu`, "
              f"{prov.get('threads', 1)} thread, commit {prov.get('git', '?')} "
@@ -564,11 +575,14 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", choices=SCALES, help="schedule (default: 1 -> 1/3, coarse to fine) or learned")
     ap.add_argument("--start-scale", type=float, help="--scale schedule: the scale held first (default 1, the identity)")
     ap.add_argument("--translation", choices=TRANSLATIONS,
-                    help="--scale schedule: final-inside (default; |t| <= 2/3) or window-inside (|t| <= 1 - s)")
+                    help="--scale schedule: final-inside (default; |t| <= 2/3), final-slack (|t| <= 5/6) or "
+                         "window-inside (|t| <= 1 - s)")
     ap.add_argument("--hold", type=float, help="--scale schedule: fraction of the steps at scale 1 first")
     ap.add_argument("--shrink", type=float, help="--scale schedule: fraction of the steps over which 1 -> 1/3 next")
     ap.add_argument("--final-lr-mult", type=float,
                     help="--scale schedule: lr factor once the windows reach 1/3 (default 1: a constant lr)")
+    ap.add_argument("--loc-stride", type=int, choices=LOC_STRIDES,
+                    help="the localisation net's first conv stride: 4 (default, as stated: 5.9k parameters) or 1 (~93k)")
     ap.add_argument("--negatives", choices=NEGATIVES, help="centre-inside (default) or window-inside")
     ap.add_argument("--descriptor", choices=DESCRIPTORS, help="layer-l2 (default) or concat (the paper's)")
     ap.add_argument("--padding", choices=PADDINGS, help="zeros (default) or reflection: what windows past the edge see")
@@ -589,7 +603,7 @@ def main(argv=None) -> int:
     ov = {k: v for k, v in {"steps": a.steps, "batch": a.batch_size, "lr": a.lr, "init_scale": a.init_scale,
                             "scale": a.scale, "start_scale": a.start_scale, "translation": a.translation, "hold": a.hold, "shrink": a.shrink, "negatives": a.negatives, "padding": a.padding,
                             "descriptor": a.descriptor, "optimizer": a.optimizer,
-                            "encoder_augment": a.encoder_augment, "final_lr_mult": a.final_lr_mult}.items()
+                            "encoder_augment": a.encoder_augment, "final_lr_mult": a.final_lr_mult, "loc_stride": a.loc_stride}.items()
           if v is not None}
     prof = replace(prof, **ov)
     out = Path(a.out)

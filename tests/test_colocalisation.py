@@ -70,6 +70,10 @@ def test_localiser_and_descriptor():
     assert net[0].out_channels == 8 and net[0].kernel_size == (9, 9) and net[0].stride == (4, 4)
     assert st.regressor.out_features == 2  # schedule mode: translation only, the scale is set per step
     assert sum(p.numel() for p in st.parameters()) == 5938  # conv 656 + fc 5192 + fc 72 + regressor 18
+    # stride 1: conv 656 + fc 8*38*38*8+8 = 92424 + 72 + 18: the supplement's "100k"
+    assert sum(p.numel() for p in co.localiser(loc_stride=1).parameters()) == 93170
+    with pytest.raises(ValueError, match="loc_stride must be one of"):
+        co.localiser(loc_stride=2)
     x = torch.rand(3, 1, 84, 84)
     y, th = st(x)
     assert y.shape == (3, 1, 28, 28)
@@ -89,6 +93,13 @@ def test_localiser_and_descriptor():
         st.regressor.bias.copy_(torch.tensor([-50.0, 50.0]))
     b = co.attention_box(st.theta(x))
     assert torch.allclose(b, torch.tensor([[0.0, 84 - 0.8 * 84, 0.8 * 84, 84]] * 3), atol=1e-3)
+    # final-slack: t = +-5/6, so a final 28 px window may reach 7 px (1/6 of the half-width 42 px) past the edge
+    st = co.localiser(translation="final-slack")
+    st.scale = 1 / 3
+    with torch.no_grad():
+        st.regressor.bias.copy_(torch.tensor([-50.0, 50.0]))
+    b = co.attention_box(st.theta(x))
+    assert torch.allclose(b, torch.tensor([[-7.0, 63, 21, 91]] * 3), atol=1e-3)
     with pytest.raises(ValueError, match="translation must be one of"):
         co.localiser(translation="free")
     # learned scale: the whole window never leaves the image, whatever the regressor says
