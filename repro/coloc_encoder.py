@@ -40,6 +40,12 @@ class EncoderSpec:
     seed: int = 0
     version: int = 2  # bump when the training code changes what a spec produces
 
+    def __post_init__(self):  # a bad spec is refused where it is made, before it names a cache file
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"EncoderSpec.augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if not 0 < self.scale_min <= 1:
+            raise ValueError(f"EncoderSpec.scale_min must be in (0, 1], got {self.scale_min}")
+
 
 AUGMENTS = ("scale", "shift")
 
@@ -110,11 +116,6 @@ def test_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bat
 
 def train(spec: EncoderSpec, progress: bool = True) -> tuple[nn.Module, dict]:
     from repro.data.sets import digit_pool
-
-    if spec.augment not in AUGMENTS:
-        raise ValueError(f"EncoderSpec.augment must be one of {AUGMENTS}, got {spec.augment!r}")
-    if not 0 < spec.scale_min <= 1:
-        raise ValueError(f"EncoderSpec.scale_min must be in (0, 1], got {spec.scale_min}")
 
     x, y = digit_pool("train")
     xt, yt = digit_pool("test")

@@ -586,7 +586,9 @@ def main(argv=None) -> int:
     ap.add_argument("--negatives", choices=NEGATIVES, help="centre-inside (default) or window-inside")
     ap.add_argument("--descriptor", choices=DESCRIPTORS, help="layer-l2 (default) or concat (the paper's)")
     ap.add_argument("--padding", choices=PADDINGS, help="zeros (default) or reflection: what windows past the edge see")
-    ap.add_argument("--encoder-augment", choices=("scale", "shift"),
+    from repro.coloc_encoder import AUGMENTS
+
+    ap.add_argument("--encoder-augment", choices=AUGMENTS,
                     help="how the encoder's training digits are augmented: scale (default; 1/3-1 of the frame at a "
                          "random position) or shift (full size, +-2 px)")
     ap.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd (the paper's)")

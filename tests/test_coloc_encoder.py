@@ -46,7 +46,9 @@ def test_scale_augment_keeps_the_digit_in_frame():
     assert 0.3 < ratio.mean() < 0.65 and ratio.max() <= 1.0 + 1e-4
     assert (ratio >= (1 / 3) ** 2 * 0.9).all()  # nothing shrank below scale_min or fell out of the frame
     with pytest.raises(ValueError, match="augment"):
-        ce.train(ce.EncoderSpec(augment="blur", steps=1))
+        ce.EncoderSpec(augment="blur", steps=1)
+    with pytest.raises(ValueError, match="scale_min"):
+        ce.EncoderSpec(scale_min=0)
 
 
 def test_spec_hash_and_cache_file(tmp_path):
