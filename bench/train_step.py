@@ -44,31 +44,54 @@ import torch.nn.functional as F
 CLOCK = {"now": time.perf_counter}
 
 MODELS = [("RTS", "fcn"), ("RTS", "st-fcn-aff"), ("TC", "fcn"), ("TC", "st-fcn-aff"),
-          ("addition", "fcn"), ("addition", "st-fcn"), ("addition", "2xst-fcn")]
+          ("addition", "fcn"), ("addition", "st-fcn"), ("addition", "2xst-fcn"),
+          ("P", "st-fcn-proj"), ("P", "st-fcn-tps")]
 
 
 def plain_warp(x, theta, size=None, *, mode="bilinear", padding_mode="zeros", align_corners=False,
                fill_value=None):
-    """The reference composition: ``F.affine_grid`` + ``F.grid_sample`` (no fill padding)."""
+    """The reference composition: ``F.affine_grid`` + ``F.grid_sample`` (no fill padding); for a
+    projective theta (N, 3, 3) the homogeneous grid ``affine_grid`` would build, divided by w."""
     if fill_value is not None:
         raise ValueError(f"plain_warp: fill_value={fill_value!r} has no F.grid_sample equivalent")
     size = tuple(x.shape[-2:]) if size is None else tuple(size)
-    grid = F.affine_grid(theta, (x.shape[0], x.shape[1], *size), align_corners=align_corners)
+    if theta.shape[1] == 3:
+        # F.affine_grid of the (u, v) rows and of the w row (repeated): the same homogeneous grid
+        uv = F.affine_grid(theta[:, :2], (x.shape[0], x.shape[1], *size), align_corners=align_corners)
+        w = F.affine_grid(theta[:, 2:].expand(-1, 2, -1), (x.shape[0], x.shape[1], *size), align_corners=align_corners)
+        grid = uv / w
+    else:
+        grid = F.affine_grid(theta, (x.shape[0], x.shape[1], *size), align_corners=align_corners)
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+
+
+def plain_tps_warp(x, points, size=None, *, control_points=None, mode="bilinear", padding_mode="zeros",
+                   align_corners=False):
+    """The reference composition for thin-plate splines: ``torch_path.tps_grid`` (solve, Phi @ coef,
+    all differentiable torch ops) + ``F.grid_sample``."""
+    from stn_triton import torch_path
+
+    size = tuple(x.shape[-2:]) if size is None else tuple(size)
+    k = points.shape[1]
+    cp = (torch_path.default_control_points(k, torch.float64, x.device) if control_points is None
+          else control_points.to(torch.float64))
+    grid = torch_path.tps_grid(points, cp, *size, align_corners=align_corners, out_dtype=x.dtype)
     return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
 
 
 @contextlib.contextmanager
 def warp_impl(kind: str):
-    """``kind`` 'plain': spatial transformers warp with :func:`plain_warp`; 'warp': ``stn_triton.warp``."""
+    """``kind`` 'plain': spatial transformers warp with :func:`plain_warp` / :func:`plain_tps_warp`;
+    'warp': ``stn_triton.warp`` / ``tps_warp``."""
     import stn_triton.modules as mods
 
-    orig = mods.warp
+    orig = mods.warp, mods.tps_warp
     if kind == "plain":
-        mods.warp = plain_warp
+        mods.warp, mods.tps_warp = plain_warp, plain_tps_warp
     try:
         yield
     finally:
-        mods.warp = orig
+        mods.warp, mods.tps_warp = orig
 
 
 def reference_render(name, p, pool_x, pool_y):

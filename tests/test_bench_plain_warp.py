@@ -26,3 +26,27 @@ def test_spatial_transformer_runs_under_the_plain_variant():
     with warp_impl("plain"):
         y, _ = st(x)
     assert y.shape == (2, 1, 8, 8) and torch.isfinite(y).all()
+
+
+def test_plain_projective_and_tps_match_the_library():
+    # the plain variant must compute the same warp (so warp / plain compares implementations only)
+    import stn_triton
+    from bench.train_step import plain_tps_warp
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 2, 7, 9, generator=g, dtype=torch.float64)
+    theta = torch.eye(3, dtype=torch.float64).expand(3, 3, 3) + 0.05 * torch.randn(3, 3, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(plain_warp(x, theta, (5, 6)), stn_triton.warp(x, theta, (5, 6)), atol=1e-12, rtol=0)
+    pts = stn_triton.torch_path.default_control_points(16, torch.float64).expand(3, 16, 2)
+    pts = pts + 0.05 * torch.randn(3, 16, 2, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(plain_tps_warp(x, pts, (5, 6)), stn_triton.tps_warp(x, pts, (5, 6)), atol=1e-12, rtol=0)
+
+
+def test_tps_spatial_transformer_runs_under_the_plain_variant():
+    loc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1 * 8 * 8, 32))
+    st = SpatialTransformer(loc, "tps")
+    x = torch.rand(2, 1, 8, 8)
+    with warp_impl("plain"):
+        y, _ = st(x)
+    assert y.shape == (2, 1, 8, 8)
+    torch.testing.assert_close(y, st(x)[0], atol=1e-5, rtol=0)  # identity-initialised: both the identity
