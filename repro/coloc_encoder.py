@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 DATASET = "R"  # any 28 px distorted-MNIST set: it only fixes the CNN's input size (28) and width
+CROP = 28
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class EncoderSpec:
     batch: int = 128
     lr: float = 1e-3
     shift: int = 2  # max |shift| in px, uniform integer per image and axis ("shift"); the jitter ("scale")
-    augment: str = "scale"  # "scale" | "shift", see the module docstring
+    augment: str = "scale"  # "scale" | "shift" | "tc-window", see the module docstring
     scale_min: float = 1 / 3  # "scale": the smallest digit size, as a fraction of the 28 px frame
     seed: int = 0
     version: int = 2  # bump when the training code changes what a spec produces
@@ -47,7 +48,7 @@ class EncoderSpec:
             raise ValueError(f"EncoderSpec.scale_min must be in (0, 1], got {self.scale_min}")
 
 
-AUGMENTS = ("scale", "shift")
+AUGMENTS = ("scale", "shift", "tc-window")
 
 
 def spec_hash(spec: EncoderSpec) -> str:
@@ -93,12 +94,32 @@ def rescaled(x: torch.Tensor, size: torch.Tensor, centre: torch.Tensor) -> torch
     return F.grid_sample(x, grid, align_corners=False)
 
 
+def digit_sizes(b: int, spec: EncoderSpec, g: torch.Generator) -> torch.Tensor:
+    """A digit's size in the 28 px frame, uniform in [scale_min, 1] (the sizes the schedule shows)."""
+    return spec.scale_min + torch.rand(b, generator=g) * (1 - spec.scale_min)
+
+
+def tc_windows(images: torch.Tensor, boxes: torch.Tensor, spec: EncoderSpec, g: torch.Generator) -> torch.Tensor:
+    """28x28 windows of cluttered 84x84 co-localisation canvases (``images`` (B, 1, 84, 84), digit
+    ``boxes`` (B, 4) pixel edges), centred on the digit up to a +-``spec.shift`` px jitter (in the
+    window's pixels), of the scale at which the digit fills a random 1/3-1 of the window: what the
+    localiser's windows hold on TC while the scale shrinks, clutter included (bilinear, zero fill)."""
+    b, _, h, w = images.shape
+    scale = (boxes[:, 2] - boxes[:, 0]) / w / digit_sizes(b, spec, g)  # window side / canvas side
+    jitter = (torch.rand(b, 2, generator=g) * 2 - 1) * (2 * spec.shift / CROP) * scale[:, None]
+    centre = torch.stack([(boxes[:, 0] + boxes[:, 2]) / w - 1, (boxes[:, 1] + boxes[:, 3]) / h - 1], 1) + jitter
+    z = torch.zeros_like(scale)
+    theta = torch.stack([torch.stack([scale, z, centre[:, 0]], 1), torch.stack([z, scale, centre[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, (b, 1, CROP, CROP), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False)
+
+
 def augmented(x: torch.Tensor, spec: EncoderSpec, g: torch.Generator) -> torch.Tensor:
     """One training batch under ``spec.augment`` (random numbers from ``g`` only)."""
     b = x.shape[0]
     if spec.augment == "shift":
         return shifted(x, torch.randint(0, 2 * spec.shift + 1, (b, 2), generator=g), spec.shift)
-    size = spec.scale_min + torch.rand(b, generator=g) * (1 - spec.scale_min)
+    size = digit_sizes(b, spec, g)
     room = (1 - size)[:, None]  # the centre may move this far and keep the digit inside the frame
     jitter = 2 * spec.shift / x.shape[-1]  # px -> normalised units
     centre = (torch.rand(b, 2, generator=g) * 2 - 1) * room + (torch.rand(b, 2, generator=g) * 2 - 1) * jitter
@@ -114,36 +135,65 @@ def test_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bat
     return 100.0 * wrong / images.shape[0]
 
 
+def _batches(spec: EncoderSpec, g: torch.Generator, split: str, seed: int):
+    """``batch(step) -> (images (B, 1, 28, 28), labels)`` under ``spec.augment``."""
+    if spec.augment == "tc-window":  # fresh cluttered canvases of this split's digits, then windows on them
+        from repro.data.sets import OnlineStream
+
+        stream = OnlineStream("coloc-TC", spec.batch if split == "train" else 1000, seed=seed, split=split)
+
+        def batch(step):
+            bt = stream.batch(step)
+            return tc_windows(bt.images, bt.boxes, spec, g), bt.labels
+        return batch
+    from repro.data.sets import digit_pool
+
+    x, y = digit_pool(split)
+    x = x.float().div(255)[:, None]
+    if split == "test":  # a fixed augmented copy of the test digits, in blocks of 1000
+        return lambda step: (augmented(x[1000 * step:1000 * (step + 1)], spec, g), y[1000 * step:1000 * (step + 1)])
+
+    def batch(step):
+        i = torch.randint(0, x.shape[0], (spec.batch,), generator=g)
+        return augmented(x[i], spec, g), y[i]
+    return batch
+
+
 def train(spec: EncoderSpec, progress: bool = True) -> tuple[nn.Module, dict]:
     from repro.data.sets import digit_pool
 
-    x, y = digit_pool("train")
     xt, yt = digit_pool("test")
-    x, xt = x.float().div(255)[:, None], xt.float().div(255)[:, None]
+    xt = xt.float().div(255)[:, None]
     torch.manual_seed(spec.seed)
     g = torch.Generator().manual_seed(spec.seed)
+    batch = _batches(spec, g, "train", spec.seed)
     model = build()
     opt = torch.optim.Adam(model.parameters(), spec.lr)
     model.train()
     t0 = time.perf_counter()
     for step in range(spec.steps):
-        i = torch.randint(0, x.shape[0], (spec.batch,), generator=g)
-        loss = F.cross_entropy(model(augmented(x[i], spec, g)), y[i])
+        xb, yb = batch(step)
+        loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if progress and (step + 1) % 250 == 0:
             print(f"[encoder] step {step + 1}/{spec.steps} loss {loss.item():.3f}", flush=True)
     wall = time.perf_counter() - t0
-    data = (f"MNIST train (60k), random shifts of up to ±{spec.shift} px" if spec.augment == "shift" else
-            f"MNIST train (60k), each digit shrunk to a random {spec.scale_min:.3g}-1 of the 28 px frame at a random "
-            f"position inside it, ±{spec.shift} px jitter")
+    data = {"shift": f"MNIST train (60k), random shifts of up to ±{spec.shift} px",
+            "scale": f"MNIST train (60k), each digit shrunk to a random {spec.scale_min:.3g}-1 of the 28 px frame at a "
+                     f"random position inside it, ±{spec.shift} px jitter",
+            "tc-window": f"fresh coloc-TC canvases (84 px, 16 clutter patches) of MNIST train digits; 28 px windows "
+                         f"centred on the digit ±{spec.shift} px, the digit filling a random {spec.scale_min:.3g}-1 "
+                         "of the window"}[spec.augment]
     gt = torch.Generator().manual_seed(10_000 + spec.seed)  # a fixed augmented copy of the test digits
-    aug_err = test_error(model, torch.cat([augmented(xt[k:k + 1000], spec, gt) for k in range(0, xt.shape[0], 1000)]), yt)
+    test_batch = _batches(spec, gt, "test", 10_000 + spec.seed)
+    aug = [test_batch(k) for k in range(10)]
+    aug_err = test_error(model, torch.cat([a for a, _ in aug]), torch.cat([b for _, b in aug]))
     info = {"data": data, **asdict(spec),
             "optimizer": f"adam {spec.lr}", "test_error_pct": round(test_error(model, xt, yt), 2),
             "augmented_test_error_pct": round(aug_err, 2),
-            "test_set": "MNIST test (10k); augmented: the same digits under the training augmentation, seeded",
+            "test_set": "MNIST test (10k); augmented: 10k test digits under the training augmentation, seeded",
             "wall_time_s": round(wall, 1),
             "params": sum(p.numel() for p in model.parameters()), "spec_sha256": spec_hash(spec)}
     return model.eval(), info

@@ -12,7 +12,8 @@ adds 16 random 6x6 crops of other digits). Neither labels nor boxes are used for
   (:mod:`repro.coloc_encoder`: MNIST train digits shrunk to a random 1/3-1 of the 28 px frame at
   random positions, the sizes a digit has in the schedule's windows; 1.75 % error on the full-size
   MNIST test digits), trained once and cached by hash, frozen (``--encoder-augment shift``: the
-  full-size-only encoder, 1.0 %). The descriptor concatenates the two hidden layers' activations
+  full-size-only encoder, 1.0 %; ``tc-window``: 28 px windows of cluttered TC canvases around the
+  digit, 1.69 %). The descriptor concatenates the two hidden layers' activations
   (after ReLU + max-pool, flattened) and the pre-softmax logits; ``--encoder PATH`` loads a
   distorted-MNIST recipe checkpoint instead.
 * Localiser: a spatial transformer parameterised for attention (scale + translation) producing a
@@ -102,8 +103,8 @@ class CoProfile:
     scale: str = "schedule"
     start_scale: float = 1.0  # schedule: the scale held first (1 = the identity)
     translation: str = "final-inside"  # schedule: bound on t, see Localiser
-    hold: float = 0.375  # schedule: fraction of the steps at scale 1 (the identity) first
-    shrink: float = 0.375  # schedule: fraction of the steps over which the scale then goes 1 -> 1/3
+    hold: float = 0.125  # schedule: fraction of the steps at scale 1 (the identity) first
+    shrink: float = 0.125  # schedule: fraction of the steps over which the scale then goes 1 -> 1/3
     init_scale: float = CROP / CANVAS  # learned: the starting scale
     final_lr_mult: float = 1.0  # schedule: the lr is multiplied by this once the windows reach 1/3 (the last phase)
     negatives: str = "centre-inside"
@@ -118,11 +119,12 @@ class CoProfile:
 
 
 PROFILES = {
-    "full": CoProfile("full", steps=800, batch=32, lr=3e-3,
-                       note="800 Adam steps of 32 random pairs per class (300 at scale 1, 300 shrinking to 1/3, "
-                            "200 at 1/3); encoder trained 2,000 Adam steps on MNIST digits at 1/3-1 scale"),
-    "quick": CoProfile("quick", steps=400, batch=32, lr=3e-3,
-                       note="400 steps of 32 random pairs per class (the full schedule at half length)"),
+    "full": CoProfile("full", steps=2400, batch=32, lr=3e-3, hold=0.125, shrink=0.125,
+                       note="2,400 Adam steps of 32 random pairs per class (300 at scale 1, 300 shrinking to 1/3, "
+                            "1,800 at 1/3: the windows keep converging long after they reach their final size); "
+                            "encoder trained 2,000 Adam steps on MNIST digits at 1/3-1 scale"),
+    "quick": CoProfile("quick", steps=1200, batch=32, lr=3e-3, hold=0.25, shrink=0.25,
+                       note="1,200 steps of 32 random pairs per class (the full profile's hold and shrink, 600 at 1/3)"),
     "smoke": CoProfile("smoke", steps=4, batch=2, lr=3e-3, encoder_steps=3, snapshot_every=2,
                        note="seconds; for tests"),
 }
@@ -179,6 +181,12 @@ def scale_at(step: int, prof: CoProfile) -> float:
     start = prof.hold * prof.steps
     frac = min(1.0, max(0.0, step - start) / max(1.0, prof.shrink * prof.steps)) if prof.shrink > 0 else 1.0
     return prof.start_scale + (CROP / CANVAS - prof.start_scale) * frac
+
+
+def final_phase_start(prof: CoProfile) -> int | None:
+    """The first step at which :func:`scale_at` gives the final scale 1/3 (the schedule's last
+    phase, where ``final_lr_mult`` applies); None for a learned scale. One home for the boundary."""
+    return int(round((prof.hold + prof.shrink) * prof.steps)) if prof.scale == "schedule" else None
 
 
 class Localiser(nn.Module):
@@ -405,7 +413,7 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
     t0 = time.perf_counter()
     from stn_triton import warp
 
-    final_phase = int(round((prof.hold + prof.shrink) * prof.steps)) if prof.scale == "schedule" else None
+    final_phase = final_phase_start(prof)
     for step in range(prof.steps):
         st.scale = scale_at(step, prof)
         if step == final_phase:  # the windows have their final size: refine their position with a smaller step
@@ -582,6 +590,12 @@ def write_table(out: Path) -> Path:
             vals = [r["localised_pct"] for r in res[v].values()]
             lines.append(f"\n{v}: mean over {len(vals)} classes {sum(vals) / len(vals):.1f} %, range "
                          f"{min(vals):.0f}–{max(vals):.0f} %.")
+    run = out / "run.json"
+    if run.exists():
+        r = json.loads(run.read_text())
+        lines.append(f"\nThe last command (variants {', '.join(r['variants'])}, digits {min(r['digits'])}–{max(r['digits'])}"
+                     f"{', resumed' if r.get('resume') else ''}) took {r['wall_time_s'] / 60:.1f} min with {r['jobs']} "
+                     f"worker process(es) of {r['threads']} thread(s), encoder cached.")
     if meta.get("encoder"):
         lines += ["", f"Encoder: {json.dumps(meta['encoder'])}"]
     f = out / "findings.md"
@@ -610,6 +624,9 @@ def main(argv=None) -> int:
     ap.add_argument("--restart", action="store_true",
                     help="delete the cached on-the-spot encoder (encoder.pt) and redo every (variant, digit) pair")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="(variant, digit) pairs optimised side by side in worker processes, each with --threads "
+                         "threads (default: one per CPU core up to 4, one thread each; 1 = in this process)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--batch-size", type=int)
@@ -633,7 +650,8 @@ def main(argv=None) -> int:
 
     ap.add_argument("--encoder-augment", choices=AUGMENTS,
                     help="how the encoder's training digits are augmented: scale (default; 1/3-1 of the frame at a "
-                         "random position) or shift (full size, +-2 px)")
+                         "random position), shift (full size, +-2 px) or tc-window (windows of cluttered TC canvases "
+                         "around the digit, clutter included)")
     ap.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd (the paper's)")
     ap.add_argument("--figure-digit", type=int, default=8, help="digit shown in the steps figure (supplement: 8)")
     ap.add_argument("--diagnose", action="store_true",
@@ -644,6 +662,10 @@ def main(argv=None) -> int:
     threads = a.threads or (1 if (os.cpu_count() or 1) <= 4 else None)
     if threads:
         torch.set_num_threads(threads)
+    if a.jobs is None:
+        a.jobs = min(4, os.cpu_count() or 1) if threads == 1 else 1
+    if a.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {a.jobs}")
     prof = PROFILES[a.profile]
     ov = {k: v for k, v in {"steps": a.steps, "batch": a.batch_size, "lr": a.lr, "init_scale": a.init_scale,
                             "scale": a.scale, "start_scale": a.start_scale, "translation": a.translation, "hold": a.hold, "shrink": a.shrink, "negatives": a.negatives, "padding": a.padding,
@@ -679,12 +701,16 @@ def main(argv=None) -> int:
         (out / "diagnose.json").write_text(json.dumps({"encoder": enc_info, "alpha": prof.alpha, "losses": res}, indent=1))
         write_table(out)
         return 0
+    t0 = time.perf_counter()
     try:
         run_pairs(a, prof, enc, enc_info, out, variants, digits)
     except KeyboardInterrupt:
         print("interrupted; finished (variant, digit) pairs are kept in their digit*.json; rerun the same command "
               "with --resume to skip them", file=sys.stderr)
         return 130
+    (out / "run.json").write_text(json.dumps({  # the whole command, for the table's wall-time line
+        "wall_time_s": round(time.perf_counter() - t0, 1), "jobs": a.jobs, "threads": torch.get_num_threads(),
+        "variants": list(variants), "digits": digits, "resume": a.resume}, indent=1))
     write_table(out)
     for v in variants:
         figure(out, v, a.figure_digit if a.figure_digit in digits else digits[0], seed=a.seed)
@@ -692,9 +718,9 @@ def main(argv=None) -> int:
 
 
 def run_pairs(a, prof, enc, enc_info, out, variants, digits) -> None:
-    """Localise every (variant, digit) pair (skipping finished ones under --resume)."""
-    from repro.data import colocalisation_set
-
+    """Localise every (variant, digit) pair (skipping finished ones under --resume), in this process
+    or, with ``a.jobs > 1``, in that many worker processes (each loads the cached encoder)."""
+    todo = []
     for v in variants:
         for d in digits:
             p = out / v / f"digit{d}.json"
@@ -703,19 +729,44 @@ def run_pairs(a, prof, enc, enc_info, out, variants, digits) -> None:
                 if r.get("profile") == a.profile and r.get("steps") == prof.steps:
                     print(f"[{v} digit {d}] done: {r['localised_pct']}% (resume)")
                     continue
-            ds = colocalisation_set(v, d, seed=a.seed, n=prof.n_images)
-            print(f"[{v} digit {d}] {prof.steps} {prof.optimizer} steps x {prof.batch} pairs", flush=True)
-            r = colocalise(ds.images, ds.boxes, enc, prof, seed=a.seed,
-                           log=None if a.no_progress else print)
-            from repro.harness.core import versions
+            todo.append((v, d))
+    job = {"profile_name": a.profile, "prof": prof, "enc_info": enc_info, "encoder_path": a.encoder, "seed": a.seed,
+           "out": str(out), "threads": torch.get_num_threads(), "progress": not a.no_progress}
+    jobs = min(a.jobs, len(todo))
+    if jobs <= 1:
+        for v, d in todo:
+            _run_pair(job, v, d, enc)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-            r.update({"variant": v, "digit": d, "profile": a.profile, "schedule": asdict(prof), "encoder": enc_info,
-                      "track": [0, 1, 2], "seed": a.seed, "threads": torch.get_num_threads(), "device": "cpu",
-                      "versions": versions()})
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(r, indent=1))
-            print(f"[{v} digit {d}] localised {r['localised_pct']}% (mean IoU {r['mean_iou']}) in {r['wall_time_s']} s",
-                  flush=True)
+    print(f"{len(todo)} (variant, digit) pairs in {jobs} worker processes, {job['threads']} thread(s) each", flush=True)
+    # spawn: a fresh interpreter per worker (no forked torch thread pools); each pair writes its own file
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+        for f in [ex.submit(_run_pair, {**job, "progress": False}, v, d) for v, d in todo]:
+            f.result()  # re-raises a worker's error here
+
+
+def _run_pair(job: dict, v: str, d: int, enc: nn.Module | None = None) -> None:
+    """One (variant, digit) optimisation, its result written to ``<out>/<v>/digit<d>.json``."""
+    from repro.data import colocalisation_set
+    from repro.harness.core import versions
+
+    prof, seed = job["prof"], job["seed"]
+    if enc is None:  # a worker process: its own thread count, the encoder from the cache the parent filled
+        torch.set_num_threads(job["threads"])
+        enc = load_encoder(job["encoder_path"]) if job["encoder_path"] else encoder(prof, seed, progress=False)[0]
+    ds = colocalisation_set(v, d, seed=seed, n=prof.n_images)
+    print(f"[{v} digit {d}] {prof.steps} {prof.optimizer} steps x {prof.batch} pairs", flush=True)
+    r = colocalise(ds.images, ds.boxes, enc, prof, seed=seed, log=print if job["progress"] else None)
+    r.update({"variant": v, "digit": d, "profile": job["profile_name"], "schedule": asdict(prof),
+              "encoder": job["enc_info"], "track": [0, 1, 2], "seed": seed, "threads": torch.get_num_threads(),
+              "device": "cpu", "versions": versions()})
+    p = Path(job["out"]) / v / f"digit{d}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(r, indent=1))
+    print(f"[{v} digit {d}] localised {r['localised_pct']}% (mean IoU {r['mean_iou']}) in {r['wall_time_s']} s",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,22 @@ def test_scale_augment_keeps_the_digit_in_frame():
         ce.EncoderSpec(scale_min=0)
 
 
+def test_tc_windows_centre_on_the_digit_box():
+    """augment='tc-window': with no jitter and the digit filling the whole window, the window is the
+    digit's 28x28 box, pixel for pixel (integer-aligned bilinear taps); a digit filling 1/2 of the
+    window sees a window twice the box's side around the same centre."""
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 1, 84, 84, generator=g)
+    boxes = torch.tensor([[10.0, 20, 38, 48], [56, 0, 84, 28]])
+    exact = ce.tc_windows(img, boxes, ce.EncoderSpec(shift=0, scale_min=1.0, augment="tc-window"), g)
+    torch.testing.assert_close(exact[0], img[0, :, 20:48, 10:38], atol=1e-5, rtol=0)
+    torch.testing.assert_close(exact[1], img[1, :, 0:28, 56:84], atol=1e-5, rtol=0)
+    half = ce.tc_windows(torch.ones(1, 1, 84, 84), torch.tensor([[28.0, 28, 56, 56]]),
+                         ce.EncoderSpec(shift=0, scale_min=0.5, augment="tc-window"), torch.Generator())
+    # the scale is drawn in [0.5, 1]: the window spans 28..56 px of canvas, all inside: all ones
+    assert torch.allclose(half, torch.ones_like(half), atol=1e-5)
+
+
 def test_spec_hash_and_cache_file(tmp_path):
     a, b = ce.EncoderSpec(), ce.EncoderSpec(steps=1499)
     assert ce.spec_hash(a) == ce.spec_hash(ce.EncoderSpec()) != ce.spec_hash(b)

@@ -174,6 +174,11 @@ def test_scale_schedule():
     assert co.scale_at(0, prof) == 1.0 and co.scale_at(20, prof) == 1.0
     assert co.scale_at(50, prof) == pytest.approx(1 - 0.5 * (1 - 1 / 3))
     assert co.scale_at(80, prof) == pytest.approx(1 / 3) and co.scale_at(100, prof) == pytest.approx(1 / 3)
+    # the last phase starts where the scale first reaches 1/3, and only under a schedule
+    assert co.final_phase_start(prof) == 80 and co.scale_at(79, prof) > 1 / 3 + 1e-6
+    assert co.final_phase_start(co.replace(prof, scale="learned")) is None
+    full = co.PROFILES["full"]  # 300 at scale 1, 300 shrinking, 1,800 at 1/3
+    assert co.final_phase_start(full) == 600 and co.scale_at(299, full) == 1.0 and full.steps == 2400
     prof = co.replace(prof, start_scale=0.8)
     assert co.scale_at(10, prof) == 0.8 and co.scale_at(50, prof) == pytest.approx(0.8 - 0.5 * (0.8 - 1 / 3))
 
@@ -188,6 +193,22 @@ def test_cli_smoke(tmp_path):
     t = (tmp_path / "table.md").read_text()
     assert "| 3 | 100 |" in t and "not run" in t
     assert r["encoder"]["steps"] == 3 and r["schedule"]["scale"] == "schedule"
+
+
+def test_cli_jobs_match_one_process(tmp_path):
+    # --jobs N runs the pairs in worker processes: the same results as in-process (each pair seeds
+    # its own generators), every pair's file written, and the command's wall time in the table
+    args = ["--profile", "smoke", "--variant", "T", "--digits", "3,4", "--no-progress", "--threads", "1"]
+    assert co.main(args + ["--jobs", "1", "--out", str(tmp_path / "one")]) == 0
+    assert co.main(args + ["--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    for d in (3, 4):
+        a, b = (json.loads((tmp_path / k / "T" / f"digit{d}.json").read_text()) for k in ("one", "two"))
+        assert a["final_boxes"] == b["final_boxes"] and a["loss_history"] == b["loss_history"]
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["jobs"] == 2 and run["threads"] == 1
+    assert "worker process(es) of 1 thread(s)" in (tmp_path / "two" / "table.md").read_text()
+    with pytest.raises(SystemExit):
+        co.main(args + ["--jobs", "0", "--out", str(tmp_path / "bad")])
 
 
 def test_ink_inside():
