@@ -28,23 +28,17 @@ def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
         return g.transpose(1, 2).bmm(base).to(theta.dtype)
     src = grid.reshape(n, -1, 2)
     inv_w = 1.0 / (theta[:, 2].to(cdt) @ base[0].t())[..., None]  # (N, P, 1)
-    if not _all_finite(src):  # a non-finite coordinate (w = 0) sampled nothing: zero gradient, kept zero through 1 / w
-        ok = torch.isfinite(src).all(-1, keepdim=True)
-        src, g, inv_w = (torch.where(ok, v, 0.0) for v in (src, g, inv_w))
+    # the sampler's own rule says which coordinates sampled nothing (non-finite, e.g. w = 0): their
+    # gradient is zero and stays zero through 1 / w; in the common all-finite case on CPU it builds
+    # no mask (one aminmax), elsewhere it always does (no sync). src itself stays unclamped.
+    _, finite = torch_path.sanitize_grid(src)
+    if finite is not None:
+        src, g, inv_w = (torch.where(finite, v, 0.0) for v in (src, g, inv_w))
     g_uv = g * inv_w  # d/du, d/dv
     # d/dw = -(g . src) / w, written per column: a sum over the size-2 axis is 3x slower on CPU
     g_w = -(g_uv[..., :1] * src[..., :1] + g_uv[..., 1:] * src[..., 1:])
     # two matmuls, no (N, P, 3) concatenation: the rows of theta for (u, v) and for w
     return torch.cat([g_uv.transpose(1, 2).bmm(base), g_w.transpose(1, 2).bmm(base)], 1).to(theta.dtype)
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    """True when every value is finite, known without a device sync: on CPU one aminmax read on the
-    host (NaN fails both tests); elsewhere always False, so the masked path runs and nothing waits."""
-    if t.device.type != "cpu" or not t.numel():
-        return t.numel() == 0
-    lo, hi = torch.aminmax(t)
-    return bool(torch.isfinite(lo) and torch.isfinite(hi))
 
 
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):
