@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repro.colocalisation import CROP, window_theta
+
 DATASET = "R"  # any 28 px distorted-MNIST set: it only fixes the CNN's input size (28) and width
-CROP = 28
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,7 @@ def rescaled(x: torch.Tensor, size: torch.Tensor, centre: torch.Tensor) -> torch
     The sampling theta maps an output point p to the input point (p - centre) / size, so the input's
     [-1, 1] square lands on centre +- size."""
     inv = 1.0 / size
-    z = torch.zeros_like(size)
-    theta = torch.stack([torch.stack([inv, z, -centre[:, 0] * inv], 1),
-                         torch.stack([z, inv, -centre[:, 1] * inv], 1)], 1)
+    theta = window_theta(inv, -centre * inv[:, None])
     grid = F.affine_grid(theta, tuple(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False)
 
@@ -108,8 +107,7 @@ def tc_windows(images: torch.Tensor, boxes: torch.Tensor, spec: EncoderSpec, g: 
     scale = (boxes[:, 2] - boxes[:, 0]) / w / digit_sizes(b, spec, g)  # window side / canvas side
     jitter = (torch.rand(b, 2, generator=g) * 2 - 1) * (2 * spec.shift / CROP) * scale[:, None]
     centre = torch.stack([(boxes[:, 0] + boxes[:, 2]) / w - 1, (boxes[:, 1] + boxes[:, 3]) / h - 1], 1) + jitter
-    z = torch.zeros_like(scale)
-    theta = torch.stack([torch.stack([scale, z, centre[:, 0]], 1), torch.stack([z, scale, centre[:, 1]], 1)], 1)
+    theta = window_theta(scale, centre)
     grid = F.affine_grid(theta, (b, 1, CROP, CROP), align_corners=False)
     return F.grid_sample(images, grid, align_corners=False)
 

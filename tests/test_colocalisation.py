@@ -192,6 +192,7 @@ def test_cli_smoke(tmp_path):
         assert (tmp_path / f"steps_{v}_digit3.png").stat().st_size > 1000
     t = (tmp_path / "table.md").read_text()
     assert "| 3 | 100 |" in t and "not run" in t
+    assert "T ink reference" in t and "(ink reference: mean" in t  # the no-learning level beside eq. (1)
     assert r["encoder"]["steps"] == 3 and r["schedule"]["scale"] == "schedule"
 
 
@@ -226,6 +227,40 @@ def test_box_theta_inverts_attention_box_and_corner_boxes():
     img = torch.ones(1, 1, 84, 84)
     img[..., 56:, 56:] = 0  # bottom-right corner is empty
     assert co.emptiest_corner_boxes(img).tolist() == [[56.0, 56.0, 84.0, 84.0]]
+
+
+def test_window_theta_is_the_library_attention_transform():
+    # the one window-theta builder agrees with stn_triton.params.attention (v = (s - 1, cx, cy)) and
+    # with the boxes it stands for
+    from stn_triton.params import attention
+
+    s, c = torch.tensor([1.0, 1 / 3, 0.5]), torch.tensor([[0.0, 0.0], [-2 / 3, 0.5], [0.25, -0.1]])
+    th = co.window_theta(s, c)
+    assert torch.allclose(th, attention(torch.cat([(s - 1)[:, None], c], 1)), atol=1e-7)
+    assert torch.allclose(co.attention_box(th), torch.tensor([[0.0, 0, 84, 84], [0, 49, 28, 77], [31.5, 16.8, 73.5, 58.8]]),
+                          atol=1e-4)
+
+
+def test_ink_centroid_boxes_find_the_largest_blob():
+    img = torch.zeros(3, 1, 84, 84)
+    img[0, :, 50:70, 10:30] = 1.0  # one 20 px digit-sized blob centred at (20, 60)
+    img[1] = img[0]
+    img[1, :, 2:8, 76:82] = 1.0  # + a 6 px clutter fragment far away: the mean shift leaves it behind
+    boxes = co.ink_centroid_boxes(img)  # image 2 is empty: the box stays at the image centre
+    assert torch.allclose(boxes, torch.tensor([[6.0, 46, 34, 74], [6.0, 46, 34, 74], [28.0, 28, 56, 56]]), atol=1e-3)
+
+
+def test_offset_landscape_centre_is_expected_loss_at_the_true_boxes():
+    from repro.data import colocalisation_set
+    from repro.distorted_mnist import build_model
+
+    torch.manual_seed(0)
+    enc = build_model("R", "cnn")
+    out = co.offset_landscape(enc, "T", 3, offsets=(-4, 0, 4), samples=250, n=8)
+    assert out["offsets"] == [-4, 0, 4] and len(out["hinge"]) == 3 and all(len(r) == 3 for r in out["hinge"])
+    ds = colocalisation_set("T", 3, seed=0, n=8)
+    direct = co.expected_loss(ds.images, co.box_theta(ds.boxes), co.Descriptor(enc, "layer-l2"), samples=250)
+    assert out["hinge"][1][1] == pytest.approx(direct, abs=1e-4)
 
 
 def test_cli_damaged_encoder_cache_and_restart(tmp_path, capsys):
