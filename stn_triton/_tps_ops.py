@@ -18,6 +18,9 @@ map M (K+3, K) and the control points, both float64 on ``device``:
   version counter: an in-place edit of any kind (``cp.data[...] = v``, ``cp.numpy()[...] = v``)
   can never hit a stale entry.
 
+The PyTorch path's Phi (H*W, K+3) is remembered the same way, by content, on the CPU
+(:func:`features`).
+
 It is a custom op so that ``torch.compile(fullgraph=True)`` sees one opaque node, not the cache.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ MAX_CONDITION = 1e12
 _CACHE_SIZE = 64
 _default: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 _explicit: "collections.OrderedDict[tuple[bytes, str], tuple[torch.Tensor, torch.Tensor]]" = collections.OrderedDict()
+_phi: "collections.OrderedDict[tuple[bytes, tuple, bool], torch.Tensor]" = collections.OrderedDict()
 _lock = threading.Lock()
 
 
@@ -114,19 +118,41 @@ def clear_cache() -> None:
     with _lock:
         _default.clear()
         _explicit.clear()
+        _phi.clear()
+
+
+def features(control_points: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
+    """Phi (H*W, K+3) float64 of :func:`torch_path.tps_features` for the PyTorch path. On the CPU it
+    is remembered by *content* (the control points' bytes, the size, align_corners; an LRU of
+    ``_CACHE_SIZE``): a training step otherwise builds the same Phi three times (forward grid,
+    backward grid, coefficient gradient). Elsewhere it is computed: on a GPU a content key would
+    need a host copy of the control points, and a traced tensor has no content. The returned tensor is shared: read it, never write it."""
+    c64 = control_points.detach().to(torch.float64)
+    if c64.device.type != "cpu" or type(c64) is not torch.Tensor:  # GPU, or traced (fake / functional tensors)
+        return torch_path.tps_features(c64, *size, align_corners)
+    key = (c64.contiguous().numpy().tobytes(), tuple(size), bool(align_corners))
+    with _lock:
+        phi = _phi.get(key)
+        if phi is not None:
+            _phi.move_to_end(key)
+            return phi
+    phi = torch_path.tps_features(c64, *size, align_corners)
+    with _lock:
+        _phi[key] = phi
+        while len(_phi) > _CACHE_SIZE:
+            _phi.popitem(last=False)
+    return phi
 
 
 def _grid(coef, aux, size, align_corners, dtype):
     (control_points,) = aux
-    return torch_path.tps_grid_from_coef(coef, control_points, *size, align_corners, dtype)
+    return torch_path.tps_grid_from_features(features(control_points, size, align_corners), coef, *size, dtype)
 
 
 def _coef_grad(ggrid, grid, coef, aux, size, align_corners):
     """grad coef = Phi^T @ grad_grid (Phi (P, K+3) in float64)."""
     (control_points,) = aux
-    phi = torch_path.tps_features(control_points.to(torch.float64), *size, align_corners)
-    g = ggrid.reshape(coef.shape[0], -1, 2).to(torch.float64)
-    return torch.einsum("pj,npd->njd", phi, g).to(coef.dtype)
+    return torch_path.tps_grid_to_coef_grad(features(control_points, size, align_corners), ggrid).to(coef.dtype)
 
 
 def _kernel_forward(x, coef, aux, size, mode, padding_mode, align_corners):

@@ -248,8 +248,22 @@ def tps_grid_from_coef(coef, control_points, h, w, align_corners=False, out_dtyp
     cancellation). Differentiable w.r.t. ``coef`` by autograd.
     """
     phi = tps_features(control_points.detach().to(torch.float64), h, w, align_corners)
-    # batch-major (N, P, 2), like transform_grid: an einsum here returns a batch-interleaved grid
+    return tps_grid_from_features(phi, coef, h, w, out_dtype)
+
+
+def tps_grid_from_features(phi, coef, h, w, out_dtype=torch.float64):
+    """The grid (N, H, W, 2) = Phi (P, K+3) @ coef (N, K+3, 2), in float64, rounded once to
+    ``out_dtype``; differentiable w.r.t. ``coef``."""
+    # batch-major (N, P, 2), like transform_grid: an einsum here returns a batch-interleaved grid;
+    # one (P, K+3) x (K+3, 2N) product instead measured 1.4x slower (the transposing copy back)
     return torch.matmul(phi, coef.to(torch.float64)).reshape(coef.shape[0], h, w, 2).to(out_dtype)
+
+
+def tps_grid_to_coef_grad(phi, grad_grid):
+    """grad coef (N, K+3, 2) = Phi^T @ grad_grid in float64: the adjoint of
+    :func:`tps_grid_from_features`, for the PyTorch path's backward (a batched product: 0.84x the
+    time of the equivalent einsum on one CPU thread at N = 256, 28x28)."""
+    return torch.matmul(phi.T, grad_grid.reshape(grad_grid.shape[0], -1, 2).to(torch.float64))
 
 
 def tps_grid(points, control_points, h, w, align_corners=False, out_dtype=None):

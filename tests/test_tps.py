@@ -312,6 +312,27 @@ def test_explicit_control_points_solved_once_per_content(device, monkeypatch):
     assert len(solves) == 1
 
 
+def test_torch_path_builds_phi_once_per_content_and_size(monkeypatch):
+    """The CPU PyTorch path's Phi (H*W, K+3) is found by content: a training step used to build it
+    three times (forward grid, backward grid, coefficient gradient); now once per (control points,
+    size), with the same values as a fresh build."""
+    _tps_ops.clear_cache()
+    calls = []
+    real = torch_path.tps_features
+    monkeypatch.setattr(torch_path, "tps_features", lambda *a: calls.append(a[1:3]) or real(*a))
+    cps = grid_control_points(9)
+    x = torch.rand(2, 3, 11, 13, dtype=torch.float64, requires_grad=True)
+    with stn_triton.use_backend("torch"):
+        for _ in range(3):
+            pts = random_points(2, cps, dtype=torch.float64).requires_grad_()
+            stn_triton.tps_warp(x, pts, (7, 5)).sum().backward()
+            check_against_reference(x.detach(), pts.detach(), (7, 5))
+        stn_triton.tps_warp(x, pts, (6, 6))
+        stn_triton.tps_warp(x, pts, (6, 6), control_points=cps * 0.9)
+    assert calls.count((7, 5)) == 1  # (the reference builds its own grid, independently)
+    assert calls.count((6, 6)) == 2  # a new size, then new contents
+
+
 @pytest.mark.parametrize("edit", ["data", "numpy"])
 def test_control_points_edited_without_version_bump_are_seen(edit):
     """``cp.data[...] = v`` and ``cp.numpy()[...] = v`` do not bump the version counter; the
