@@ -194,6 +194,8 @@ def test_cli_smoke(tmp_path):
     assert "| 3 | 100 |" in t and "not run" in t
     assert "T ink reference" in t and "(ink reference: mean" in t  # the no-learning level beside eq. (1)
     assert r["encoder"]["steps"] == 3 and r["schedule"]["scale"] == "schedule"
+    assert r["final_encoder"]["augment"] == "shift" and r["schedule"]["final_encoder_augment"] == "shift"
+    assert "Final-phase encoder:" in t
 
 
 def test_cli_jobs_match_one_process(tmp_path):
@@ -261,6 +263,31 @@ def test_offset_landscape_centre_is_expected_loss_at_the_true_boxes():
     ds = colocalisation_set("T", 3, seed=0, n=8)
     direct = co.expected_loss(ds.images, co.box_theta(ds.boxes), co.Descriptor(enc, "layer-l2"), samples=250)
     assert out["hinge"][1][1] == pytest.approx(direct, abs=1e-4)
+
+
+def test_final_encoder_takes_over_at_the_final_phase():
+    # the same run with another encoder for the final phase: identical losses up to the phase
+    # boundary, different after it; "same" (or no final phase) means no second encoder
+    from dataclasses import replace
+
+    from repro.data import colocalisation_set
+    from repro.distorted_mnist import build_model
+
+    prof = replace(co.PROFILES["smoke"], steps=8, batch=2, hold=0.25, shrink=0.25)
+    start = co.final_phase_start(prof)
+    assert 0 < start < prof.steps
+    ds = colocalisation_set("T", 3, seed=0, n=6)
+    torch.manual_seed(0)
+    enc, other = build_model("R", "cnn"), build_model("R", "cnn")
+    a = co.colocalise(ds.images, ds.boxes, enc, prof, log=None)["loss_history"]
+    b = co.colocalise(ds.images, ds.boxes, enc, prof, log=None, final_enc=other)["loss_history"]
+    assert len(a) == len(b) == prof.steps
+    assert a[:start] == b[:start] and a[start:] != b[start:]
+    assert co.final_encoder_spec(prof).augment == "shift"
+    assert co.final_encoder_spec(replace(prof, final_encoder_augment="same")) is None
+    assert co.final_encoder_spec(replace(prof, scale="learned")) is None  # no final phase
+    with pytest.raises(ValueError, match="final_encoder_augment must be one of"):
+        co.final_encoder_spec(replace(prof, final_encoder_augment="blur"))
 
 
 def test_cli_damaged_encoder_cache_and_restart(tmp_path, capsys):
