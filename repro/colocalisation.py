@@ -30,6 +30,18 @@ adds 16 random 6x6 crops of other digits). Neither labels nor boxes are used for
   centroid): the level the metric reaches on these images by ink statistics alone -- a yardstick
   for reading the numbers, not a co-localisation result, and never applied to eq. (1)'s windows.
 
+Localiser (``--localiser``, default ``candidates``, profile ``full``): an attention spatial
+transformer at the digit's scale (1/3) whose translation is the soft-argmax of the supplement's
+localisation layers scoring a 15x15 grid of candidate windows, trained on eq. (1) *relaxed over
+every pair of candidate windows* (each window of the anchor charged the hinge of its best match in
+the other image, the soft-min weighted by where that image's localiser looks): the gradient then
+reaches the digit from any window, where the regressor's reaches only the pixels under its own
+window. Details, the temperature ``--tau`` and why not the plain expectation:
+:mod:`repro.coloc_candidates`. The encoder is then the plain digit classifier (full-size digits,
+``--encoder-augment shift``), as in the text. ``--localiser regress`` (profiles ``regress``,
+``quick``) is the supplement's regressor with the options below; it localises T (90-100 %) but
+not TC (0-15 %).
+
 Departures from the text, each a named option (default first; the supplement gives none of these
 choices, or the default is what made the optimisation work -- ``repro/results/colocalisation/
 findings.md`` has the measurements):
@@ -99,6 +111,7 @@ PADDINGS = ("zeros", "reflection")
 TRANSLATIONS = ("final-inside", "final-slack", "window-inside")
 LOC_STRIDES = (4, 1)  # the localisation net's first conv: the stated stride, or the one the "100k" fits
 TRANSLATION_SLACK = 5 / 6  # final-slack: a final 28 px window may reach 7 px (a quarter of its width) past the edge
+LOCALISERS = ("candidates", "regress")  # repro.coloc_candidates (default) | the supplement's regressor + scale schedule
 
 
 @dataclass(frozen=True)
@@ -126,17 +139,28 @@ class CoProfile:
     encoder_augment: str = "scale"  # repro.coloc_encoder: digits at 1/3-1 of the frame ("scale") or full size ("shift")
     final_encoder_augment: str = "shift"  # the encoder once the windows have their final size; "same": encoder_augment's
     snapshot_every: int = 10
+    localiser: str = "regress"  # "candidates": repro.coloc_candidates (eq. (1) relaxed over a grid of windows)
+    cand_stride: int = 4  # candidates: px between candidate windows (a multiple of the localisation conv's 4)
+    tau: float = 0.3  # candidates: temperature of the soft-min over the other image's windows
+    pca_dims: int = 384  # candidates: descriptors projected onto this many principal directions
+    refine_steps: int = 0  # candidates: eq. (1) proper through the ST after the relaxation's `steps`
     note: str = ""
 
 
 PROFILES = {
-    "full": CoProfile("full", steps=2400, batch=32, lr=3e-3, hold=0.125, shrink=0.125,
-                       note="2,400 Adam steps of 32 random pairs per class (300 at scale 1, 300 shrinking to 1/3, "
-                            "1,800 at 1/3: the windows keep converging long after they reach their final size); "
-                            "encoders trained 2,000 Adam steps on MNIST digits at 1/3-1 scale (coarse phases) and "
-                            "at full size (final phase)"),
+    "full": CoProfile("full", steps=300, batch=64, lr=1e-2, localiser="candidates", encoder_augment="shift",
+                       final_encoder_augment="same",
+                       note="the candidate localiser (repro.coloc_candidates): 300 Adam steps of 64 random pairs "
+                            "of eq. (1) relaxed over 15x15 candidate windows (4 px apart); encoder: the section-4.1 "
+                            "CNN trained 2,000 Adam steps for digit classification on full-size MNIST digits"),
+    "regress": CoProfile("regress", steps=2400, batch=32, lr=3e-3, hold=0.125, shrink=0.125,
+                         note="the supplement's regression localiser with the scale schedule (the fourth "
+                              "session's default): 2,400 Adam steps of 32 random pairs per class (300 at scale 1, "
+                              "300 shrinking to 1/3, 1,800 at 1/3); encoders trained 2,000 Adam steps on MNIST "
+                              "digits at 1/3-1 scale (coarse phases) and at full size (final phase)"),
     "quick": CoProfile("quick", steps=1200, batch=32, lr=3e-3, hold=0.25, shrink=0.25,
-                       note="1,200 steps of 32 random pairs per class (the full profile's hold and shrink, 600 at 1/3)"),
+                       note="regression localiser, 1,200 steps of 32 random pairs per class (the regress "
+                            "profile's hold and shrink, 600 at 1/3)"),
     "smoke": CoProfile("smoke", steps=4, batch=2, lr=3e-3, encoder_steps=3, snapshot_every=2,
                        note="seconds; for tests"),
 }
@@ -206,8 +230,11 @@ def scale_at(step: int, prof: CoProfile) -> float:
 
 def final_phase_start(prof: CoProfile) -> int | None:
     """The first step at which :func:`scale_at` gives the final scale 1/3 (the schedule's last
-    phase, where ``final_lr_mult`` applies); None for a learned scale. One home for the boundary."""
-    return int(round((prof.hold + prof.shrink) * prof.steps)) if prof.scale == "schedule" else None
+    phase, where ``final_lr_mult`` applies); None for a learned scale or the candidate localiser
+    (always at 1/3). One home for the boundary."""
+    if prof.localiser != "regress" or prof.scale != "schedule":
+        return None
+    return int(round((prof.hold + prof.shrink) * prof.steps))
 
 
 class Localiser(nn.Module):
@@ -665,8 +692,13 @@ def write_table(out: Path) -> Path:
     ref = {v: {d: ink_reference_pct(v, r) for d, r in res[v].items()} for v in VARIANTS}
     sched = next((r["schedule"] for v in VARIANTS for r in res[v].values() if "schedule" in r), {})
     prov = next((r["versions"] for v in VARIANTS for r in res[v].values() if "versions" in r), {})
-    opts = ", ".join(f"{k} {sched[k]}" for k in ("steps", "batch", "optimizer", "lr", "scale", "start_scale", "translation", "hold", "shrink",
-                                                 "final_lr_mult", "encoder_augment", "final_encoder_augment", "encoder_steps", "loc_stride", "negatives", "descriptor", "padding", "alpha") if k in sched)
+    keys = (("localiser", "steps", "refine_steps", "batch", "optimizer", "lr", "cand_stride", "tau", "pca_dims",
+             "encoder_augment", "encoder_steps", "descriptor", "alpha")
+            if sched.get("localiser") == "candidates" else
+            ("localiser", "steps", "batch", "optimizer", "lr", "scale", "start_scale", "translation", "hold", "shrink",
+             "final_lr_mult", "encoder_augment", "final_encoder_augment", "encoder_steps", "loc_stride", "negatives",
+             "descriptor", "padding", "alpha"))
+    opts = ", ".join(f"{k} {sched[k]}" for k in keys if k in sched)
     lines = ["# Co-localisation (supplement Table 2): % of the 100 images whose box has IoU > 0.5", "",
              f"Profile `{meta.get('profile')}` ({opts}); device `cpu`, "
              f"{prov.get('threads', 1)} thread, commit {prov.get('git', '?')} "
@@ -762,6 +794,15 @@ def main(argv=None) -> int:
                          "(default; trained on full-size digits, +-2 px, as a digit classifier is) or same (the "
                          "--encoder-augment encoder throughout)")
     ap.add_argument("--optimizer", choices=OPTIMIZERS, help="adam (default) or sgd (the paper's)")
+    ap.add_argument("--localiser", choices=LOCALISERS,
+                    help="candidates (profile full: eq. (1) relaxed over a grid of 28 px windows, "
+                         "repro.coloc_candidates) or regress (profiles regress / quick: the supplement's regressor "
+                         "with the scale schedule)")
+    ap.add_argument("--tau", type=float, help="--localiser candidates: soft-min temperature (default 0.3)")
+    ap.add_argument("--cand-stride", type=int, help="--localiser candidates: px between windows (default 4)")
+    ap.add_argument("--pca-dims", type=int, help="--localiser candidates: descriptor dimensions kept (default 384)")
+    ap.add_argument("--refine-steps", type=int,
+                    help="--localiser candidates: steps of eq. (1) through the ST after the relaxation (default 0)")
     ap.add_argument("--figure-digit", type=int, default=8, help="digit shown in the steps figure (supplement: 8)")
     ap.add_argument("--diagnose", action="store_true",
                     help="only evaluate eq. (1) at the true boxes / emptiest corners / centre (writes diagnose.json)")
@@ -780,9 +821,13 @@ def main(argv=None) -> int:
                             "scale": a.scale, "start_scale": a.start_scale, "translation": a.translation, "hold": a.hold, "shrink": a.shrink, "negatives": a.negatives, "padding": a.padding,
                             "descriptor": a.descriptor, "optimizer": a.optimizer,
                             "encoder_augment": a.encoder_augment,
-                            "final_encoder_augment": a.final_encoder_augment, "final_lr_mult": a.final_lr_mult, "loc_stride": a.loc_stride}.items()
+                            "final_encoder_augment": a.final_encoder_augment, "final_lr_mult": a.final_lr_mult, "loc_stride": a.loc_stride,
+                            "localiser": a.localiser, "tau": a.tau, "cand_stride": a.cand_stride,
+                            "pca_dims": a.pca_dims, "refine_steps": a.refine_steps}.items()
           if v is not None}
     prof = replace(prof, **ov)
+    if prof.localiser not in LOCALISERS:
+        ap.error(f"--localiser must be one of {LOCALISERS}, got {prof.localiser!r}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     from repro.harness.checkpoint import CheckpointError
@@ -875,8 +920,13 @@ def _run_pair(job: dict, v: str, d: int, encs: tuple | None = None) -> None:
     enc, final_enc = encs
     ds = colocalisation_set(v, d, seed=seed, n=prof.n_images)
     print(f"[{v} digit {d}] {prof.steps} {prof.optimizer} steps x {prof.batch} pairs", flush=True)
-    r = colocalise(ds.images, ds.boxes, enc, prof, seed=seed, log=print if job["progress"] else None,
-                   final_enc=final_enc)
+    if prof.localiser == "candidates":
+        from repro.coloc_candidates import colocalise_candidates
+
+        r = colocalise_candidates(ds.images, ds.boxes, enc, prof, seed=seed, log=print if job["progress"] else None)
+    else:
+        r = colocalise(ds.images, ds.boxes, enc, prof, seed=seed, log=print if job["progress"] else None,
+                       final_enc=final_enc)
     r.update({"variant": v, "digit": d, "profile": job["profile_name"], "schedule": asdict(prof),
               "encoder": job["enc_info"], "final_encoder": job["final_enc_info"], "track": [0, 1, 2], "seed": seed, "threads": torch.get_num_threads(),
               "device": "cpu", "versions": versions()})

@@ -177,8 +177,9 @@ def test_scale_schedule():
     # the last phase starts where the scale first reaches 1/3, and only under a schedule
     assert co.final_phase_start(prof) == 80 and co.scale_at(79, prof) > 1 / 3 + 1e-6
     assert co.final_phase_start(co.replace(prof, scale="learned")) is None
-    full = co.PROFILES["full"]  # 300 at scale 1, 300 shrinking, 1,800 at 1/3
+    full = co.PROFILES["regress"]  # 300 at scale 1, 300 shrinking, 1,800 at 1/3
     assert co.final_phase_start(full) == 600 and co.scale_at(299, full) == 1.0 and full.steps == 2400
+    assert co.final_phase_start(co.PROFILES["full"]) is None  # the candidate localiser: always at 1/3
     prof = co.replace(prof, start_scale=0.8)
     assert co.scale_at(10, prof) == 0.8 and co.scale_at(50, prof) == pytest.approx(0.8 - 0.5 * (0.8 - 1 / 3))
 
