@@ -798,6 +798,7 @@ def main(argv=None) -> int:
                     help="candidates (profile full: eq. (1) relaxed over a grid of 28 px windows, "
                          "repro.coloc_candidates) or regress (profiles regress / quick: the supplement's regressor "
                          "with the scale schedule)")
+    ap.add_argument("--alpha", type=float, help="the margin of eq. (1) (default 1, the supplement's)")
     ap.add_argument("--tau", type=float, help="--localiser candidates: soft-min temperature (default 0.3)")
     ap.add_argument("--cand-stride", type=int, help="--localiser candidates: px between windows (default 4)")
     ap.add_argument("--pca-dims", type=int, help="--localiser candidates: descriptor dimensions kept (default 384)")
@@ -822,7 +823,7 @@ def main(argv=None) -> int:
                             "descriptor": a.descriptor, "optimizer": a.optimizer,
                             "encoder_augment": a.encoder_augment,
                             "final_encoder_augment": a.final_encoder_augment, "final_lr_mult": a.final_lr_mult, "loc_stride": a.loc_stride,
-                            "localiser": a.localiser, "tau": a.tau, "cand_stride": a.cand_stride,
+                            "localiser": a.localiser, "alpha": a.alpha, "tau": a.tau, "cand_stride": a.cand_stride,
                             "pca_dims": a.pca_dims, "refine_steps": a.refine_steps}.items()
           if v is not None}
     prof = replace(prof, **ov)
