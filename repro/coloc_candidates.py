@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.colocalisation import (CANVAS, CROP, Descriptor, attention_box, ink_inside, iou, random_crop_theta,
-                                  triplet_loss, window_theta)
+from repro.colocalisation import (CANVAS, CROP, Descriptor, make_optimizer, optimisation_record, random_crop_theta,
+                                  snapshot, triplet_loss, window_theta)
 
 CONV_STRIDE = 4  # the supplement's localisation conv: 8 filters 9x9, stride 4
 
@@ -63,11 +63,15 @@ def candidate_positions(stride: int = 4) -> torch.Tensor:
     return torch.stack([x.flatten(), y.flatten()], 1)
 
 
+def candidate_centres(stride: int = 4) -> torch.Tensor:
+    """The candidate windows' centres (G*G, 2) in normalised [-1, 1] coordinates (align_corners=False)."""
+    return (candidate_positions(stride) + CROP / 2) * 2 / CANVAS - 1
+
+
 def candidate_thetas(stride: int = 4) -> torch.Tensor:
     """The candidate windows as attention thetas (G*G, 2, 3), scale 1/3."""
-    tl = candidate_positions(stride)
-    centre = (tl + CROP / 2) * 2 / CANVAS - 1
-    return window_theta(torch.full((tl.shape[0],), CROP / CANVAS), centre)
+    centre = candidate_centres(stride)
+    return window_theta(torch.full((centre.shape[0],), CROP / CANVAS), centre)
 
 
 def candidate_crops(images: torch.Tensor, stride: int = 4) -> torch.Tensor:
@@ -143,8 +147,7 @@ class CandidateLocaliser(nn.Module):
     def __init__(self, stride: int = 4):
         super().__init__()
         self.scorer = CandidateScorer(stride)
-        tl = candidate_positions(stride)
-        self.register_buffer("centres", (tl + CROP / 2) * 2 / CANVAS - 1, persistent=False)
+        self.register_buffer("centres", candidate_centres(stride), persistent=False)
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         return self.scorer(x).softmax(1)
@@ -190,19 +193,9 @@ def colocalise_candidates(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Mod
     feats, pca_err = candidate_descriptors(images, desc, prof.cand_stride, prof.pca_dims)
     t_desc = time.perf_counter() - t0
     st = CandidateLocaliser(prof.cand_stride)
-    opt = (torch.optim.Adam(st.parameters(), lr=prof.lr) if prof.optimizer == "adam"
-           else torch.optim.SGD(st.parameters(), lr=prof.lr, momentum=prof.momentum))
+    opt = make_optimizer(st.parameters(), prof)
     n, k = feats.shape[:2]
-    snaps = []
-
-    def snapshot(step):
-        with torch.no_grad():
-            pb = attention_box(st.theta(images))
-        ok = (iou(pb, boxes) > 0.5).float().mean().item()
-        snaps.append({"step": step, "boxes": pb[list(track)].tolist(), "localised": ok})
-        return ok
-
-    snapshot(0)
+    snaps = [snapshot(st, images, boxes, track, 0)]
     losses = []
     total = prof.steps + prof.refine_steps
     for step in range(total):
@@ -227,21 +220,13 @@ def colocalise_candidates(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Mod
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"non-finite co-localisation loss at step {step}")
         if (step + 1) % prof.snapshot_every == 0 or step + 1 == total:
-            ok = snapshot(step + 1)
+            snaps.append(snapshot(st, images, boxes, track, step + 1))
+            ok = snaps[-1]["localised"]
             if log is not None and ((step + 1) % (prof.snapshot_every * 5) == 0 or step + 1 == total):
                 log(f"  step {step + 1}: loss {sum(losses[-prof.snapshot_every:]) / prof.snapshot_every:.3f}, "
                     f"localised {100 * ok:.0f}%")
-    wall = time.perf_counter() - t0
+    record = optimisation_record(st, images, boxes, losses, time.perf_counter() - t0, total, snaps)
     with torch.no_grad():
-        pb = attention_box(st.theta(images))
-        ink_in = ink_inside(images, pb)
         p = st.probs(images)
-    ious = iou(pb, boxes)
-    return {"localised_pct": round(100.0 * (ious > 0.5).float().mean().item(), 1),
-            "empty_window_pct": round(100.0 * (ink_in < 0.05).float().mean().item(), 1),
-            "mean_ink_inside": round(ink_in.mean().item(), 4), "final_boxes": [[round(v, 2) for v in b] for b in pb.tolist()],
-            "mean_iou": round(ious.mean().item(), 4), "final_loss": losses[-1] if losses else None,
-            "wall_time_s": round(wall, 1), "descriptor_time_s": round(t_desc, 1), "steps": total,
-            "candidates": k, "pca_median_rel_error": round(pca_err, 4),
-            "mean_max_prob": round(p.max(1).values.mean().item(), 4),
-            "snapshots": snaps, "loss_history": [round(x, 4) for x in losses[::max(1, len(losses) // 50)]]}
+    return record | {"descriptor_time_s": round(t_desc, 1), "candidates": k, "pca_median_rel_error": round(pca_err, 4),
+                     "mean_max_prob": round(p.max(1).values.mean().item(), 4)}

@@ -456,6 +456,35 @@ def predict_boxes(st: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return attention_box(st.theta(images))
 
 
+def make_optimizer(params, prof: CoProfile) -> torch.optim.Optimizer:
+    """The profile's optimiser over ``params`` (both localisers)."""
+    if prof.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {prof.optimizer!r}")
+    return (torch.optim.Adam(params, lr=prof.lr) if prof.optimizer == "adam"
+            else torch.optim.SGD(params, lr=prof.lr, momentum=prof.momentum))
+
+
+def snapshot(st: nn.Module, images: torch.Tensor, boxes: torch.Tensor, track, step: int) -> dict:
+    """The boxes of the tracked images and the fraction localised at ``step`` (the figure's frames)."""
+    pb = predict_boxes(st, images)
+    return {"step": step, "boxes": pb[list(track)].tolist(), "localised": (iou(pb, boxes) > 0.5).float().mean().item()}
+
+
+def optimisation_record(st: nn.Module, images: torch.Tensor, boxes: torch.Tensor, losses: list, wall: float,
+                        steps: int, snaps: list) -> dict:
+    """The result of one optimisation (both localisers): the final windows against the true boxes."""
+    pb = predict_boxes(st, images)
+    ious = iou(pb, boxes)
+    with torch.no_grad():  # how much of each image's ink the final window holds (0: an empty, black crop)
+        ink_in = ink_inside(images, pb)
+    return {"localised_pct": round(100.0 * (ious > 0.5).float().mean().item(), 1),
+            "empty_window_pct": round(100.0 * (ink_in < 0.05).float().mean().item(), 1),
+            "mean_ink_inside": round(ink_in.mean().item(), 4), "final_boxes": [[round(v, 2) for v in b] for b in pb.tolist()],
+            "mean_iou": round(ious.mean().item(), 4), "final_loss": losses[-1] if losses else None,
+            "wall_time_s": round(wall, 1), "steps": steps, "snapshots": snaps,
+            "loss_history": [round(x, 4) for x in losses[::max(1, len(losses) // 50)]]}
+
+
 def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: CoProfile, seed: int = 0,
                track: tuple[int, ...] = (0, 1, 2), log=print, final_enc: nn.Module | None = None) -> dict:
     """One co-localisation optimisation over ``images`` (N, 1, 84, 84); ``boxes`` only for the metric.
@@ -464,20 +493,9 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
     g = torch.Generator().manual_seed(seed + 1)
     st = localiser(prof.scale, prof.init_scale, prof.padding, prof.translation, prof.loc_stride)
     desc = Descriptor(enc, prof.descriptor)
-    if prof.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {prof.optimizer!r}")
-    opt = (torch.optim.Adam(st.parameters(), lr=prof.lr) if prof.optimizer == "adam"
-           else torch.optim.SGD(st.parameters(), lr=prof.lr, momentum=prof.momentum))
+    opt = make_optimizer(st.parameters(), prof)
     n = images.shape[0]
-    snaps = []  # (step, boxes of the tracked images, fraction localised)
-
-    def snapshot(step):
-        pb = predict_boxes(st, images)
-        ok = (iou(pb, boxes) > 0.5).float().mean().item()
-        snaps.append({"step": step, "boxes": pb[list(track)].tolist(), "localised": ok})
-        return ok
-
-    snapshot(0)
+    snaps = [snapshot(st, images, boxes, track, 0)]  # (step, boxes of the tracked images, fraction localised)
     losses = []
     t0 = time.perf_counter()
     from stn_triton import warp
@@ -509,21 +527,12 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
             raise FloatingPointError(f"non-finite co-localisation loss at step {step}")
         if (step + 1) % prof.snapshot_every == 0 or step + 1 == prof.steps:
             st.scale = scale_at(step + 1, prof)
-            ok = snapshot(step + 1)
+            snaps.append(snapshot(st, images, boxes, track, step + 1))
+            ok = snaps[-1]["localised"]
             if log is not None and ((step + 1) % (prof.snapshot_every * 5) == 0 or step + 1 == prof.steps):
                 log(f"  step {step + 1}: loss {sum(losses[-prof.snapshot_every:]) / prof.snapshot_every:.3f}, "
                     f"localised {100 * ok:.0f}%")
-    wall = time.perf_counter() - t0
-    pb = predict_boxes(st, images)
-    ious = iou(pb, boxes)
-    with torch.no_grad():  # how much of each image's ink the final window holds (0: an empty, black crop)
-        ink_in = ink_inside(images, pb)
-    return {"localised_pct": round(100.0 * (ious > 0.5).float().mean().item(), 1),
-            "empty_window_pct": round(100.0 * (ink_in < 0.05).float().mean().item(), 1),
-            "mean_ink_inside": round(ink_in.mean().item(), 4), "final_boxes": [[round(v, 2) for v in b] for b in pb.tolist()],
-            "mean_iou": round(ious.mean().item(), 4), "final_loss": losses[-1] if losses else None,
-            "wall_time_s": round(wall, 1), "steps": prof.steps, "snapshots": snaps,
-            "loss_history": [round(x, 4) for x in losses[::max(1, len(losses) // 50)]]}
+    return optimisation_record(st, images, boxes, losses, time.perf_counter() - t0, prof.steps, snaps)
 
 
 # --- diagnosis: eq. (1) at fixed windows ----------------------------------------------------------
