@@ -40,15 +40,14 @@ I_n as the negative -- may refine the windows below the grid's spacing (default 
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.colocalisation import (CANVAS, CROP, Descriptor, make_optimizer, optimisation_record, random_crop_theta,
-                                  snapshot, triplet_loss, window_theta)
+from repro.colocalisation import (CANVAS, CROP, Descriptor, make_optimizer, optimisation_record, optimiser_step,
+                                  random_crop_theta, snapshot, triplet_loss, window_theta)
 
 CONV_STRIDE = 4  # the supplement's localisation conv: 8 filters 9x9, stride 4
 
@@ -213,12 +212,7 @@ def colocalise_candidates(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Mod
                 e_r = desc(warp(images[i], th_r, (CROP, CROP)))
             e_n, e_m = desc(crops).split(prof.batch)
             loss = triplet_loss(e_n, e_m, e_r, prof.alpha)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"non-finite co-localisation loss at step {step}")
+        optimiser_step(opt, loss, losses, step)
         if (step + 1) % prof.snapshot_every == 0 or step + 1 == total:
             snaps.append(snapshot(st, images, boxes, track, step + 1))
             ok = snaps[-1]["localised"]

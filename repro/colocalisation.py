@@ -464,6 +464,16 @@ def make_optimizer(params, prof: CoProfile) -> torch.optim.Optimizer:
             else torch.optim.SGD(params, lr=prof.lr, momentum=prof.momentum))
 
 
+def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, losses: list, step: int) -> None:
+    """One step on ``loss``, its value appended to ``losses``; a non-finite loss stops the optimisation."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    losses.append(loss.item())
+    if not math.isfinite(losses[-1]):
+        raise FloatingPointError(f"non-finite co-localisation loss at step {step}")
+
+
 def snapshot(st: nn.Module, images: torch.Tensor, boxes: torch.Tensor, track, step: int) -> dict:
     """The boxes of the tracked images and the fraction localised at ``step`` (the figure's frames)."""
     pb = predict_boxes(st, images)
@@ -519,12 +529,7 @@ def colocalise(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof: 
             e_r = desc(warp(images[i], th_r, (CROP, CROP), padding_mode=prof.padding))
         e_n, e_m = desc(crops).split(prof.batch)
         loss = triplet_loss(e_n, e_m, e_r, prof.alpha)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"non-finite co-localisation loss at step {step}")
+        optimiser_step(opt, loss, losses, step)
         if (step + 1) % prof.snapshot_every == 0 or step + 1 == prof.steps:
             st.scale = scale_at(step + 1, prof)
             snaps.append(snapshot(st, images, boxes, track, step + 1))
