@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from repro.harness.core import seed_records
 from repro.harness.figures import save_figure
 from repro.paths import default_out
 from repro.paper_schedules import MNIST_PAPER
@@ -252,11 +253,12 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
         prof = res[ds].get("profile")
         if prof in PROFILES and r.get("iterations") != experiment(ds).profile(prof, m).steps:
             stale = f" (stale: {r.get('iterations')} it.)"  # trained under an older step count of this profile
-        return f"{paper} / **{r['error']:.2f}**{stale}"
+        spread = f" ± {r['error_std']:.2f} ({len(r['seeds'])} seeds)" if len(r.get("seeds", [])) > 1 else ""
+        return f"{paper} / **{r['error']:.2f}**{spread}{stale}"
 
     def wall(ds, m):
         r = res[ds].get("models", {}).get(m)
-        return "–" if r is None else f"{r['wall_time_s'] / 60:.1f}"
+        return "–" if r is None else f"{r['wall_time_s'] / 60 / max(len(r.get('seeds', [])), 1):.1f}"  # mean per seed
 
     seeds = sorted({s for ds in DATASETS for r in res[ds].get("models", {}).values() for s in r.get("seeds", [])})
     lines = ["# Distorted MNIST (main paper Table 1): % test error, paper / ours", "",
@@ -269,7 +271,7 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
               "| model | TC |", "|---|---|"]
     for m in TC_MODELS:
         lines.append(f"| {LABEL[m]} | {cell('TC', m)} |")
-    lines += ["", "Training wall time per run (minutes) / iterations × batch / test images:", "",
+    lines += ["", "Training wall time per run (minutes, the mean over seeds) / iterations × batch / test images:", "",
               "| model | " + " | ".join(DATASETS) + " |", "|---|" + "---|" * len(DATASETS)]
     for m in GRID_MODELS:
         cells = []
@@ -288,15 +290,19 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
     lines += ["", f"Total training wall time: {total / 60:.1f} min.", ""]
     runs = [(ds, m, r) for ds in DATASETS for m, r in res[ds].get("models", {}).items()]
     if runs:  # provenance of every cell: where it ran, from which revision, how fast
-        lines += ["Provenance per run (commit, clean tree, device, threads, steps/s):", "",
-                  "| data set | model | commit | tree | device | threads | steps/s |", "|---|---|---|---|---|---|---|"]
+        lines += ["Provenance per run (seed, error, commit, clean tree, device, threads, steps/s, wall time):", "",
+                  "| data set | model | seed | error % | commit | tree | device | threads | steps/s | minutes |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for ds, m, r in runs:
-            v = r.get("versions", {})
-            clean = {True: "clean", False: "**dirty**"}.get(v.get("git_clean"), "not recorded")
-            sch = r.get("schedule", {})
-            steps_s = (r["images_per_s"] / sch["batch_size"]) if r.get("images_per_s") and sch.get("batch_size") else None
-            lines.append(f"| {ds} | {LABEL[m]} | {v.get('git') or '?'} | {clean} | {res[ds].get('device', '?')} | "
-                         f"{v.get('threads', 'not recorded')} | {'–' if steps_s is None else f'{steps_s:.1f}'} |")
+            batch = r.get("schedule", {}).get("batch_size")
+            for s in seed_records(r):
+                v = s.get("versions", {})
+                clean = {True: "clean", False: "**dirty**"}.get(v.get("git_clean"), "not recorded")
+                steps_s = (s["images_per_s"] / batch) if s.get("images_per_s") and batch else None
+                wall = s.get("wall_time_s")
+                lines.append(f"| {ds} | {LABEL[m]} | {s['seed']} | {s['error']:.2f} | {v.get('git') or '?'} | {clean} | "
+                             f"{res[ds].get('device', '?')} | {v.get('threads', 'not recorded')} | "
+                             f"{'–' if steps_s is None else f'{steps_s:.1f}'} | {'–' if wall is None else f'{wall / 60:.1f}'} |")
         lines.append("")
     lines += list(extra)
     path = out / "table.md"

@@ -6,11 +6,15 @@ results live in ``repro/results/``. This copies the results of ``SRC`` into ``DS
 (``*.pt``), temporary files (``*.tmp``) and lock files -- keeping the folder layout, then lists what
 it copied. Files in ``DST`` that ``SRC`` lacks are left alone. A ``results.json`` in ``DST`` that
 lists models its replacement lacks (a one-model run published over the full table) stops the
-copy, naming them, unless ``--merge`` (add / replace this run's models, keep the others, rewrite
-results.md from the merged table) or ``--force`` (replace). Review with ``git diff`` / ``git status`` and commit.
+copy, naming them, unless ``--merge`` or ``--force`` (replace). ``--merge`` merges every
+results.json that ``DST`` already has: this run's models are added, the others kept, and a model
+already published under the same schedule gains this run's seeds (a seed-1 run published onto a
+seed-0 row makes it a two-seed row: mean, spread and each seed's provenance); results.md is
+rewritten from the merged table. Review with ``git diff`` / ``git status`` and commit.
 
     python -m repro.publish runs/mnist_addition repro/results/mnist_addition
     python -m repro.publish runs/mnist_addition repro/results/mnist_addition --dry-run
+    python -m repro.publish runs/s1/P repro/results/distorted_mnist/paper/P --merge   # add a seed
 """
 from __future__ import annotations
 
@@ -61,10 +65,31 @@ def _notes_of(md: str) -> list[str]:
     return [line for line in rest if line.strip()]
 
 
+def _same_schedule(a: dict, b: dict) -> bool:
+    """Two results.json entries of one model trained alike (schedule, iterations, parameters) but
+    for their seeds, so that their seeds may be pooled."""
+    def key(e):
+        return ({k: v for k, v in e.get("schedule", {}).items() if k != "seeds"}, e.get("iterations"), e.get("params"))
+    return "schedule" in a and "schedule" in b and key(a) == key(b)
+
+
+def merge_seeds(old: dict, new: dict) -> dict:
+    """One model's entry from a published one and a new run of it under the same schedule: the
+    union of their seeds (the new run's record wins for a seed both hold), summarised again by
+    :func:`repro.harness.core.summarise_seeds`; ``versions`` is the new run's, every seed's own is
+    in ``runs``."""
+    from repro.harness.core import seed_records, summarise_seeds
+
+    by_seed = {r["seed"]: r for r in seed_records(old)} | {r["seed"]: r for r in seed_records(new)}
+    summary = summarise_seeds(list(by_seed.values()))
+    return {**new, **summary, "schedule": {**new["schedule"], "seeds": summary["seeds"]}}
+
+
 def merge_results(src: Path, dst: Path, rel: Path) -> list[str]:
-    """Merge ``SRC/rel`` (a results.json) into ``DST/rel``: SRC's models replace DST's of the same
-    name, DST's other models stay; ``results.md`` beside it is rewritten from the merged models
-    (the paper numbers are in each model's ``paper_error``). Returns the merged model names."""
+    """Merge ``SRC/rel`` (a results.json) into ``DST/rel``: SRC's models are added to DST's; one
+    that DST already holds under the same schedule gains SRC's seeds (:func:`merge_seeds`), under
+    another schedule SRC's entry replaces it; ``results.md`` beside it is rewritten from the merged
+    models (the paper numbers are in each model's ``paper_error``). Returns the merged model names."""
     from repro.harness.core import write_results
 
     old = json.loads((dst / rel).read_text())
@@ -72,7 +97,9 @@ def merge_results(src: Path, dst: Path, rel: Path) -> list[str]:
     if (old.get("experiment"), old.get("profile")) != (new.get("experiment"), new.get("profile")):
         raise SystemExit(f"error: {dst / rel} is {old.get('experiment')} / {old.get('profile')}, {src / rel} is "
                          f"{new.get('experiment')} / {new.get('profile')}: not merged")
-    models = {**old.get("models", {}), **new.get("models", {})}
+    models = dict(old.get("models", {}))
+    for m, r in new.get("models", {}).items():
+        models[m] = merge_seeds(models[m], r) if m in models and _same_schedule(models[m], r) else r
 
     class _Published:  # what write_results reads of an Experiment
         name = new["experiment"]
@@ -95,7 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="only list what would be copied")
     ap.add_argument("--force", action="store_true", help="publish even if it drops models from a published results.json")
     ap.add_argument("--merge", action="store_true",
-                    help="merge a run's models into a published results.json (a row at a time) instead of replacing it")
+                    help="merge a run's models into a published results.json (a row or a seed at a time) instead of replacing it")
     a = ap.parse_args(argv)
     src, dst = Path(a.src), Path(a.dst)
     if not src.is_dir():
@@ -109,11 +136,14 @@ def main(argv=None) -> int:
         print(f"error: nothing to publish in {src}", file=sys.stderr)
         return 2
     lost = dropped_models(src, dst, files)
-    if lost and a.merge:
-        for rel in lost:
+    if a.merge:
+        merged = [rel for rel in files if rel.name == "results.json" and (dst / rel).is_file()]
+        for rel in merged:
             if not a.dry_run:
                 print(f"merge {src / rel} into {dst / rel}: {', '.join(merge_results(src, dst, rel))}")
-        files = [rel for rel in files if rel not in lost and not (rel.name == "results.md" and rel.parent / "results.json" in lost)]
+            else:
+                print(f"would merge {src / rel} into {dst / rel}")
+        files = [rel for rel in files if rel not in merged and not (rel.name == "results.md" and rel.parent / "results.json" in merged)]
         lost = {}
     if lost and not a.force:
         for rel, models in lost.items():

@@ -96,3 +96,70 @@ def test_publish_merge_adds_a_row(tmp_path, one_thread, capsys):
     md = (dst / "results.md").read_text()
     assert "| mlp |" in md and "| st |" in md
     assert (dst / "st" / "seed0" / "result.json").is_file() and (dst / "mlp" / "seed0" / "result.json").is_file()
+
+
+def test_publish_merge_pools_seeds(tmp_path, one_thread, capsys):
+    """Seeds of a paper-profile row run one at a time: --merge onto the published row pools them
+    (mean, sample spread, every seed's own provenance); a rerun seed replaces its old record."""
+    from repro.harness import run
+
+    s0, s1, dst = tmp_path / "s0", tmp_path / "s1", tmp_path / "results"
+    r0 = run(_exp(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=s0, progress=False)["mlp"]
+    r1 = run(_exp(steps=10), profile="t", models=["mlp"], seeds=[1], out_dir=s1, progress=False)["mlp"]
+    assert publish.main([str(s0), str(dst)]) == 0
+    assert publish.main([str(s1), str(dst), "--merge"]) == 0
+    m = json.loads((dst / "results.json").read_text())["models"]["mlp"]
+    e0, e1 = r0["error"], r1["error"]
+    assert m["seeds"] == [0, 1] and m["error_per_seed"] == [e0, e1]
+    assert m["error"] == pytest.approx((e0 + e1) / 2, abs=1e-3)
+    assert m["error_std"] == pytest.approx(abs(e0 - e1) / 2 ** 0.5, abs=1e-3)
+    assert m["schedule"]["seeds"] == [0, 1] and [r["seed"] for r in m["runs"]] == [0, 1]
+    assert all("git_clean" in r["versions"] for r in m["runs"])
+    assert m["wall_time_s"] == pytest.approx(r0["wall_time_s"] + r1["wall_time_s"], abs=0.2)
+    assert "(± " in (dst / "results.md").read_text()
+    assert publish.main([str(s1), str(dst), "--merge"]) == 0  # the same seed again: replaced, not added
+    assert json.loads((dst / "results.json").read_text())["models"]["mlp"]["seeds"] == [0, 1]
+
+
+def test_publish_merge_pools_a_row_written_before_per_seed_records(tmp_path, one_thread, capsys):
+    """Rows published before ``runs`` existed hold one seed; its provenance is the row's own."""
+    from repro.harness import run
+
+    s0, s2, dst = tmp_path / "s0", tmp_path / "s2", tmp_path / "results"
+    run(_exp(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=s0, progress=False)
+    run(_exp(steps=10), profile="t", models=["mlp"], seeds=[2], out_dir=s2, progress=False)
+    assert publish.main([str(s0), str(dst)]) == 0
+    p = dst / "results.json"
+    old = json.loads(p.read_text())
+    old["models"]["mlp"].pop("runs")
+    old["models"]["mlp"]["versions"]["git"] = "legacy0"
+    p.write_text(json.dumps(old))
+    assert publish.main([str(s2), str(dst), "--merge"]) == 0
+    m = json.loads(p.read_text())["models"]["mlp"]
+    assert m["seeds"] == [0, 2] and m["runs"][0]["versions"]["git"] == "legacy0"
+
+
+def test_publish_merge_replaces_a_row_trained_under_another_schedule(tmp_path, one_thread, capsys):
+    from repro.harness import run
+
+    a, b, dst = tmp_path / "a", tmp_path / "b", tmp_path / "results"
+    run(_exp(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=a, progress=False)
+    run(_exp(steps=12), profile="t", models=["mlp"], seeds=[1], out_dir=b, progress=False)
+    assert publish.main([str(a), str(dst)]) == 0
+    assert publish.main([str(b), str(dst), "--merge"]) == 0
+    m = json.loads((dst / "results.json").read_text())["models"]["mlp"]
+    assert m["seeds"] == [1] and m["iterations"] == 12
+
+
+def test_distorted_table_shows_the_seed_spread_and_each_seed(tmp_path):
+    from repro.harness.core import seed_record, summarise_seeds
+
+    v = {"git": "abc1234", "git_clean": True, "threads": 1}
+    rec = [seed_record(s, {"error": e, "wall_time_s": 60.0, "images_per_s": 2560.0}, v) for s, e in ((0, 1.0), (1, 2.0))]
+    entry = {**summarise_seeds(rec), "iterations": 150000, "schedule": {"batch_size": 256}, "versions": v}
+    (tmp_path / "R").mkdir()
+    (tmp_path / "R" / "results.json").write_text(json.dumps({"profile": "paper", "device": "cpu", "models": {"fcn": entry}}))
+    table = distorted_mnist.write_table(tmp_path).read_text()
+    assert "**1.50** ± 0.71 (2 seeds)" in table
+    assert "| R | FCN | 0 | 1.00 | abc1234 | clean | cpu | 1 | 10.0 | 1.0 |" in table
+    assert "| R | FCN | 1 | 2.00 |" in table

@@ -578,6 +578,39 @@ def _write_results(exp, profile_name, device, model_results, out_dir, profiles, 
     return data
 
 
+def seed_record(seed: int, result: dict, versions_: dict) -> dict:
+    """One seed's line in a results.json model entry (``runs``): its error, cost and provenance."""
+    return {"seed": seed, "error": result["error"], "wall_time_s": result.get("wall_time_s"),
+            "images_per_s": result.get("images_per_s"), "final_train_loss": result.get("final_train_loss"),
+            "versions": versions_}
+
+
+def seed_records(entry: dict) -> list[dict]:
+    """The per-seed records of a results.json model entry. Entries written before ``runs`` existed
+    hold one seed, whose provenance is the entry's own."""
+    if "runs" in entry:
+        return [dict(r) for r in entry["runs"]]
+    if len(entry.get("seeds", [])) != 1:
+        raise ValueError(f"a results.json entry without 'runs' must hold one seed, this one holds {entry.get('seeds')}")
+    return [seed_record(entry["seeds"][0], {**entry, "final_train_loss": (entry.get("final_train_loss") or [None])[0]},
+                        entry.get("versions", {}))]
+
+
+def summarise_seeds(records: list[dict]) -> dict:
+    """A model's result over its seeds, from :func:`seed_record` s: mean error and sample standard
+    deviation (0 for one seed), the per-seed lists in seed order, total wall time, mean images/s."""
+    records = sorted(records, key=lambda r: r["seed"])
+    errs = [r["error"] for r in records]
+    mean = sum(errs) / len(errs)
+    std = (sum((e - mean) ** 2 for e in errs) / max(len(errs) - 1, 1)) ** 0.5
+    ips = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    walls = [r["wall_time_s"] for r in records if r.get("wall_time_s") is not None]
+    return {"error": round(mean, 3), "error_std": round(std, 3), "error_per_seed": errs,
+            "seeds": [r["seed"] for r in records], "wall_time_s": round(sum(walls), 1),
+            "images_per_s": round(sum(ips) / len(ips), 1) if ips else None,
+            "final_train_loss": [r.get("final_train_loss") for r in records], "runs": records}
+
+
 def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | None, out_dir: str | Path,
         device: str = "cpu", resume: bool = False, compile: bool = False, overrides: dict | None = None,
         progress: bool = True, notes: list[str] = (), visualise: bool = True, restart: bool = False) -> dict:
@@ -597,18 +630,12 @@ def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | 
             trained[m] = r.pop("_model", None)
             per.append(r)
         if rank == 0:
-            errs = [r["error"] for r in per]
-            mean = sum(errs) / len(errs)
-            std = (sum((e - mean) ** 2 for e in errs) / max(len(errs) - 1, 1)) ** 0.5
-            ips = [r["images_per_s"] for r in per if r.get("images_per_s")]
-            results[m] = {"error": round(mean, 3), "error_std": round(std, 3), "error_per_seed": errs,
-                          "seeds": list(prof.seeds), "iterations": prof.steps, "params": per[0]["params"],
-                          "wall_time_s": round(sum(r["wall_time_s"] for r in per), 1),
-                          "images_per_s": round(sum(ips) / len(ips), 1) if ips else None,
-                          "final_train_loss": [r.get("final_train_loss") for r in per],
-                          "schedule": dataclasses.asdict(prof), "world_size": world, "versions": versions(),
+            v = versions()
+            summary = summarise_seeds([seed_record(s, r, v) for s, r in zip(prof.seeds, per)])
+            results[m] = {**summary, "iterations": prof.steps, "params": per[0]["params"],
+                          "schedule": dataclasses.asdict(prof), "world_size": world, "versions": v,
                           "paper_error": exp.paper.get(m)}
-            print(f"[{m}] error {mean:.2f}% over seeds {list(prof.seeds)} (paper {exp.paper.get(m)})")
+            print(f"[{m}] error {summary['error']:.2f}% over seeds {summary['seeds']} (paper {exp.paper.get(m)})")
             write_results(exp, profile, str(dev.type if world == 1 else f"{dev.type} x{world}"), results, out_dir,
                           profs, notes)
     if rank == 0 and visualise and exp.visualise is not None and trained:
