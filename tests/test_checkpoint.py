@@ -10,13 +10,13 @@ from repro.harness import checkpoint as C
 from repro.harness import train_one
 from repro.harness.cli import main as cli_main
 
-from test_harness import _exp
+from testing.toy_experiment import toy_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained(tmp_path, steps=20):
-    exp = _exp()
+    exp = toy_experiment()
     prof = exp.profiles["t"].replace(steps=steps)
     train_one(exp, "mlp", prof, 0, tmp_path, progress=False, final_eval=False)
     return exp, tmp_path / "mlp" / "seed0" / "checkpoint.pt"

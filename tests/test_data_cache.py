@@ -122,7 +122,7 @@ def test_tampered_svhn_cache_is_rebuilt(tmp_path, capsys):
     pytest.importorskip("h5py")
     pytest.importorskip("PIL")
     from repro.data import svhn as S
-    from test_data_svhn_cub import fake_svhn
+    from testing.fake_svhn import fake_svhn
 
     root = fake_svhn(tmp_path / "r")
     a = S.SVHN(root, "test", size=32, cache_dir=tmp_path / "cache")

@@ -8,60 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-import stn_triton
-from repro.harness import Experiment, FixedSource, NonFiniteLoss, Profile, classification_error, run, train_one
+from repro.harness import FixedSource, NonFiniteLoss, Profile, run, train_one
 from repro.harness.checkpoint import load_checkpoint
 from repro.harness.core import make_optimizer
-
-
-class _Stream:
-    """Online stream of a linearly separable toy problem: a pure function of (seed, rank, step)."""
-
-    def __init__(self, batch_size, seed=0, rank=0, world_size=1, device="cpu"):
-        self.bs, self.seed, self.rank, self.world, self.device = batch_size, seed, rank, world_size, device
-
-    def batch(self, step):
-        g = torch.Generator().manual_seed(1000003 * self.seed + step * self.world + self.rank)
-        x = torch.randn(self.bs, 1, 6, 6, generator=g)
-        y = (x[:, 0, :3].sum((1, 2)) > x[:, 0, 3:].sum((1, 2))).long()
-        return x.to(self.device), y.to(self.device)
-
-
-_TEST = _Stream(400, seed=99).batch(0)
+from testing.toy_experiment import ToyStream, toy_experiment, toy_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _model(name):
-    layers = [nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 2)]
-    if name == "st":
-        loc = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU())
-        return nn.Sequential(_STOnly(stn_triton.SpatialTransformer(loc, "affine")), *layers)
-    return nn.Sequential(*layers)
-
-
-class _STOnly(nn.Module):
-    def __init__(self, st):
-        super().__init__()
-        self.st = st
-
-    def forward(self, x):
-        return self.st(x)[0]
-
-
-def _exp(lr=0.05, steps=40):
-    prof = Profile("t", steps=steps, batch_size=32, lr=lr, optimizer="sgd", momentum=0.9, milestones=(30,),
-                   log_every=10, ckpt_every=10, seeds=(0,))
-    return Experiment(
-        name="toy", models=("mlp", "st"), build_model=_model,
-        train_data=lambda m, seed, rank, world_size, device, batch_size: _Stream(batch_size, seed, rank, world_size, device),
-        evaluate=lambda model, device, limit: classification_error(model, *_TEST, device),
-        profiles={"t": prof}, paper={"mlp": 1.0})
-
-
 def test_training_reduces_loss(tmp_path):
-    exp = _exp()
+    exp = toy_experiment()
     r = train_one(exp, "mlp", exp.profiles["t"], 0, tmp_path, progress=False)
     h = r["history"]
     assert h[-1]["loss"] < h[0]["loss"] and r["error"] < 30
@@ -70,7 +27,7 @@ def test_training_reduces_loss(tmp_path):
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
-    exp = _exp()
+    exp = toy_experiment()
     full = train_one(exp, "st", exp.profiles["t"], 0, tmp_path / "a", progress=False)
     half = exp.profiles["t"].replace(steps=20)
     train_one(exp, "st", half, 0, tmp_path / "b", progress=False, final_eval=False)
@@ -84,7 +41,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    exp = _exp()
+    exp = toy_experiment()
     prof = exp.profiles["t"]
 
     calls = {"n": 0}
@@ -103,7 +60,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_loc_net_lr_multiplier():
-    model = _model("st")
+    model = toy_model("st")
     opt = make_optimizer(model, Profile("x", 1, 1, lr=0.1, loc_lr_mult=0.1))
     assert len(opt.param_groups) == 2 and opt.param_groups[1]["lr_mult"] == 0.1
     n_st = sum(p.numel() for p in model[0].parameters())
@@ -122,7 +79,7 @@ def test_fixed_source_is_pure_and_rank_disjoint():
 
 
 def test_run_writes_results(tmp_path):
-    exp = _exp(steps=20)
+    exp = toy_experiment(steps=20)
     run(exp, profile="t", models=["mlp"], seeds=[0, 1], out_dir=tmp_path, progress=False)
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["experiment"] == "toy" and data["profile"] == "t" and data["device"] == "cpu"
@@ -147,7 +104,7 @@ def _ddp_worker(rank, world, port, out):
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    exp = _exp(steps=20)
+    exp = toy_experiment(steps=20)
     res = train_one(exp, "st", exp.profiles["t"], 0, out, progress=False)
     torch.save(res["_model"].state_dict(), os.path.join(out, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -167,7 +124,7 @@ def test_ddp_gloo_two_processes(tmp_path):
 
 def test_prefetch_trains_identically(tmp_path):
     """The background-thread prefetch draws the same batches: bit-identical parameters either way."""
-    exp = _exp(steps=25)
+    exp = toy_experiment(steps=25)
     a = train_one(exp, "st", exp.profiles["t"], 0, tmp_path / "a", progress=False, final_eval=False, prefetch=True)
     b = train_one(exp, "st", exp.profiles["t"], 0, tmp_path / "b", progress=False, final_eval=False, prefetch=False)
     for (k, x), (_, y) in zip(a["_model"].state_dict().items(), b["_model"].state_dict().items()):
@@ -178,7 +135,7 @@ def test_prefetch_trains_identically(tmp_path):
 def test_prefetcher_returns_the_requested_batch():
     from repro.harness.core import Prefetcher
 
-    src = _Stream(8, seed=3)
+    src = ToyStream(8, seed=3)
     feed = Prefetcher(src, stop=10)
     try:
         for step in (0, 1, 2, 5, 6, 9, 3):  # in order (prefetched) and out of order (drawn on demand)
@@ -192,7 +149,7 @@ def test_prefetcher_returns_the_requested_batch():
 
 def test_non_finite_loss_before_the_first_checkpoint_says_so(tmp_path):
     """The message named a 'last good checkpoint' that did not exist (paper-profile P FCN, step 3939)."""
-    exp = _exp()
+    exp = toy_experiment()
     prof = exp.profiles["t"]
     exp.loss_fn = lambda logits, y: nn.functional.cross_entropy(logits, y) * float("nan")
     with pytest.raises(NonFiniteLoss, match="No checkpoint was written yet"):

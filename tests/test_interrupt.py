@@ -15,13 +15,13 @@ from repro.harness import train_one
 from repro.harness.checkpoint import load_checkpoint
 from repro.harness.core import Interrupted
 
-from test_harness import _exp, _Stream
+from testing.toy_experiment import ToyStream, toy_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class _SignalAt(_Stream):
+class _SignalAt(ToyStream):
     """The toy stream, sending ``sig`` to this process while drawing batch ``at``."""
 
     def __init__(self, *a, at, sig, **kw):
@@ -37,7 +37,7 @@ class _SignalAt(_Stream):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_current_step_and_resume_matches(tmp_path, sig):
     before = signal.getsignal(sig)
-    exp = _exp()
+    exp = toy_experiment()
     prof = exp.profiles["t"].replace(ckpt_every=1000)  # no periodic checkpoint before the end
     full = train_one(exp, "st", prof, 0, tmp_path / "full", progress=False)
     exp.train_data = lambda m, seed, rank, world_size, device, batch_size: _SignalAt(
@@ -48,7 +48,7 @@ def test_signal_saves_current_step_and_resume_matches(tmp_path, sig):
     assert e.value.step == 8 and e.value.signum == sig and e.value.path == ck
     assert load_checkpoint(ck)["step"] == 8
     assert signal.getsignal(sig) is before  # handlers restored
-    exp.train_data = _exp().train_data
+    exp.train_data = toy_experiment().train_data
     resumed = train_one(exp, "st", prof, 0, tmp_path / "int", resume=True, progress=False)
     for k, v in full["_model"].state_dict().items():
         torch.testing.assert_close(v, resumed["_model"].state_dict()[k], rtol=0, atol=0, msg=k)

@@ -12,7 +12,7 @@ from repro import colocalisation, cub, distorted_mnist, mnist_addition, publish,
 from repro.harness import train_one
 from repro.paths import REPO_ROOT, RUNS_DIR
 
-from test_harness import _exp
+from testing.toy_experiment import toy_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def test_svhn_and_cub_default_under_runs():
 
 
 def test_resume_says_what_it_found(tmp_path, capsys):
-    exp = _exp()
+    exp = toy_experiment()
     prof = exp.profiles["t"]
     train_one(exp, "mlp", prof, 0, tmp_path, resume=True, progress=False, final_eval=False)
     assert "nothing to resume" in capsys.readouterr().out
@@ -48,7 +48,7 @@ def test_resume_says_what_it_found(tmp_path, capsys):
 
 def test_publish_copies_results_not_checkpoints(tmp_path, one_thread):
     src, dst = tmp_path / "runs" / "toy", tmp_path / "results" / "toy"
-    exp = _exp(steps=10)
+    exp = toy_experiment(steps=10)
     from repro.harness import run
 
     run(exp, profile="t", models=["mlp"], seeds=[0], out_dir=src, progress=False)
@@ -69,8 +69,8 @@ def test_publish_refuses_to_drop_published_models(tmp_path, one_thread, capsys):
     from repro.harness import run
 
     full, subset, dst = tmp_path / "full", tmp_path / "subset", tmp_path / "results"
-    run(_exp(steps=10), profile="t", models=["mlp", "st"], seeds=[0], out_dir=full, progress=False)
-    run(_exp(steps=10), profile="t", models=["st"], seeds=[0], out_dir=subset, progress=False)
+    run(toy_experiment(steps=10), profile="t", models=["mlp", "st"], seeds=[0], out_dir=full, progress=False)
+    run(toy_experiment(steps=10), profile="t", models=["st"], seeds=[0], out_dir=subset, progress=False)
     assert publish.main([str(full), str(dst)]) == 0
     before = (dst / "results.json").read_text()
     capsys.readouterr()
@@ -87,8 +87,8 @@ def test_publish_merge_adds_a_row(tmp_path, one_thread, capsys):
     from repro.harness import run
 
     first, second, dst = tmp_path / "first", tmp_path / "second", tmp_path / "results"
-    run(_exp(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=first, progress=False)
-    run(_exp(steps=10), profile="t", models=["st"], seeds=[0], out_dir=second, progress=False)
+    run(toy_experiment(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=first, progress=False)
+    run(toy_experiment(steps=10), profile="t", models=["st"], seeds=[0], out_dir=second, progress=False)
     assert publish.main([str(first), str(dst)]) == 0
     assert publish.main([str(second), str(dst), "--merge"]) == 0
     merged = json.loads((dst / "results.json").read_text())
@@ -104,8 +104,8 @@ def test_publish_merge_pools_seeds(tmp_path, one_thread, capsys):
     from repro.harness import run
 
     s0, s1, dst = tmp_path / "s0", tmp_path / "s1", tmp_path / "results"
-    r0 = run(_exp(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=s0, progress=False)["mlp"]
-    r1 = run(_exp(steps=10), profile="t", models=["mlp"], seeds=[1], out_dir=s1, progress=False)["mlp"]
+    r0 = run(toy_experiment(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=s0, progress=False)["mlp"]
+    r1 = run(toy_experiment(steps=10), profile="t", models=["mlp"], seeds=[1], out_dir=s1, progress=False)["mlp"]
     assert publish.main([str(s0), str(dst)]) == 0
     assert publish.main([str(s1), str(dst), "--merge"]) == 0
     m = json.loads((dst / "results.json").read_text())["models"]["mlp"]
@@ -126,8 +126,8 @@ def test_publish_merge_pools_a_row_written_before_per_seed_records(tmp_path, one
     from repro.harness import run
 
     s0, s2, dst = tmp_path / "s0", tmp_path / "s2", tmp_path / "results"
-    run(_exp(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=s0, progress=False)
-    run(_exp(steps=10), profile="t", models=["mlp"], seeds=[2], out_dir=s2, progress=False)
+    run(toy_experiment(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=s0, progress=False)
+    run(toy_experiment(steps=10), profile="t", models=["mlp"], seeds=[2], out_dir=s2, progress=False)
     assert publish.main([str(s0), str(dst)]) == 0
     p = dst / "results.json"
     old = json.loads(p.read_text())
@@ -143,8 +143,8 @@ def test_publish_merge_replaces_a_row_trained_under_another_schedule(tmp_path, o
     from repro.harness import run
 
     a, b, dst = tmp_path / "a", tmp_path / "b", tmp_path / "results"
-    run(_exp(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=a, progress=False)
-    run(_exp(steps=12), profile="t", models=["mlp"], seeds=[1], out_dir=b, progress=False)
+    run(toy_experiment(steps=10), profile="t", models=["mlp"], seeds=[0], out_dir=a, progress=False)
+    run(toy_experiment(steps=12), profile="t", models=["mlp"], seeds=[1], out_dir=b, progress=False)
     assert publish.main([str(a), str(dst)]) == 0
     assert publish.main([str(b), str(dst), "--merge"]) == 0
     m = json.loads((dst / "results.json").read_text())["models"]["mlp"]

@@ -164,11 +164,11 @@ def test_recipe_smoke_real_format(tmp_path, monkeypatch):
     """``--data DIR`` on a tiny fake SVHN format-1 folder (digitStruct.mat, PNGs) via repro.data.svhn."""
     pytest.importorskip("h5py")
     pytest.importorskip("PIL")
-    helpers = pytest.importorskip("test_data_svhn_cub")  # the data loaders' fake-SVHN writer
     import repro.svhn as recipe
+    from testing.fake_svhn import fake_svhn
 
     monkeypatch.setenv("STN_DATA_DIR", str(tmp_path / "cache"))
-    data = helpers.fake_svhn(tmp_path / "svhn", n_train=12, n_test=6)
+    data = fake_svhn(tmp_path / "svhn", n_train=12, n_test=6)
     out = tmp_path / "run"
     args = ["--data", str(data), "--size", "32", "--val-size", "2", "--profile", "smoke", "--model", "st-single",
             "--steps", "2", "--batch-size", "4", "--out", str(out), "--no-progress"]
