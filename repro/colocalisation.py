@@ -651,7 +651,7 @@ def diagnose(enc: nn.Module, variants=VARIANTS, digits=range(10), seed: int = 0,
 
 # --- outputs -------------------------------------------------------------------------------------
 def figure(out: Path, variant: str, digit: int, seed: int = 0, n_cols: int = 6) -> Path | None:
-    """Supplement Figure 1: the predicted boxes of three images over the SGD steps."""
+    """Supplement Figure 1: the predicted boxes of three images over the optimisation steps."""
     p = out / variant / f"digit{digit}.json"
     if not p.exists():
         return None
@@ -682,7 +682,9 @@ def figure(out: Path, variant: str, digit: int, seed: int = 0, n_cols: int = 6) 
             ax.set_yticks([])
             if a == len(track) - 1:
                 ax.set_xlabel(f"step {s['step']}\n({100 * s['localised']:.0f}% of 100)", fontsize=8)
-    fig.suptitle(f"Co-localisation {variant}, digit {digit}: predicted box (red) over SGD steps; "
+    opt = r.get("schedule", {}).get("optimizer", "sgd")
+    opt = opt.upper() if opt == "sgd" else opt.capitalize()
+    fig.suptitle(f"Co-localisation {variant}, digit {digit}: predicted box (red) over {opt} steps; "
                  f"true box dashed green", fontsize=9)
     return save_figure(fig, out / f"steps_{variant}_digit{digit}.png", dpi=90)
 
