@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ import torch
 
 from repro.harness.core import seed_records
 from repro.harness.figures import save_figure
-from repro.paths import default_out
+from repro.paths import REPO_ROOT, default_out
 from repro.paper_schedules import MNIST_PAPER
 from repro.harness import Experiment, Profile, classification_error
 from repro.harness.cli import main as cli_main
@@ -237,6 +238,23 @@ def _load_results(out: Path, ds: str) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+RECIPE_COMMIT = "5d7d164"  # the commit that added this file; a result recording an older one came from its predecessor
+
+
+def predates_recipe(commit: str | None) -> bool | None:
+    """Whether a result's recorded ``commit`` is older than this recipe file (:data:`RECIPE_COMMIT`):
+    such a run was trained by the script this file replaced. None when git cannot tell (no commit
+    recorded, no git, a shallow clone)."""
+    if not commit or commit == "?":
+        return None
+    try:
+        r = subprocess.run(["git", "merge-base", "--is-ancestor", RECIPE_COMMIT, commit], cwd=REPO_ROOT,
+                           capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: False, 1: True}.get(r.returncode)
+
+
 def write_table(out: str | Path, extra: list[str] = ()) -> Path:
     """``table.md``: the paper's Table 1 (R, RTS, P, E x 8 models) and TC row, ours beside the paper's."""
     out = Path(out)
@@ -254,7 +272,8 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
         if prof in PROFILES and r.get("iterations") != experiment(ds).profile(prof, m).steps:
             stale = f" (stale: {r.get('iterations')} it.)"  # trained under an older step count of this profile
         spread = f" ± {r['error_std']:.2f} ({len(r['seeds'])} seeds)" if len(r.get("seeds", [])) > 1 else ""
-        return f"{paper} / **{r['error']:.2f}**{spread}{stale}"
+        old = " ‡" if any(predates_recipe(s.get("versions", {}).get("git")) for s in seed_records(r)) else ""
+        return f"{paper} / **{r['error']:.2f}**{spread}{stale}{old}"
 
     def wall(ds, m):
         r = res[ds].get("models", {}).get(m)
@@ -271,6 +290,10 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
               "| model | TC |", "|---|---|"]
     for m in TC_MODELS:
         lines.append(f"| {LABEL[m]} | {cell('TC', m)} |")
+    if any(" ‡" in line for line in lines):
+        lines += ["", f"‡ trained at a commit older than `repro/distorted_mnist.py` ({RECIPE_COMMIT}), i.e. by the "
+                      "script it replaced (the provenance table names the commit); rerun the row for a result of "
+                      "this recipe."]
     lines += ["", "Training wall time per run (minutes, the mean over seeds) / iterations × batch / test images:", "",
               "| model | " + " | ".join(DATASETS) + " |", "|---|" + "---|" * len(DATASETS)]
     for m in GRID_MODELS:
@@ -300,7 +323,8 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
                 clean = {True: "clean", False: "**dirty**"}.get(v.get("git_clean"), "not recorded")
                 steps_s = (s["images_per_s"] / batch) if s.get("images_per_s") and batch else None
                 wall = s.get("wall_time_s")
-                lines.append(f"| {ds} | {LABEL[m]} | {s['seed']} | {s['error']:.2f} | {v.get('git') or '?'} | {clean} | "
+                older = " ‡" if predates_recipe(v.get("git")) else ""
+                lines.append(f"| {ds} | {LABEL[m]} | {s['seed']} | {s['error']:.2f} | {v.get('git') or '?'}{older} | {clean} | "
                              f"{res[ds].get('device', '?')} | {v.get('threads', 'not recorded')} | "
                              f"{'–' if steps_s is None else f'{steps_s:.1f}'} | {'–' if wall is None else f'{wall / 60:.1f}'} |")
         lines.append("")
