@@ -37,6 +37,7 @@ Profiles
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -241,6 +242,7 @@ def _load_results(out: Path, ds: str) -> dict:
 RECIPE_COMMIT = "5d7d164"  # the commit that added this file; a result recording an older one came from its predecessor
 
 
+@functools.lru_cache(maxsize=None)  # a commit's ancestry never changes; a table asks once per cell and per run
 def predates_recipe(commit: str | None) -> bool | None:
     """Whether a result's recorded ``commit`` is older than this recipe file (:data:`RECIPE_COMMIT`):
     such a run was trained by the script this file replaced. None when git cannot tell (no commit
@@ -272,8 +274,11 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
         if prof in PROFILES and r.get("iterations") != experiment(ds).profile(prof, m).steps:
             stale = f" (stale: {r.get('iterations')} it.)"  # trained under an older step count of this profile
         spread = f" ± {r['error_std']:.2f} ({len(r['seeds'])} seeds)" if len(r.get("seeds", [])) > 1 else ""
-        old = " ‡" if any(predates_recipe(s.get("versions", {}).get("git")) for s in seed_records(r)) else ""
+        old = " ‡" if older_than_recipe(r) else ""
         return f"{paper} / **{r['error']:.2f}**{spread}{stale}{old}"
+
+    def older_than_recipe(r):
+        return any(predates_recipe(s.get("versions", {}).get("git")) for s in seed_records(r))
 
     def wall(ds, m):
         r = res[ds].get("models", {}).get(m)
@@ -290,7 +295,7 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
               "| model | TC |", "|---|---|"]
     for m in TC_MODELS:
         lines.append(f"| {LABEL[m]} | {cell('TC', m)} |")
-    if any(" ‡" in line for line in lines):
+    if any(older_than_recipe(r) for ds in DATASETS for r in res[ds].get("models", {}).values()):
         lines += ["", f"‡ trained at a commit older than `repro/distorted_mnist.py` ({RECIPE_COMMIT}), i.e. by the "
                       "script it replaced (the provenance table names the commit); rerun the row for a result of "
                       "this recipe."]

@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     if not files:
         print(f"error: nothing to publish in {src}", file=sys.stderr)
         return 2
-    lost = dropped_models(src, dst, files)
+    lost = {} if a.merge else dropped_models(src, dst, files)  # --merge keeps every published model
     if a.merge:
         merged = [rel for rel in files if rel.name == "results.json" and (dst / rel).is_file()]
         for rel in merged:
@@ -144,7 +144,6 @@ def main(argv=None) -> int:
             else:
                 print(f"would merge {src / rel} into {dst / rel}")
         files = [rel for rel in files if rel not in merged and not (rel.name == "results.md" and rel.parent / "results.json" in merged)]
-        lost = {}
     if lost and not a.force:
         for rel, models in lost.items():
             print(f"error: {dst / rel} lists {', '.join(models)}, which {src / rel} lacks; publishing would drop them "
