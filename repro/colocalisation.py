@@ -932,7 +932,7 @@ def _run_pair(job: dict, v: str, d: int, encs: tuple | None = None) -> None:
     """One (variant, digit) optimisation, its result written to ``<out>/<v>/digit<d>.json``;
     ``encs`` = (encoder, final-phase encoder or None), or None in a worker process."""
     from repro.data import colocalisation_set
-    from repro.harness.core import versions
+    from repro.harness.provenance import versions
 
     prof, seed = job["prof"], job["seed"]
     if encs is None:  # a worker process: its own thread count, the encoders from the cache the parent filled

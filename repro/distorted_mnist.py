@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from repro.harness.core import seed_records
+from repro.harness.provenance import seed_records
 from repro.harness.figures import save_figure
 from repro.paths import REPO_ROOT, default_out
 from repro.paper_schedules import MNIST_PAPER

@@ -76,9 +76,9 @@ def _same_schedule(a: dict, b: dict) -> bool:
 def merge_seeds(old: dict, new: dict) -> dict:
     """One model's entry from a published one and a new run of it under the same schedule: the
     union of their seeds (the new run's record wins for a seed both hold), summarised again by
-    :func:`repro.harness.core.summarise_seeds`; ``versions`` is the new run's, every seed's own is
+    :func:`repro.harness.provenance.summarise_seeds`; ``versions`` is the new run's, every seed's own is
     in ``runs``."""
-    from repro.harness.core import seed_records, summarise_seeds
+    from repro.harness.provenance import seed_records, summarise_seeds
 
     by_seed = {r["seed"]: r for r in seed_records(old)} | {r["seed"]: r for r in seed_records(new)}
     summary = summarise_seeds(list(by_seed.values()))
@@ -90,7 +90,7 @@ def merge_results(src: Path, dst: Path, rel: Path) -> list[str]:
     that DST already holds under the same schedule gains SRC's seeds (:func:`merge_seeds`), under
     another schedule SRC's entry replaces it; ``results.md`` beside it is rewritten from the merged
     models (the paper numbers are in each model's ``paper_error``). Returns the merged model names."""
-    from repro.harness.core import write_results
+    from repro.harness.tables import write_results
 
     old = json.loads((dst / rel).read_text())
     new = json.loads((src / rel).read_text())

@@ -152,7 +152,7 @@ def test_publish_merge_replaces_a_row_trained_under_another_schedule(tmp_path, o
 
 
 def test_distorted_table_shows_the_seed_spread_and_each_seed(tmp_path):
-    from repro.harness.core import seed_record, summarise_seeds
+    from repro.harness.provenance import seed_record, summarise_seeds
 
     v = {"git": "abc1234", "git_clean": True, "threads": 1}
     rec = [seed_record(s, {"error": e, "wall_time_s": 60.0, "images_per_s": 2560.0}, v) for s, e in ((0, 1.0), (1, 2.0))]
@@ -167,7 +167,7 @@ def test_distorted_table_shows_the_seed_spread_and_each_seed(tmp_path):
 
 def test_distorted_table_marks_runs_older_than_the_recipe(tmp_path):
     """Five quick-profile results record commits from before repro/distorted_mnist.py existed: marked ‡."""
-    from repro.harness.core import seed_record, summarise_seeds
+    from repro.harness.provenance import seed_record, summarise_seeds
 
     old_commit = "2de1c26"  # a commit minutes before the recipe file was added
     if distorted_mnist.predates_recipe(old_commit) is None:

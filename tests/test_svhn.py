@@ -109,7 +109,8 @@ def test_sequence_metric():
 
 
 def test_loc_lr_groups_via_harness():
-    from repro.harness.core import Profile, make_optimizer
+    from repro.harness.loop import make_optimizer
+    from repro.harness.profile import Profile
 
     net = svhn.SVHNNet("st-multi", in_size=32, width=0.125)
     opt = make_optimizer(net, Profile("t", steps=1, batch_size=1, lr=0.01, loc_lr_mult=0.1))

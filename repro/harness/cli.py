@@ -8,7 +8,8 @@ import sys
 import torch
 
 from .checkpoint import CheckpointError
-from .core import Experiment, Interrupted, NonFiniteLoss, run
+from .loop import Interrupted, NonFiniteLoss, run
+from .profile import Experiment
 
 
 def resume_command() -> str:
