@@ -127,8 +127,8 @@ def reference_render(name, p, pool_x, pool_y):
 
 
 def setup(dataset: str, model_name: str, batch: int, profile: str = "paper"):
-    from repro import distorted_mnist as dm
-    from repro import mnist_addition as ma
+    from repro.distorted_mnist import recipe as dm
+    from repro.mnist_addition import recipe as ma
     from repro.harness.loop import make_optimizer
 
     exp = ma.EXPERIMENT if dataset == "addition" else dm.experiment(dataset, "online")
