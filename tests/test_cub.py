@@ -162,7 +162,7 @@ def _fake_cub(root, classes=3, train=3, test=2):
 
 def test_recipe_smoke_fake_cub(tmp_path):
     pytest.importorskip("PIL")
-    import repro.cub as recipe
+    import repro.cub.__main__ as recipe
 
     data = _fake_cub(tmp_path / "CUB_200_2011")
     w = tmp_path / "w.pth"
