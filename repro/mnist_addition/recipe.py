@@ -52,8 +52,8 @@ quick profile          150k SGD steps      3.5k Adam steps    CPU budget; SGD 0.
                                                               prior after 1,500 steps (above)
 =====================  ==================  =================  ==========================================
 
-Retired options (measured, not the recipe; ``findings`` in ``repro/results/mnist_addition/README.md``
-names the commit that still runs them): ``--standardize`` (fixed input standardisation) and
+Retired options (measured, not the recipe; ``repro/results/mnist_addition/README.md``, "Retired
+options"; commit 6db501a still runs them): ``--standardize`` (fixed input standardisation) and
 ``--init he`` (He initialisation) -- neither left the label prior in 1,200 steps (above);
 ``--transform projective|attention|tps(K)`` -- never measured on this task.
 """
