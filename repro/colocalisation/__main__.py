@@ -76,6 +76,7 @@ def main(argv=None) -> int:
         print(f"error: --out {out} is a file, not a folder", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
+    from repro.data.mnist import MnistError
     from repro.harness.checkpoint import CheckpointError
 
     if a.restart:
@@ -89,6 +90,9 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 4
+    except MnistError as e:
+        print(f"ERROR: MNIST: {e}", file=sys.stderr)
+        return 5
     variants = VARIANTS if a.variant == "both" else (a.variant,)
     if a.diagnose:
         from repro.colocalisation.diagnose import diagnose
@@ -100,6 +104,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         run_pairs(a, prof, enc, enc_info, out, variants, digits)
+    except MnistError as e:
+        print(f"ERROR: MNIST: {e}", file=sys.stderr)
+        return 5
     except KeyboardInterrupt:
         print("interrupted; finished (variant, digit) pairs are kept in their digit*.json; rerun the same command "
               "with --resume to skip them", file=sys.stderr)

@@ -11,7 +11,7 @@ import torch
 
 from repro.cub import recipe
 from repro.cub.recipe import MODELS, PROFILES, RUNS, build_experiment, model_name
-from repro.harness.cli import main as cli_main, recipe_options
+from repro.harness.cli import device_problem, main as cli_main, out_problem, recipe_options
 from repro.harness.profile import Experiment
 
 
@@ -31,6 +31,7 @@ def _pre_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.add_argument("--model", default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None)  # checked here, before the data is read; the harness uses it
     return p
 
 
@@ -48,6 +49,11 @@ def main(argv=None) -> int:
     pre, argv = recipe_options(argv, recipe.__doc__, _pre_parser(), stub, str(RUNS))
     if pre is None:  # --help
         return 0
+    problems = [device_problem(pre.device)] if getattr(pre, "device", None) else []
+    problems.append(out_problem(pre.out) if pre.out else None)
+    for problem in filter(None, problems):  # before any data is read or rendered
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if not pre.data:
         print("give --data DIR (the extracted CUB_200_2011 folder)", file=sys.stderr)
         return 2

@@ -7,9 +7,30 @@ import sys
 import time
 from pathlib import Path
 
-from repro.distorted_mnist.recipe import DATA_MODES, DATASETS, DEFAULT_OUT, experiment, models_for, notes
+from repro.distorted_mnist.recipe import DATA_MODES, DATASETS, DEFAULT_OUT, GRID_MODELS, experiment, models_for, notes
 from repro.distorted_mnist.table import extra_notes, figure, write_table
-from repro.harness.cli import main as cli_main
+from repro.harness.cli import main as cli_main, out_problem
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of ``name`` in ``args`` (``--x V`` or ``--x=V``), or None."""
+    for i, x in enumerate(args):
+        if x == name and i + 1 < len(args):
+            return args[i + 1]
+        if x.startswith(name + "="):
+            return x.split("=", 1)[1]
+    return None
+
+
+def jobs_ok(datasets: list[str], sel: str) -> bool:
+    """--all with --model: every named model belongs to at least one of the data sets asked for."""
+    if sel == "all":
+        return True
+    names = [m.strip() for m in sel.split(",") if m.strip()]
+    missing = [m for m in names if not any(m in models_for(ds) for ds in datasets)]
+    if missing:
+        print(f"error: model(s) {missing} are in none of the data sets {datasets}", file=sys.stderr)
+    return not missing
 
 
 def main(argv=None) -> int:
@@ -34,10 +55,23 @@ def main(argv=None) -> int:
         parser(experiment("R"), DEFAULT_OUT).print_help()
         return 0
     out = DEFAULT_OUT
-    if "--out" in rest:  # the harness gets --out <out>/<dataset>
-        i = rest.index("--out")
-        out = rest[i + 1]
-        rest = rest[:i] + rest[i + 2:]
+    for i, x in enumerate(rest):  # the harness gets --out <out>/<dataset>
+        if x == "--out" and i + 1 < len(rest):
+            out, rest = rest[i + 1], rest[:i] + rest[i + 2:]
+            break
+        if x.startswith("--out="):
+            out, rest = x.split("=", 1)[1], rest[:i] + rest[i + 1:]
+            break
+    problem = out_problem(out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    sel = _option(rest, "--model") or "all"
+    known = set(models_for(a.dataset)) if a.dataset and not a.all else set(GRID_MODELS)
+    bad = [m for m in sel.split(",") if m.strip() and m.strip() not in known] if sel != "all" else []
+    if bad and not a.table:  # before anything is trained or written (no table of "not run" cells)
+        print(f"error: unknown model(s) {bad}; choose from {sorted(known)} or 'all'", file=sys.stderr)
+        return 2
     code = 0
     if a.table:
         pass
@@ -48,12 +82,10 @@ def main(argv=None) -> int:
             print(f"unknown data set(s) {bad}; choose from {list(DATASETS)}", file=sys.stderr)
             return 2
         rest = [x for x in rest if x != "--resume"] + ["--resume"]
-        if "--model" in rest:
-            i = rest.index("--model")
-            sel = rest[i + 1]
-            rest = rest[:i] + rest[i + 2:]
-        else:
-            sel = "all"
+        rest = [x for i, x in enumerate(rest) if not (x == "--model" or x.startswith("--model=")
+                                                        or (i > 0 and rest[i - 1] == "--model"))]
+        if not jobs_ok(want, sel):
+            return 2
         jobs = [(ds, m) for ds in want
                 for m in (models_for(ds) if sel == "all" else [m for m in sel.split(",") if m in models_for(ds)])]
         for ds, m in (reversed(jobs) if a.reverse else jobs):
@@ -62,6 +94,8 @@ def main(argv=None) -> int:
             c = cli_main(experiment(ds, a.data), str(Path(out) / ds), rest + ["--model", m], notes=notes(a.data))
             print(f"[grid] {ds} {m}: exit {c} ({time.perf_counter() - t:.0f} s)", flush=True)
             code = code or c
+            if c == 2:  # a bad command (e.g. a checkpoint in the way): the same for every job, so stop
+                return c
             write_table(out, extra_notes(Path(out)))
             if c >= 128:  # interrupted (SIGINT / SIGTERM): stop the grid, its checkpoint is saved
                 return c
@@ -70,6 +104,8 @@ def main(argv=None) -> int:
             print("give --dataset R|RTS|P|E|TC, or --all", file=sys.stderr)
             return 2
         code = cli_main(experiment(a.dataset, a.data), str(Path(out) / a.dataset), rest, notes=notes(a.data))
+        if code == 2:  # a bad command: nothing ran, no table to rewrite
+            return code
     write_table(out, extra_notes(Path(out)))
     if not a.no_figure:
         try:

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, remove_checkpoint, save_checkpoint
 from .profile import Experiment, Profile
 from .provenance import seed_record, summarise_seeds, versions
 from .sources import Prefetcher, unpack
@@ -40,6 +40,11 @@ from .tables import write_results
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class CheckpointInTheWay(RuntimeError):
+    """A run started without ``--resume`` or ``--restart`` found a checkpoint of an earlier run: training
+    from step 0 would overwrite it, so it stops and says which of the two to give."""
 
 
 class Interrupted(RuntimeError):
@@ -148,6 +153,57 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
                 mininterval=1.0, file=sys.stderr)
 
 
+def checkpoint_in_the_way(ckpt_path: Path, model_name: str, seed: int) -> CheckpointInTheWay:
+    """The error for a run started without --resume / --restart over an existing checkpoint."""
+    try:
+        found = f"checkpoint of step {load_checkpoint(ckpt_path, map_location='cpu')['step']}"
+    except (CheckpointError, KeyError, TypeError) as e:
+        found = f"damaged checkpoint ({(str(e).splitlines() or [type(e).__name__])[0][:120]})"
+    return CheckpointInTheWay(f"[{model_name} seed {seed}] {found} found ({ckpt_path}): --resume continues it, "
+                              f"--restart discards it")
+
+
+def measure_steps_per_s(exp: Experiment, model_name: str, profile: Profile, dev: torch.device, steps: int = 3,
+                        warmup: int = 1) -> float:
+    """Training steps per second of ``model_name`` at ``profile``'s batch on ``dev``: ``warmup`` untimed then
+    ``steps`` timed steps of a throwaway copy (model, optimiser, data source), the global RNG left as it was."""
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = exp.build_model(model_name).to(dev)
+        opt = make_optimizer(model, profile)
+        data = exp.train_data(model_name, seed=0, rank=0, world_size=1, device=dev, batch_size=profile.batch_size)
+        sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+        t0 = 0.0
+        for step in range(warmup + steps):
+            if step == warmup:
+                sync()
+                t0 = time.perf_counter()
+            set_lr(opt, profile.lr_at(step))
+            x, y = unpack(data.batch(step))
+            loss = exp.loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync()
+        return steps / max(time.perf_counter() - t0, 1e-9)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def print_estimates(exp: Experiment, profiles: dict[str, Profile], dev: torch.device, timed_steps: int = 3) -> None:
+    """Before a long run: the expected training wall time of each model and seed, from steps/s measured
+    on the spot (:func:`measure_steps_per_s`) -- not from earlier runs, whose machine may differ."""
+    for m, prof in profiles.items():
+        sps = measure_steps_per_s(exp, m, prof, dev, steps=timed_steps)
+        per_seed = prof.steps / sps
+        print(f"[{m}] expected wall time: ~{_duration(per_seed)} per seed ({prof.steps:,} steps of batch "
+              f"{prof.batch_size} at {sps:.2f} steps/s, measured now over {timed_steps} steps on {dev.type}, "
+              f"{torch.get_num_threads()} thread(s); evaluation not included); seeds {list(prof.seeds)}: "
+              f"~{_duration(per_seed * len(prof.seeds))} in all", flush=True)
+
+
 def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out_dir: str | Path, *,
               device: str = "cpu", resume: bool = False, compile: bool = False, progress: bool = True,
               final_eval: bool = True, restart: bool = False, prefetch: bool | None = None) -> dict:
@@ -171,6 +227,8 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
             resume = False
     barrier()
     resume = resume and not restart
+    if not resume and not restart and ckpt_path.exists():  # never train from 0 over an earlier run's checkpoint
+        raise checkpoint_in_the_way(ckpt_path, model_name, seed)
     if resume and done_path.exists():
         res = json.loads(done_path.read_text())
         if res.get("iterations") == profile.steps:
@@ -311,8 +369,13 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
 
 def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | None, out_dir: str | Path,
         device: str = "cpu", resume: bool = False, compile: bool = False, overrides: dict | None = None,
-        progress: bool = True, notes: list[str] = (), visualise: bool = True, restart: bool = False) -> dict:
-    """Train ``models`` for every seed, average, write results.json / results.md (rank 0)."""
+        progress: bool = True, notes: list[str] = (), visualise: bool = True, restart: bool = False,
+        estimate: bool = False) -> dict:
+    """Train ``models`` for every seed, average, write results.json / results.md (rank 0).
+
+    Before anything trains: a run started without ``resume`` / ``restart`` whose checkpoint exists stops
+    the whole command (:class:`CheckpointInTheWay`); ``estimate`` prints each model's expected wall time
+    (:func:`print_estimates`, on rank 0)."""
     out_dir = Path(out_dir)
     rank, world, dev = setup_distributed(device)
     results, profs, trained = {}, {}, {}
@@ -321,6 +384,16 @@ def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | 
         if seeds:
             prof = prof.replace(seeds=tuple(seeds))
         profs[m] = prof
+    if not resume and not restart:
+        for m, prof in profs.items():
+            for s in prof.seeds:
+                ck = out_dir / m / f"seed{s}" / "checkpoint.pt"
+                if ck.exists():
+                    raise checkpoint_in_the_way(ck, m, s)
+    if estimate and rank == 0:
+        print_estimates(exp, profs, dev)
+    barrier()
+    for m, prof in profs.items():
         per = []
         for s in prof.seeds:
             r = train_one(exp, m, prof, s, out_dir, device=device, resume=resume, compile=compile, progress=progress,
