@@ -40,6 +40,19 @@ loss went NaN within 3 steps -- observed only in tiny-width, random-weight smoke
 measured at full size; ``1e-3`` is a guess to tune (``--loc-lr-mult``).
 ``quick`` is a short pilot of the same; ``smoke`` (seconds, tiny widths / sizes) exists for the
 tests.
+
+Departures from the paper
+-------------------------
+
+===============  ==========================  ==========================  ================================
+option           paper                       ours                        why
+===============  ==========================  ==========================  ================================
+schedule         cross-validated, not given  ``paper`` above             the supplement gives none
+loc-net lr       not given                   1e-3 x the base lr          at the base lr the crop centres
+                                                                         left the image (smoke runs only)
+weights          ImageNet BN-Inception       user-supplied (``--weights``; nothing is downloaded here;
+                                             ``--no-pretrained`` for the tests, not the paper)
+===============  ==========================  ==========================  ================================
 """
 from __future__ import annotations
 
