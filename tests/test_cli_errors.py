@@ -170,3 +170,13 @@ def test_corrupted_mnist_wheel_is_one_line(tmp_path, monkeypatch, capsys):
     assert code == 5
     _one_line_error(err)
     assert "MNIST" in err and "sha256" in err and "refusing to use it" in err
+
+
+def test_svhn_unknown_model_before_rendering_data(tmp_path, capsys, monkeypatch):
+    import repro.svhn.__main__ as svhn_cli
+
+    monkeypatch.setattr(svhn_cli, "synthetic_splits", lambda *a, **k: pytest.fail("data rendered before the check"))
+    assert svhn_cli.main(["--synthetic", "--profile", "smoke", "--model", "st-many", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    _one_line_error(err)
+    assert "st-many" in err and not (tmp_path / "o").exists()

@@ -21,8 +21,10 @@ from repro.colocalisation.table import figure, write_table
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m repro.colocalisation", description=recipe.__doc__.split("\n\n")[0],
-                                 epilog="profiles:\n" + "\n".join(f"  {k}: {v}" for k, v in PROFILES.items()),
+    doc = recipe.__doc__
+    departures = doc[doc.index("Departures from the text"):doc.index("Files: ")].rstrip()
+    ap = argparse.ArgumentParser(prog="python -m repro.colocalisation", description=doc.split("\n\n")[0],
+                                 epilog=departures + "\n\nprofiles:\n" + "\n".join(f"  {k}: {v}" for k, v in PROFILES.items()),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="both", choices=["T", "TC", "both"])
     ap.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9")

@@ -27,22 +27,22 @@ adds 16 random 6x6 crops of other digits). Neither labels nor boxes are used for
 
 Departures from the text (``repro/results/colocalisation/findings.md`` has every measurement):
 
-==============  =====================  =======================  ===============================================
-option          paper                  ours (default)           why / the measurement
-==============  =====================  =======================  ===============================================
-localiser       regressor of s and t   soft-argmax over 15x15   the regressor's gradient reaches only the
-                from the identity      candidate windows        pixels under its window: T 90-100 %, TC 0-15 %
-                                       (eq. (1) relaxed)        (with our scale schedule; learned scale 0-2 %);
-                                                                candidates: T 97-100 %, TC 9 of 10 classes
-``--alpha``     1                      2                        at 1, eq. (1) prefers 6x6 clutter fragments for
-                                                                TC digits 1 and 2 (0 %); 2 fixes digit 2 (99 %)
-``--descriptor``  ``concat``           ``layer-l2``             plain concatenation scores empty windows lower
-                                                                than the true boxes
-``--optimizer``  ``sgd``               ``adam``                 the text gives no schedule; learning rate, batch
-                                                                and steps are ours (:data:`PROFILES`)
-encoder data    "trained for digit     MNIST train, +-2 px      a localised window holds a digit not exactly
-                classification"        shifts                   centred
-==============  =====================  =======================  ===============================================
+================  =====================  =======================  ===============================================
+option            paper                  ours (default)           why / the measurement
+================  =====================  =======================  ===============================================
+localiser         regressor of s and t   soft-argmax over 15x15   the regressor's gradient reaches only the
+                  from the identity      candidate windows        pixels under its window: T 90-100 %, TC 0-15 %
+                                         (eq. (1) relaxed)        (with our scale schedule; learned scale 0-2 %);
+                                                                  candidates: T 97-100 %, TC 9 of 10 classes
+``--alpha``       1                      2                        at 1, eq. (1) prefers 6x6 clutter fragments for
+                                                                  TC digits 1 and 2 (0 %); 2 fixes digit 2 (99 %)
+``--descriptor``  ``concat``             ``layer-l2``             plain concatenation scores empty windows lower
+                                                                  than the true boxes
+``--optimizer``   ``sgd``                ``adam``                 the text gives no schedule; learning rate, batch
+                                                                  and steps are ours (:data:`PROFILES`)
+encoder data      "trained for digit     MNIST train, +-2 px      a localised window holds a digit not exactly
+                  classification"        shifts                   centred
+================  =====================  =======================  ===============================================
 
 The loss is the batch mean (eq. (1) sums: a constant factor); descriptors are projected on 384
 principal directions for the relaxation (median relative error of the distances ~2-5 %, recorded).

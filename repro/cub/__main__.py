@@ -11,7 +11,7 @@ import torch
 
 from repro.cub import recipe
 from repro.cub.recipe import MODELS, PROFILES, RUNS, build_experiment, model_name
-from repro.harness.cli import device_problem, main as cli_main, out_problem, recipe_options
+from repro.harness.cli import device_problem, main as cli_main, model_problem, out_problem, recipe_options
 from repro.harness.profile import Experiment
 
 
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
         return 0
     problems = [device_problem(pre.device)] if getattr(pre, "device", None) else []
     problems.append(out_problem(pre.out) if pre.out else None)
+    problems.append(model_problem(MODELS, pre.model))
     for problem in filter(None, problems):  # before any data is read or rendered
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -57,7 +57,6 @@ weights          ImageNet BN-Inception       user-supplied (``--weights``; nothi
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import torch

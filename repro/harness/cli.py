@@ -47,6 +47,17 @@ def device_problem(device: str) -> str | None:
     return None
 
 
+def model_problem(models: tuple[str, ...], selection: str | None) -> str | None:
+    """Why ``--model selection`` names no model of ``models`` (one line), or None (``None`` / ``all``: all)."""
+    if selection is None or selection == "all":
+        return None
+    names = [m.strip() for m in selection.split(",") if m.strip()]
+    bad = [m for m in names if m not in models]
+    if bad or not names:
+        return f"unknown model(s) {bad or [selection]}; choose from {list(models)} or 'all'"
+    return None
+
+
 def out_problem(out: str) -> str | None:
     """Why ``--out`` cannot be the output folder (one line), or None."""
     path = Path(out)
@@ -130,11 +141,7 @@ def main(exp: Experiment, default_out: str, argv=None, notes: list[str] = ()) ->
     import os
 
     models = list(exp.models) if a.model == "all" else [m.strip() for m in a.model.split(",") if m.strip()]
-    bad = [m for m in models if m not in exp.models]
-    if bad or not models:
-        print(f"error: unknown model(s) {bad or [a.model]}; choose from {list(exp.models)} or 'all'", file=sys.stderr)
-        return 2
-    for problem in (device_problem(a.device), out_problem(a.out)):
+    for problem in (model_problem(exp.models, a.model), device_problem(a.device), out_problem(a.out)):
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2

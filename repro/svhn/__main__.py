@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from repro.harness.cli import device_problem, main as cli_main, out_problem, recipe_options
+from repro.harness.cli import device_problem, main as cli_main, model_problem, out_problem, recipe_options
 from repro.harness.profile import Experiment
 from repro.svhn import recipe
 from repro.svhn.recipe import (MODELS, PAPER, PROFILE_DROPOUT, PROFILE_SIZE, PROFILE_WIDTH, PROFILES, RUNS, SYNTH_SIZES,
@@ -34,6 +34,7 @@ def _pre_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--model", default=None)  # checked here, before any data is read; the harness uses it
     return p
 
 
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
         return 0
     problems = [device_problem(pre.device)] if getattr(pre, "device", None) else []
     problems.append(out_problem(pre.out) if pre.out else None)
+    problems.append(model_problem(MODELS, pre.model))
     for problem in filter(None, problems):  # before any data is read or rendered
         print(f"error: {problem}", file=sys.stderr)
         return 2
