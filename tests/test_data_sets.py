@@ -1,5 +1,11 @@
 """Distorted-MNIST sets and online streams: shapes, determinism, split separation, boxes, sums."""
+import json
 import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +14,7 @@ import stn_triton
 import stn_triton.torch_path
 from repro.data import distort, sets
 from repro.data import mnist as M
+from testing.data_hashes import data_hashes
 
 SHAPES = {"R": (1, 28, 28), "RTS": (1, 42, 42), "P": (1, 28, 28), "E": (1, 28, 28), "TC": (1, 60, 60),
           "addition": (2, 42, 42), "coloc-T": (1, 84, 84), "coloc-TC": (1, 84, 84)}
@@ -124,8 +131,13 @@ def test_addition_labels_are_sums_of_digits():
     assert torch.equal(b.digit_labels[:, 0], y[p["index"]]) and torch.equal(b.digit_labels[:, 1], y[p["index2"]])
     assert torch.equal(b.labels, y[p["index"]] + y[p["index2"]])
     # each channel is its own RTS digit: rendering channel 0 alone reproduces it
-    one = stn_triton.warp(x[p["index"]].unsqueeze(1).float() / 255, p["theta"][:, 0].float(), (42, 42))
-    assert torch.allclose(one[:, 0], b.images[:, 0], atol=1e-5)
+    from repro.data import exact_render
+
+    one = exact_render.affine(x[p["index"]].unsqueeze(1), p["theta"][:, 0], (42, 42))
+    assert torch.equal(one[:, 0], b.images[:, 0])
+    # and that is the library's warp up to the renderer's 1/256-px rounding of coordinates
+    lib = stn_triton.warp(x[p["index"]].unsqueeze(1).float() / 255, p["theta"][:, 0].float(), (42, 42))
+    assert torch.allclose(lib[:, 0], b.images[:, 0], atol=0.01)
     fixed = sets.build("addition", "test", 0, device="cpu", n=40)
     assert torch.equal(fixed.labels, fixed.digit_labels.sum(1))
     assert fixed.num_classes == 19 and int(fixed.labels.max()) <= 18
@@ -247,44 +259,93 @@ def test_fixed_stream(tmp_path, monkeypatch):
         sets.stream("RTS", "bogus", 4)
 
 
-# sha256 prefixes of online batches and of a fixed set, computed with the rendering code of b860a90 (before
-# the rendering was made faster): the data must stay bit-identical by seed (paper-profile runs in flight use
-# that code). (batch, seed, step, rank, world_size) per column; the last column: build(name, "test", 0, n=64).
-PINNED_CASES = [(64, 0, 0, 0, 1), (64, 0, 7, 0, 1), (256, 3, 123456, 1, 2)]
+# sha256 prefixes of online batches and of a fixed set (testing.data_hashes.PINNED_CASES), data version 2
+# (repro.data.exact_render): the same bits on every CPU, whatever its SIMD width or BLAS, and on CUDA.
 PINNED = {
-    "R": ['f6f3aed609bc5c8e', '6985188eef4641e3', 'fd768097487e0f27', 'e8a45e3c47387685'],
-    "RTS": ['3455c2c89e605776', '7c8b79ccf9ec7d0a', 'f5c3da6749d7d19c', '69013f0a9c2be5be'],
-    "P": ['c84e80fe446150ff', '8a0ee9e20c5a6422', 'b122042e95a7ae4d', '02207cd90582e949'],
-    "E": ['c094075a212e269a', '36f3f56966d99747', 'd6e44c6bf552e9b6', 'e586fc8f847c76cb'],
-    "TC": ['5031c8a780c02e0e', '1797944257cf65d5', 'bfea581193edb2b2', 'd86340e5c900559f'],
-    "addition": ['e5cdc92ed2c953d4', 'bb52afd225dfeb84', '9b6f7d5b1f56c586', 'c64e54499501d462'],
-    "coloc-T": ['d9af69774907e4e0', '5b207ea40d0f4ef4', '0152bdd5fbbdcfa5', '51cc204d220ddd4c'],
-    "coloc-TC": ['f16f220dcca0dabc', '8d90f2af7754021f', '312d2545a76baa65', 'b2849ea8f2022e62'],
+    "R": ['0d558f31c48a0f8f', '7bde32ac49c10f48', '8abc0f5077b1476a', 'e14e74114b9fec12'],
+    "RTS": ['cfa403a1d3ad1770', 'cec7e5431e4eceda', '059d38dd988ac463', 'b04ad83a37c92873'],
+    "P": ['825014940066bb9d', '17ffb8efd319bc5c', 'b54938785f7a91b7', '0ab1f0162a801397'],
+    "E": ['410ef96c257903a0', '415f7d2e942dcc6f', '48cae4fe2093deef', 'ecb31aa9e75e14b1'],
+    "TC": ['f9dfc17cebe8d4a8', '7a629bad8fd0207c', '4756f22a6b818d2d', 'd86340e5c900559f'],
+    "addition": ['0cb80898e96c9f32', '69bf08e9902ec037', 'f03e9613f5379f56', 'a3162103937ba266'],
+    "coloc-T": ['f416222a2b6546c0', '27718f223a84a72c', 'e6cdee24c8f9bf9f', '51cc204d220ddd4c'],
+    "coloc-TC": ['a5f83a97f397be5d', 'e93f8d75e52c422a', 'f4914cac151f7b38', 'b2849ea8f2022e62'],
 }
-
-
-def _batch_hash(b) -> str:
-    import hashlib
-
-    m = hashlib.sha256()
-    for t in (b.images, b.labels, b.digit_labels, b.boxes):
-        if t is not None:
-            m.update(str(t.dtype).encode())
-            m.update(str(tuple(t.shape)).encode())
-            m.update(t.contiguous().numpy().tobytes())
-    return m.hexdigest()[:16]
 
 
 @pytest.mark.parametrize("name", distort.NAMES)
 def test_data_bit_identical_to_pinned(name):
-    """Online batches and fixed-set images are bit-identical to those of the original rendering code."""
-    import hashlib
+    """Online batches and fixed-set images are bit-identical to the pinned ones."""
+    assert data_hashes(name) == PINNED[name]
 
-    got = [_batch_hash(sets.OnlineStream(name, bs, seed=seed, rank=rank, world_size=ws).batch(step))
-           for bs, seed, step, rank, ws in PINNED_CASES]
-    got.append(hashlib.sha256(sets.build(name, "test", seed=0, device="cpu", n=64).images_u8.numpy().tobytes())
-               .hexdigest()[:16])
-    assert got == PINNED[name]
+
+def _cpu_variants() -> list[dict]:
+    """Every ATEN_CPU_CAPABILITY this CPU can run (torch reads it once, at import), with one and two
+    threads, and MKL's conditional-numerical-reproducibility modes where torch links MKL."""
+    order = ["default", "avx2", "avx512"] if platform.machine() in ("x86_64", "AMD64") else ["default"]
+    best = torch.backends.cpu.get_cpu_capability().lower()
+    caps = order[:order.index(best) + 1] if best in order else ["default", best]
+    variants = [{"ATEN_CPU_CAPABILITY": c, "OMP_NUM_THREADS": "1"} for c in caps]
+    variants.append({"ATEN_CPU_CAPABILITY": caps[-1], "OMP_NUM_THREADS": "2"})
+    if torch.backends.mkl.is_available():
+        variants += [{"MKL_CBWR": mode, "OMP_NUM_THREADS": "1"} for mode in ("COMPATIBLE", "AVX2")]
+    return variants
+
+
+def test_data_bits_do_not_depend_on_the_cpu():
+    """The pinned hashes come out the same under every instruction set this CPU supports (the default
+    scalar kernels included), any thread count and MKL's reproducibility modes: the test that a machine
+    with another CPU than the one that pinned them passes (version 1's grid_sample / matmul rendering
+    gave other bits under ATEN_CPU_CAPABILITY=default, and on an AVX-512 EPYC, for every set)."""
+    root = Path(__file__).resolve().parents[1]
+    for extra in _cpu_variants():
+        env = {**os.environ, "PYTHONPATH": str(root), **extra}
+        proc = subprocess.run([sys.executable, "-m", "testing.data_hashes"], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout) == PINNED, f"data bits differ under {extra}"
+
+
+def test_exact_rendering_matches_grid_sample_geometry():
+    """The exact renderer is F.grid_sample on F.affine_grid / the TPS grid up to its 1/256-px rounding
+    of the source coordinates (≤ 1/512 px, so at most ~0.5 % of the ink range per pixel), for
+    affine, projective and TPS parameters of the sets, and an integer placement is an exact copy."""
+    from repro.data import exact_render
+
+    x, _ = M.load_mnist("test")
+    g = distort.generator("exact-vs-grid-sample")
+    prim = torch.arange(32)
+    d = x[:32].unsqueeze(1)
+    ref_in = d.to(torch.float64) / 255
+    for name, size in (("RTS", (42, 42)), ("P", (28, 28)), ("R", (28, 28))):
+        th = distort.sample_params(name, prim, 32, g)["theta"]
+        got = (exact_render.projective if th.shape[1] == 3 else exact_render.affine)(d, th, size)
+        if th.shape[1] == 3:
+            base = torch.nn.functional.affine_grid(torch.eye(2, 3, dtype=torch.float64).expand(32, 2, 3),
+                                                   (32, 1, *size), align_corners=False)
+            uvw = torch.cat([base, torch.ones_like(base[..., :1])], -1) @ th.transpose(1, 2)[:, None]
+            grid = uvw[..., :2] / uvw[..., 2:]
+        else:
+            grid = torch.nn.functional.affine_grid(th, (32, 1, *size), align_corners=False)
+        ref = torch.nn.functional.grid_sample(ref_in, grid, align_corners=False).nan_to_num(0.0)
+        assert float((got.double() - ref).abs().max()) < 0.01, name
+    pts = distort.sample_params("E", prim, 32, g)["points"]
+    got = exact_render.tps(d, pts, (28, 28))
+    ref = stn_triton.torch_path.tps_warp(ref_in, pts, distort.control_points(16), 28, 28)
+    assert float((got.double() - ref).abs().max()) < 0.01
+    tl = torch.randint(0, 60 - 28 + 1, (32, 2), generator=g)
+    th = distort.affine_theta(torch.zeros(32, dtype=torch.float64), torch.ones(32, dtype=torch.float64),
+                              (tl + 14 - 30).to(torch.float64), 60)
+    assert torch.equal(exact_render.paste(d, tl, (60, 60)), exact_render.affine(d, th, (60, 60)))
+
+
+def test_exact_solve_matches_lapack():
+    from repro.data import exact_render
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 8, 8, generator=g, dtype=torch.float64)
+    b = torch.randn(64, 8, 1, generator=g, dtype=torch.float64)
+    assert torch.allclose(exact_render.solve(a, b), torch.linalg.solve(a, b), rtol=1e-9, atol=1e-9)
 
 
 def test_projective_horizon_inside_the_canvas_renders_zero_not_nan():

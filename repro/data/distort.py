@@ -3,10 +3,12 @@
 Every data set is produced in two steps, so that fixed sets and online streams share one code
 path: :func:`sample_params` draws all random numbers on the CPU from a ``torch.Generator``
 (cheap: a few numbers per image), and :func:`render` turns them into images on any device with
-one batched warp: on CUDA ``stn_triton.warp`` / ``stn_triton.tps_warp`` (the Triton kernels), on
-the CPU a frozen copy of the stock-PyTorch composition the data sets were defined with (see
-"the CPU rendering, frozen" below: the images are bit-identical by seed, whatever stn_triton's
-CPU path becomes). Images are float32 in [0, 1], source digits are MNIST uint8 / 255.
+one batched warp of :mod:`repro.data.exact_render`, whose arithmetic is exact or fixed-order by
+construction: the images are the same bits by seed on every CPU (any ``ATEN_CPU_CAPABILITY``,
+any BLAS) and on CUDA, and do not depend on stn_triton (the library under test). Images are
+float32 in [0, 1], source digits are MNIST uint8 / 255; source coordinates are rounded to 1/256
+pixel (data version 2; version 1 used ``F.grid_sample`` on a matmul grid and was bit-identical
+per machine only).
 
 Conventions: ``theta`` maps normalised *output* coordinates to normalised *source*
 coordinates (``F.affine_grid``, ``align_corners=False``: -1 and +1 are the outer pixel edges).
@@ -50,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import stn_triton
+from . import exact_render
 
 DIGIT = 28
 PATCH = 6
@@ -107,14 +109,17 @@ def _other_index(g, primary: torch.Tensor, pool: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- transforms
 def affine_theta(angle, scale, offset, out_size: int, in_size: int = DIGIT) -> torch.Tensor:
-    """(N, 2, 3) theta placing an in_size digit rotated by ``angle`` (rad), scaled by ``scale``,
-    centred ``offset`` (N, 2) output pixels from the canvas centre, in an out_size canvas."""
-    c, s = torch.cos(angle), torch.sin(angle)
+    """(N, 2, 3) float64 theta placing an in_size digit rotated by ``angle`` (rad), scaled by ``scale``,
+    centred ``offset`` (N, 2) output pixels from the canvas centre, in an out_size canvas.
+
+    Elementwise float64 arithmetic in a fixed order and the C library's cos / sin (see
+    :mod:`repro.data.exact_render`): the same bits on every machine."""
+    c, s = exact_render.cos_sin(angle)
     k = (out_size / in_size) / scale
-    a = torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2) * k[:, None, None]  # R(-angle)/s
-    cn = offset * (2.0 / out_size)
-    b = -(a @ cn[:, :, None])
-    return torch.cat([a, b], dim=2)
+    a00, a01, a10, a11 = c * k, s * k, -s * k, c * k  # R(-angle) / s
+    cx, cy = offset[:, 0] * (2.0 / out_size), offset[:, 1] * (2.0 / out_size)
+    b0, b1 = -(a00 * cx + a01 * cy), -(a10 * cx + a11 * cy)
+    return torch.stack([torch.stack([a00, a01, b0], -1), torch.stack([a10, a11, b1], -1)], -2)
 
 
 def homography(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
@@ -127,16 +132,13 @@ def homography(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     rows_v = torch.stack([z, z, z, x, y, o, -v * x, -v * y], -1)
     a = torch.cat([rows_u, rows_v], 1)  # (N, 8, 8)
     rhs = torch.cat([u, v], 1)[..., None]
-    h = torch.linalg.solve(a, rhs)[..., 0]
+    h = exact_render.solve(a, rhs)[..., 0]  # no LAPACK: the same bits on every machine
     return torch.cat([h, torch.ones(n, 1, dtype=h.dtype)], 1).reshape(n, 3, 3)
 
 
 def control_points(k: int = 16) -> torch.Tensor:
-    """The default TPS control points: sqrt(K)×sqrt(K) grid over [-1, 1]², x fastest, (K, 2)."""
-    g = int(round(math.sqrt(k)))
-    lin = torch.linspace(-1.0, 1.0, g, dtype=torch.float64)
-    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
-    return torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
+    """The default TPS control points: sqrt(K)×sqrt(K) grid over [-1, 1]², x fastest, (K, 2) float64."""
+    return torch.tensor(exact_render.control_points(k), dtype=torch.float64)
 
 
 def _rts_theta(g, n, out_size):
@@ -209,138 +211,16 @@ class Rendered:
 
 
 def _digits(pool_images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """(len(idx), 1, 28, 28) float32 in [0, 1] from the uint8 (P, 28, 28) pool on its device."""
-    return pool_images[idx.to(pool_images.device)].unsqueeze(1).to(torch.float32).div_(255.0)
+    """(len(idx), 1, 28, 28) uint8 digits from the uint8 (P, 28, 28) pool on its device."""
+    return pool_images[idx.to(pool_images.device)].unsqueeze(1)
 
 
-# --- the CPU rendering, frozen -------------------------------------------------------------------
-# On the CPU the images are rendered here, not through ``stn_triton.warp`` / ``tps_warp``: the same
-# stock-PyTorch composition that stn_triton's CPU path used when the data sets were defined (grid =
-# einsum(base, theta) in float32; TPS grid in float64 rounded once; ``F.grid_sample`` bilinear, zero
-# padding, align_corners=False), without the custom-op round trip. So the data stay bit-identical by
-# seed whatever stn_triton's CPU path becomes (tests/test_data_sets.py pins hashes of them). On other
-# devices the Triton kernels render (equal to float rounding, as before).
-_BASE: dict = {}
-
-
-def _base_grid(h: int, w: int) -> torch.Tensor:
-    """(H*W, 3) rows [x, y, 1], x fastest: exactly ``F.affine_grid``'s base (align_corners=False)."""
-    key = ("base", h, w)
-    if key not in _BASE:
-        def lin(steps):
-            if steps <= 1:
-                return torch.zeros(steps, dtype=torch.float32)
-            return torch.linspace(-1.0, 1.0, steps, dtype=torch.float32) * (steps - 1) / steps
-        gy, gx = torch.meshgrid(lin(h), lin(w), indexing="ij")
-        _BASE[key] = torch.stack([gx.reshape(-1), gy.reshape(-1), torch.ones(h * w, dtype=torch.float32)], 1)
-    return _BASE[key]
-
-
-def _grid_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _batch_major(pn: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
-    """(P, N, 2) float32 → the contiguous (N, H, W, 2) grid, moving the bits only.
-
-    einsum's result is the (P, N·J) matrix product viewed as (N, P, J): batch-interleaved, strides
-    (J, J·N, 1). ``grid_sample`` reads such a grid ~3-8x slower than a contiguous one, and a plain
-    ``.contiguous()`` of it is slow too (~7 ms at 256×42×42); each (x, y) pair viewed as one int64
-    makes it a fast 2-D transpose, and exact (no arithmetic)."""
-    if not pn.is_contiguous():
-        return pn.permute(1, 0, 2).contiguous().reshape(n, h, w, 2)
-    return pn.view(torch.int64).squeeze(-1).t().contiguous().view(torch.float32).reshape(n, h, w, 2)
-
-
-def _warp_cpu(x: torch.Tensor, theta: torch.Tensor, size) -> torch.Tensor:
-    """Affine (N, 2, 3) / projective (N, 3, 3) float32 ``theta``: grid_sample(x, base @ theta^T).
-
-    The grid was einsum("pk,njk->npj", base, theta) (what ``F.affine_grid`` computes too): each
-    element is the same three-term dot product, and ``base @ theta^T`` gives the same bits
-    (checked: 4e8 elements, N 1..4096, 28..84 px, affine and projective, 1 and 2 threads) but
-    batch-major -- einsum's result is batch-interleaved, which grid_sample reads ~3-4x slower."""
-    h, w = size
-    uvw = torch.matmul(_base_grid(h, w), theta.transpose(1, 2))  # (N, P, 2 or 3), contiguous
-    if theta.shape[1] == 3:
-        uvw = uvw[..., :2] / uvw[..., 2:3]
-    return _grid_sample(x, uvw.reshape(theta.shape[0], h, w, 2))
-
-
-def _translate_cpu(x: torch.Tensor, theta: torch.Tensor, size, top_left: torch.Tensor) -> torch.Tensor:
-    """:func:`_warp_cpu` for thetas with zero off-diagonals (the digit copied to ``top_left``), sampling
-    only a (28 + 2)² window per image; every other pixel is exactly 0 in the full render.
-
-    With theta[0, 1] = theta[1, 0] = ±0 each grid coordinate depends on one output axis alone
-    (einsum's ±0 · y term is exact), so the grid's x row and y column are computed by the same einsum
-    on one row / one column of the base grid, and grid_sample computes every pixel on its own
-    coordinates: the window equals the full render bit for bit. Outside [x0 - 1, x0 + 29) the sample
-    point is at least 2 source pixels outside the 28×28 digit (coordinate error ~1e-5 px), so all four
-    bilinear neighbours are padding: 0.
-    """
-    n = x.shape[0]
-    h, w = size
-    win = DIGIT + 2
-    base = _base_grid(h, w)
-    gx = torch.einsum("pk,njk->npj", base[:w], theta)[..., 0]  # (N, W): x of every column (row 0)
-    gy = torch.einsum("pk,njk->npj", base[::w].contiguous(), theta)[..., 1]  # (N, H): y of every row (col 0)
-    tl = top_left.to(torch.int64)
-    cols = (tl[:, 0:1] - 1).clamp(0, w - win) + torch.arange(win)  # (N, win)
-    rows = (tl[:, 1:2] - 1).clamp(0, h - win) + torch.arange(win)
-    grid = torch.stack([gx.gather(1, cols)[:, None, :].expand(n, win, win),
-                        gy.gather(1, rows)[:, :, None].expand(n, win, win)], -1)
-    out = _grid_sample(x, grid)  # (N, C, win, win)
-    canvas = x.new_zeros((n, x.shape[1], h, w))
-    canvas.view(n, x.shape[1], h * w).scatter_(
-        2, (rows[:, :, None] * w + cols[:, None, :]).reshape(n, 1, -1).expand(n, x.shape[1], -1),
-        out.reshape(n, x.shape[1], -1))
-    return canvas
-
-
-def _tps_cpu(x: torch.Tensor, points: torch.Tensor, size) -> torch.Tensor:
-    """TPS with the default control points: grid built in float64 (M @ points, Phi @ coefficients) and
-    rounded once to float32, as stn_triton.torch_path.tps_grid_from_map."""
-    h, w = size
-    k = points.shape[1]
-    key = ("tps", k, h, w)
-    if key not in _BASE:
-        c64 = control_points(k)
-        d2c = ((c64[:, None, :] - c64[None, :, :]) ** 2).sum(-1)
-        pc = torch.cat([torch.ones(k, 1, dtype=torch.float64), c64], dim=1)
-        top = torch.cat([_tps_radial(d2c), pc], dim=1)
-        bottom = torch.cat([pc.t(), torch.zeros(3, 3, dtype=torch.float64)], dim=1)
-        rhs = torch.zeros(k + 3, k, dtype=torch.float64)
-        rhs[:k] = torch.eye(k, dtype=torch.float64)
-        m64 = torch.linalg.solve(torch.cat([top, bottom], dim=0), rhs).contiguous()
-        base = _base_grid_f64(h, w)
-        d2 = ((base[:, None, :2] - c64[None, :, :]) ** 2).sum(-1)
-        phi = torch.cat([_tps_radial(d2), base[:, 2:3], base[:, :2]], dim=1)
-        _BASE[key] = (m64, phi)
-    m64, phi = _BASE[key]
-    coef = torch.einsum("jk,nkd->njd", m64, points.to(torch.float64))
-    pn = torch.einsum("pj,njd->npd", phi, coef).permute(1, 0, 2).to(torch.float32)  # (P, N, 2)
-    return _grid_sample(x, _batch_major(pn, points.shape[0], h, w))
-
-
-def _base_grid_f64(h: int, w: int) -> torch.Tensor:
-    def lin(steps):
-        if steps <= 1:
-            return torch.zeros(steps, dtype=torch.float64)
-        return torch.linspace(-1.0, 1.0, steps, dtype=torch.float64) * (steps - 1) / steps
-    gy, gx = torch.meshgrid(lin(h), lin(w), indexing="ij")
-    return torch.stack([gx.reshape(-1), gy.reshape(-1), torch.ones(h * w, dtype=torch.float64)], 1)
-
-
-def _tps_radial(d2: torch.Tensor) -> torch.Tensor:
-    return torch.where(d2 > 0, d2 * torch.log(torch.where(d2 > 0, d2, torch.ones_like(d2))), torch.zeros_like(d2))
-
-
-def _warp(x, theta, size, top_left=None):
-    if x.device.type != "cpu":
-        return stn_triton.warp(x, theta, size)
-    if (top_left is not None and theta.shape[1] == 2 and min(size) >= DIGIT + 2
-            and not bool(theta[:, 0, 1].any() or theta[:, 1, 0].any())):
-        return _translate_cpu(x, theta, size, top_left)
-    return _warp_cpu(x, theta, size)
+def _warp(x_u8: torch.Tensor, theta: torch.Tensor, size, top_left=None) -> torch.Tensor:
+    if top_left is not None:  # TC / co-localisation: an integer translation is an exact copy
+        return exact_render.paste(x_u8, top_left, size)
+    if theta.shape[-2] == 3:
+        return exact_render.projective(x_u8, theta, size)
+    return exact_render.affine(x_u8, theta, size)
 
 
 def _paste_clutter(canvas: torch.Tensor, pool_images: torch.Tensor, p: dict) -> None:
@@ -374,17 +254,15 @@ def render(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tensor, poo
         idx2 = p["index2"].to(dev)
         both = torch.stack([idx, idx2], 1).reshape(-1)
         x = _digits(pool_images, both)
-        theta = p["theta"].reshape(-1, 2, 3).to(dev, torch.float32)
-        images = _warp(x, theta, size).reshape(-1, 2, *size)
+        images = _warp(x, p["theta"].reshape(-1, 2, 3), size).reshape(-1, 2, *size)
         digit_labels = torch.stack([labels, pool_labels[idx2]], 1)
         labels = digit_labels.sum(1)
     elif name == "E":
         x = _digits(pool_images, idx)
-        points = p["points"].to(dev, torch.float32)
-        images = _tps_cpu(x, points, size) if dev.type == "cpu" else stn_triton.tps_warp(x, points, size)
+        images = exact_render.tps(x, p["points"], size)
     else:
         x = _digits(pool_images, idx)
-        images = _warp(x, p["theta"].to(dev, torch.float32), size, p.get("top_left"))
+        images = _warp(x, p["theta"], size, p.get("top_left"))
     if sp.clutter:
         _paste_clutter(images, pool_images, p)
     if sp.has_boxes:

@@ -24,12 +24,27 @@ def versions() -> dict:
         except Exception:  # noqa: BLE001
             return ""
 
+    from repro.data.sets import VERSION as data_version
+
     commit = git("rev-parse", "--short", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
             "stn_triton": stn_triton.__version__, "git": commit,
             "git_clean": (status == "") if commit else None,
-            "threads": torch.get_num_threads(), "host_cpus": os.cpu_count(), "machine": platform.machine()}
+            "threads": torch.get_num_threads(), "host_cpus": os.cpu_count(), "machine": platform.machine(),
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "data_version": data_version}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), for provenance: results can differ across CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 
