@@ -13,9 +13,9 @@ medians (ms per step) and ratios taken in the same process:
 * ``warp``      the same with ``stn_triton.warp`` (the model as it trains), with phases
   ``fwd`` / ``bwd`` / ``opt`` timed separately in the same repetitions;
 * ``serial_ref`` the harness's step as it was (b860a90's rendering inline);
-* ``serial``    the harness's step (``repro.harness.core``'s loop body) with the online batch drawn
+* ``serial``    the harness's step (``repro.harness.loop``'s loop body) with the online batch drawn
   inline;
-* ``prefetch``  the same with :class:`repro.harness.core.Prefetcher` (the next batch rendered on a
+* ``prefetch``  the same with :class:`repro.harness.sources.Prefetcher` (the next batch rendered on a
   background thread while this one trains); ``wait`` is the time the loop waits for its batch.
 
 For the FCNs ``plain`` and ``warp`` are the same code: their ratio is a control (how far apart two
@@ -127,9 +127,9 @@ def reference_render(name, p, pool_x, pool_y):
 
 
 def setup(dataset: str, model_name: str, batch: int, profile: str = "paper"):
-    from repro import distorted_mnist as dm
-    from repro import mnist_addition as ma
-    from repro.harness.core import make_optimizer
+    from repro.distorted_mnist import recipe as dm
+    from repro.mnist_addition import recipe as ma
+    from repro.harness.loop import make_optimizer
 
     exp = ma.EXPERIMENT if dataset == "addition" else dm.experiment(dataset, "online")
     prof = exp.profile(profile, model_name, batch_size=batch)
@@ -144,7 +144,7 @@ class Case:
     """One model: its step variants, each timed over ``steps`` consecutive steps per call."""
 
     def __init__(self, dataset, model_name, batch, n_pre=4):
-        from repro.harness.core import unpack
+        from repro.harness.sources import unpack
 
         self.label = f"{dataset} {model_name}"
         self.dataset, self.name = dataset, model_name
@@ -157,8 +157,8 @@ class Case:
         self.model.train()
 
     def _train(self, x, y, phases=None):
-        """The harness loop body (repro.harness.core.train_one), optionally timing its phases."""
-        from repro.harness.core import set_lr
+        """The harness loop body (repro.harness.loop.train_one), optionally timing its phases."""
+        from repro.harness.loop import set_lr
 
         now = CLOCK["now"]
         t0 = now()
@@ -181,7 +181,7 @@ class Case:
 
     def run(self, variant: str, steps: int, phases=None) -> float:
         """Seconds per step of ``variant``."""
-        from repro.harness.core import Prefetcher, unpack
+        from repro.harness.sources import Prefetcher, unpack
 
         now = CLOCK["now"]
         t = now()

@@ -1,4 +1,4 @@
-"""repro.coloc_candidates: the candidate windows are the pixels, the fully convolutional scorer is the
+"""repro.colocalisation.candidates: the candidate windows are the pixels, the fully convolutional scorer is the
 per-window localisation net, the relaxed loss is eq. (1) at one-hot choices, and a small run."""
 from dataclasses import replace
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repro import coloc_candidates as cc
-from repro import colocalisation as co
+from repro.colocalisation import candidates as cc, recipe
+from repro.colocalisation.encoder import triplet_loss
+from repro.colocalisation.geometry import window_theta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +51,7 @@ def test_localiser_starts_at_the_centre_window():
     p = loc.probs(x)
     torch.testing.assert_close(p, torch.full_like(p, 1 / 225))
     th = loc.theta(x)
-    torch.testing.assert_close(th, co.window_theta(torch.full((3,), 1 / 3), torch.zeros(3, 2)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(th, window_theta(torch.full((3,), 1 / 3), torch.zeros(3, 2)), atol=1e-6, rtol=0)
     crop, _ = loc(x)
     torch.testing.assert_close(crop, x[:, :, 28:56, 28:56], atol=1e-4, rtol=0)
 
@@ -63,7 +64,7 @@ def test_relaxed_loss_is_eq1_at_one_hot_choices():
     fr = fn[torch.arange(b), r]
     h = cc.pair_hinges(fn, fm, fr, alpha=1.0)
     ii, jj = torch.randint(0, k, (b,)), torch.randint(0, k, (b,))
-    direct = co.triplet_loss(fn[torch.arange(b), ii], fm[torch.arange(b), jj], fr, 1.0)
+    direct = triplet_loss(fn[torch.arange(b), ii], fm[torch.arange(b), jj], fr, 1.0)
     torch.testing.assert_close(h[torch.arange(b), ii, jj].mean(), direct, rtol=1e-5, atol=1e-5)
     p, q = F.one_hot(ii, k).float(), F.one_hot(jj, k).float()
     torch.testing.assert_close(cc.relaxed_loss(h, p, q, tau=0.3), direct, rtol=1e-5, atol=1e-5)
@@ -74,12 +75,12 @@ def test_relaxed_loss_is_eq1_at_one_hot_choices():
 
 def test_small_run_is_deterministic_and_complete():
     from repro.data import colocalisation_set
-    from repro.distorted_mnist import build_model
+    from repro.distorted_mnist.recipe import build_model
 
     ds = colocalisation_set("TC", 3, seed=0, n=6)
     torch.manual_seed(0)
     enc = build_model("R", "cnn")
-    prof = replace(co.PROFILES["full"], steps=3, refine_steps=2, batch=2, pca_dims=16, cand_stride=8,
+    prof = replace(recipe.PROFILES["full"], steps=5, batch=2, pca_dims=16, cand_stride=8,
                    snapshot_every=1)
     a = cc.colocalise_candidates(ds.images, ds.boxes, enc, prof, log=None)
     b = cc.colocalise_candidates(ds.images, ds.boxes, enc, prof, log=None)

@@ -71,7 +71,8 @@ def test_tiling_init_and_forward():
 
 
 def test_localisation_gets_the_loc_lr():
-    from repro.harness.core import Profile, make_optimizer
+    from repro.harness.loop import make_optimizer
+    from repro.harness.profile import Profile
 
     m = _tiny(2)
     opt = make_optimizer(m, Profile("t", steps=1, batch_size=1, lr=0.01, loc_lr_mult=1e-3))
@@ -161,7 +162,7 @@ def _fake_cub(root, classes=3, train=3, test=2):
 
 def test_recipe_smoke_fake_cub(tmp_path):
     pytest.importorskip("PIL")
-    import repro.cub as recipe
+    import repro.cub.__main__ as recipe
 
     data = _fake_cub(tmp_path / "CUB_200_2011")
     w = tmp_path / "w.pth"

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from repro import distorted_mnist as rec
+from repro.distorted_mnist import recipe as rec
+from repro.distorted_mnist.__main__ import main
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,7 +55,7 @@ def test_models_share_the_400k_budget_and_start_at_identity(ds):
 
 
 def test_cli_single_dataset_smoke(tmp_path):
-    code = rec.main(["--dataset", "P", "--profile", "smoke", "--model", "fcn,st-cnn-tps", "--steps", "4",
+    code = main(["--dataset", "P", "--profile", "smoke", "--model", "fcn,st-cnn-tps", "--steps", "4",
                      "--out", str(tmp_path), "--no-progress"])
     assert code == 0
     data = json.loads((tmp_path / "P" / "results.json").read_text())
@@ -68,11 +69,11 @@ def test_cli_single_dataset_smoke(tmp_path):
 def test_cli_all_grid_is_resumable(tmp_path, capsys):
     args = ["--all", "--datasets", "TC", "--model", "fcn,st-fcn-aff", "--profile", "smoke", "--steps", "3",
             "--out", str(tmp_path), "--no-progress", "--no-figure"]
-    assert rec.main(args) == 0
+    assert main(args) == 0
     table = (tmp_path / "table.md").read_text()
     assert "13.2 / **" in table and "2.0 / **" in table and "3.5 / not run" in table
     capsys.readouterr()
-    assert rec.main(args + ["--reverse"]) == 0  # a second process walking the grid backwards skips finished runs
+    assert main(args + ["--reverse"]) == 0  # a second process walking the grid backwards skips finished runs
     out = capsys.readouterr().out
     assert out.count("already complete") == 2
     assert out.index("TC st-fcn-aff: exit 0") < out.index("TC fcn: exit 0")

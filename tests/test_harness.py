@@ -10,7 +10,7 @@ from torch import nn
 
 from repro.harness import FixedSource, NonFiniteLoss, Profile, run, train_one
 from repro.harness.checkpoint import load_checkpoint
-from repro.harness.core import make_optimizer
+from repro.harness.loop import make_optimizer
 from testing.toy_experiment import ToyStream, toy_experiment, toy_model
 
 
@@ -133,7 +133,7 @@ def test_prefetch_trains_identically(tmp_path):
 
 
 def test_prefetcher_returns_the_requested_batch():
-    from repro.harness.core import Prefetcher
+    from repro.harness.sources import Prefetcher
 
     src = ToyStream(8, seed=3)
     feed = Prefetcher(src, stop=10)

@@ -13,7 +13,7 @@ import torch
 
 from repro.harness import train_one
 from repro.harness.checkpoint import load_checkpoint
-from repro.harness.core import Interrupted
+from repro.harness.loop import Interrupted
 
 from testing.toy_experiment import ToyStream, toy_experiment
 

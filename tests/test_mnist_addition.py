@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from repro import mnist_addition as rec
+from repro.mnist_addition import recipe as rec
+from repro.mnist_addition.__main__ import main
 from repro.harness import train_one
 
 
@@ -24,7 +25,7 @@ def test_smoke_training_reduces_loss(model, tmp_path):
 
 
 def test_recipe_writes_results_table_and_figure(tmp_path):
-    code = rec.main(["--profile", "smoke", "--model", "fcn,2xst-fcn", "--out", str(tmp_path), "--no-progress",
+    code = main(["--profile", "smoke", "--model", "fcn,2xst-fcn", "--out", str(tmp_path), "--no-progress",
                      "--steps", "10"])
     assert code == 0
     data = json.loads((tmp_path / "results.json").read_text())

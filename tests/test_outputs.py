@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from repro import colocalisation, cub, distorted_mnist, mnist_addition, publish, svhn
+from repro import publish
+from repro.colocalisation import recipe as colocalisation
+from repro.cub import recipe as cub
+from repro.distorted_mnist import table as distorted_table
+from repro.distorted_mnist import recipe as distorted_mnist
+from repro.mnist_addition import recipe as mnist_addition
+from repro.svhn import recipe as svhn
 from repro.harness import train_one
 from repro.paths import REPO_ROOT, RUNS_DIR
 
@@ -152,14 +158,14 @@ def test_publish_merge_replaces_a_row_trained_under_another_schedule(tmp_path, o
 
 
 def test_distorted_table_shows_the_seed_spread_and_each_seed(tmp_path):
-    from repro.harness.core import seed_record, summarise_seeds
+    from repro.harness.provenance import seed_record, summarise_seeds
 
     v = {"git": "abc1234", "git_clean": True, "threads": 1}
     rec = [seed_record(s, {"error": e, "wall_time_s": 60.0, "images_per_s": 2560.0}, v) for s, e in ((0, 1.0), (1, 2.0))]
     entry = {**summarise_seeds(rec), "iterations": 150000, "schedule": {"batch_size": 256}, "versions": v}
     (tmp_path / "R").mkdir()
     (tmp_path / "R" / "results.json").write_text(json.dumps({"profile": "paper", "device": "cpu", "models": {"fcn": entry}}))
-    table = distorted_mnist.write_table(tmp_path).read_text()
+    table = distorted_table.write_table(tmp_path).read_text()
     assert "**1.50** ± 0.71 (2 seeds)" in table
     assert "| R | FCN | 0 | 1.00 | abc1234 | clean | cpu | 1 | 10.0 | 1.0 |" in table
     assert "| R | FCN | 1 | 2.00 |" in table
@@ -167,18 +173,18 @@ def test_distorted_table_shows_the_seed_spread_and_each_seed(tmp_path):
 
 def test_distorted_table_marks_runs_older_than_the_recipe(tmp_path):
     """Five quick-profile results record commits from before repro/distorted_mnist.py existed: marked ‡."""
-    from repro.harness.core import seed_record, summarise_seeds
+    from repro.harness.provenance import seed_record, summarise_seeds
 
     old_commit = "2de1c26"  # a commit minutes before the recipe file was added
-    if distorted_mnist.predates_recipe(old_commit) is None:
+    if distorted_table.predates_recipe(old_commit) is None:
         pytest.skip("this clone's git history cannot place the commit (shallow clone or no git)")
     entries = {}
-    for m, commit in (("fcn", old_commit), ("st-fcn-aff", distorted_mnist.RECIPE_COMMIT)):
+    for m, commit in (("fcn", old_commit), ("st-fcn-aff", distorted_table.RECIPE_COMMIT)):
         rec = [seed_record(0, {"error": 1.0, "wall_time_s": 60.0}, {"git": commit})]
         entries[m] = {**summarise_seeds(rec), "iterations": 1, "schedule": {"batch_size": 256}, "versions": {"git": commit}}
     (tmp_path / "R").mkdir()
     (tmp_path / "R" / "results.json").write_text(json.dumps({"profile": "paper", "device": "cpu", "models": entries}))
-    table = distorted_mnist.write_table(tmp_path).read_text()
+    table = distorted_table.write_table(tmp_path).read_text()
     assert "| FCN | 2.1 / **1.00** ‡ |" in table.replace(" (stale: 1 it.)", "")
     assert "| ST-FCN Aff | 1.2 / **1.00** |" in table.replace(" (stale: 1 it.)", "")
     assert f"| {old_commit} ‡ |" in table and "‡ trained at a commit older than" in table

@@ -109,7 +109,8 @@ def test_sequence_metric():
 
 
 def test_loc_lr_groups_via_harness():
-    from repro.harness.core import Profile, make_optimizer
+    from repro.harness.loop import make_optimizer
+    from repro.harness.profile import Profile
 
     net = svhn.SVHNNet("st-multi", in_size=32, width=0.125)
     opt = make_optimizer(net, Profile("t", steps=1, batch_size=1, lr=0.01, loc_lr_mult=0.1))
@@ -118,7 +119,7 @@ def test_loc_lr_groups_via_harness():
 
 
 def test_synthetic_standin_format():
-    from repro import svhn_synthetic as ss
+    from repro.svhn import synthetic as ss
 
     g = torch.Generator().manual_seed(0)
     pool = (torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (50,)))
@@ -133,8 +134,8 @@ def test_synthetic_standin_format():
 
 def test_recipe_smoke_synthetic(tmp_path, monkeypatch):
     """The recipe end to end on a tiny stand-in: training, checkpoints, resume, results, figure."""
-    import repro.svhn as recipe
-    from repro import svhn_synthetic as ss
+    import repro.svhn.__main__ as recipe
+    from repro.svhn import synthetic as ss
 
     pool = (torch.randint(0, 256, (100, 28, 28), dtype=torch.uint8), torch.randint(0, 10, (100,)))
     monkeypatch.setattr(recipe, "synthetic_splits",
@@ -153,9 +154,9 @@ def test_recipe_smoke_synthetic(tmp_path, monkeypatch):
 
 
 def test_benchmark_smoke(tmp_path):
-    import repro.svhn as recipe
+    from repro.svhn.benchmark import benchmark
 
-    res = recipe.benchmark(tmp_path, size=32, width=0.125, batch=2, steps=1, device="cpu", warmup=1)
+    res = benchmark(tmp_path, size=32, width=0.125, batch=2, steps=1, device="cpu", warmup=1)
     assert set(res["relative_to_cnn_min"]) == set(svhn.MODELS)
     assert (tmp_path / "timing.md").exists()
 
@@ -164,7 +165,7 @@ def test_recipe_smoke_real_format(tmp_path, monkeypatch):
     """``--data DIR`` on a tiny fake SVHN format-1 folder (digitStruct.mat, PNGs) via repro.data.svhn."""
     pytest.importorskip("h5py")
     pytest.importorskip("PIL")
-    import repro.svhn as recipe
+    import repro.svhn.__main__ as recipe
     from testing.fake_svhn import fake_svhn
 
     monkeypatch.setenv("STN_DATA_DIR", str(tmp_path / "cache"))

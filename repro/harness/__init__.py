@@ -1,15 +1,23 @@
-"""Generic training harness shared by the recipes (mnist_addition, distorted_mnist, ...).
+"""The training harness shared by the recipes, one module per job:
 
-An :class:`Experiment` bundles a model factory, a training-data source factory, an evaluation
-function, a table of :class:`Profile` schedules and the paper's numbers; :func:`run` trains and
-writes ``results.json`` / ``results.md``; :func:`cli.main` is the command line every recipe
-shares (``--profile --model --seed(s) --device --out --resume --restart --compile``), runnable
-under ``torchrun`` unchanged. Checkpoints are hashed and verified (:mod:`.checkpoint`); SIGINT /
-SIGTERM save one and exit with :class:`Interrupted`.
+* :mod:`.profile` -- :class:`Profile` (a schedule) and :class:`Experiment` (what a recipe hands over);
+* :mod:`.loop` -- :func:`train_one` / :func:`run`: the seeded, resumable, DDP-ready training loop;
+* :mod:`.sources` -- :class:`FixedSource`, the background :class:`~.sources.Prefetcher`;
+* :mod:`.evaluation` -- :func:`classification_error`;
+* :mod:`.provenance` -- versions / commit of a result, per-seed records and their summary;
+* :mod:`.tables` -- ``results.json`` / ``results.md`` (:func:`write_results`);
+* :mod:`.checkpoint` -- hashed, atomic checkpoints; :mod:`.cli` -- the command line every recipe
+  shares (``--profile --model --seed(s) --device --out --resume --restart --compile``);
+  :mod:`.figures` -- headless PNGs.
+
+SIGINT / SIGTERM save a checkpoint and exit with :class:`Interrupted`.
 """
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .core import (Experiment, FixedSource, Interrupted, NonFiniteLoss, Profile, classification_error, run, train_one,
-                   write_results)
+from .evaluation import classification_error
+from .loop import Interrupted, NonFiniteLoss, run, train_one
+from .profile import Experiment, Profile
+from .sources import FixedSource
+from .tables import write_results
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "Experiment", "Interrupted", "Profile", "FixedSource", "NonFiniteLoss", "classification_error", "run", "train_one",
-           "write_results"]
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "Experiment", "Interrupted", "Profile", "FixedSource",
+           "NonFiniteLoss", "classification_error", "run", "train_one", "write_results"]

@@ -8,8 +8,11 @@ either the previous checkpoint or the new one, never half of one. On load the ha
 before the payload is deserialised; a damaged, truncated or otherwise unreadable file raises
 :class:`CheckpointError` naming the file and the way out (delete it, or rerun with ``--restart``).
 
-Files written before this format (a plain ``torch.save`` of the checkpoint dict, no hash) still
-load, with a warning on stderr that they cannot be verified.
+Files written before this format (a plain ``torch.save`` of the training checkpoint dict, no hash:
+``model`` and ``optimizer`` state dicts, an integer ``step``) still load, with a warning on stderr
+that they cannot be verified. Anything else without the format field -- another dict, a tensor, an
+empty or truncated file -- is refused with :class:`CheckpointError`: nothing is loaded unverified
+unless it is that recognised earlier format.
 """
 from __future__ import annotations
 
@@ -26,6 +29,19 @@ FORMAT = "stn-triton-checkpoint-v2"
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is damaged, truncated or not a checkpoint."""
+
+
+def _first_line(e: BaseException) -> str:
+    """The exception's first message line, or its type when it has no message (e.g. EOFError of an empty file)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def is_earlier_format(obj) -> bool:
+    """A training checkpoint written before the hashed format (a171558): a plain dict with ``model`` and
+    ``optimizer`` state dicts and an integer ``step``."""
+    return (isinstance(obj, dict) and "format" not in obj and isinstance(obj.get("model"), dict)
+            and isinstance(obj.get("optimizer"), dict) and isinstance(obj.get("step"), int))
 
 
 def _way_out(path: Path) -> str:
@@ -62,14 +78,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 -- truncated / damaged zip, unpickling error, ...
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                              f"{_way_out(path)}") from None
+        size = path.stat().st_size if path.exists() else 0
+        what = "is empty (0 bytes)" if size == 0 else f"is unreadable ({_first_line(e)})"
+        raise CheckpointError(f"checkpoint {path} {what}. {_way_out(path)}") from None
     if not isinstance(outer, dict):
         raise CheckpointError(f"{path} is not a checkpoint (it holds a {type(outer).__name__}). {_way_out(path)}")
-    if outer.get("format") != FORMAT:  # written before hashes: a plain torch.save of the dict
+    if "format" not in outer:
+        if not is_earlier_format(outer):
+            raise CheckpointError(f"{path} is not a checkpoint of this project (no format field, and not the earlier "
+                                  f"unhashed training checkpoint: keys {sorted(map(str, outer))[:8]}); it cannot be "
+                                  f"verified, so it is not loaded. {_way_out(path)}")
         print(f"warning: old-format checkpoint {path} (no content hash): loaded without verification; "
               f"the next checkpoint is written in the hashed format.", file=sys.stderr)
         return outer
+    if outer.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {str(outer.get('format'))[:60]!r}, this version reads "
+                              f"{FORMAT!r}. {_way_out(path)}")
     payload = outer.get("payload")
     if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
         raise CheckpointError(f"checkpoint {path} has no payload. {_way_out(path)}")
@@ -81,8 +105,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- hash matched, so this is a file written with foreign content
-        raise CheckpointError(f"checkpoint {path} cannot be deserialised ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}). {_way_out(path)}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be deserialised ({_first_line(e)}). {_way_out(path)}") from None
 
 
 def remove_checkpoint(path: str | os.PathLike) -> bool:

@@ -1,14 +1,70 @@
 """Command line shared by every recipe: ``python -m repro.<recipe> [options]`` or under
-``torchrun --nproc_per_node=N -m repro.<recipe> ...`` unchanged."""
+``torchrun --nproc_per_node=N -m repro.<recipe> ...`` unchanged.
+
+A bad command stops before anything is trained or written, with one line and a non-zero exit: an
+unknown ``--model`` or a malformed ``--seeds`` (exit 2), ``--out`` naming a file (2), ``--device
+cuda`` on a torch without CUDA (2), a checkpoint in the way of a run started without ``--resume``
+or ``--restart`` (2). Exit codes of a run: 3 non-finite loss, 4 damaged checkpoint, 5 MNIST that
+fails its hash (or cannot be found), 128 + N on signal N.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from .checkpoint import CheckpointError
-from .core import Experiment, Interrupted, NonFiniteLoss, run
+from .loop import CheckpointInTheWay, Interrupted, NonFiniteLoss, run
+from .profile import Experiment
+
+
+def seed_list(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2]; anything else is an argparse error (one line, exit 2)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, e.g. 0,1,2; got {text!r}")
+    return seeds
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``--device`` cannot be used here (one line), or None."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        return f"--device {device!r} is not a device ({e})"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = ("this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible")
+        return f"--device {device}: {why} (torch {torch.__version__}); use --device cpu"
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible"
+    if dev.type not in ("cpu", "cuda"):
+        return f"--device {device}: the recipes run on cpu or cuda"
+    return None
+
+
+def model_problem(models: tuple[str, ...], selection: str | None) -> str | None:
+    """Why ``--model selection`` names no model of ``models`` (one line), or None (``None`` / ``all``: all)."""
+    if selection is None or selection == "all":
+        return None
+    names = [m.strip() for m in selection.split(",") if m.strip()]
+    bad = [m for m in names if m not in models]
+    if bad or not names:
+        return f"unknown model(s) {bad or [selection]}; choose from {list(models)} or 'all'"
+    return None
+
+
+def out_problem(out: str) -> str | None:
+    """Why ``--out`` cannot be the output folder (one line), or None."""
+    path = Path(out)
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else f"--out {out}: {p} is a file, not a folder"
+    return None
 
 
 def resume_command() -> str:
@@ -32,14 +88,14 @@ def parser(exp: Experiment, default_out: str, default_profile: str = "quick") ->
     p.add_argument("--profile", default=default_profile, choices=sorted(exp.profiles))
     p.add_argument("--model", default="all", help=f"comma-separated subset of {list(exp.models)} or 'all'")
     p.add_argument("--seed", type=int, default=None, help="a single seed (overrides the profile's seeds)")
-    p.add_argument("--seeds", type=str, default=None, help="comma-separated seeds (overrides the profile's)")
+    p.add_argument("--seeds", type=seed_list, default=None, help="comma-separated seeds (overrides the profile's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=default_out, help="output folder (results.json, results.md, checkpoints)")
     p.add_argument("--resume", action="store_true",
                    help="continue from checkpoints / skip finished runs (each run says what it found)")
     p.add_argument("--restart", action="store_true",
                    help="delete the checkpoints and results of the runs this command trains, and start them from "
-                        "step 0 (the way out of a damaged checkpoint)")
+                        "step 0 (the way out of a damaged checkpoint, or past one a rerun without --resume refuses)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: 1 on machines with <= 4 cores -- on shared 2-core "
@@ -80,32 +136,42 @@ def recipe_options(argv, doc: str, recipe_parser: argparse.ArgumentParser, exp: 
 
 
 def main(exp: Experiment, default_out: str, argv=None, notes: list[str] = ()) -> int:
-    a = parser(exp, default_out).parse_args(argv)
+    ap = parser(exp, default_out)
+    a = ap.parse_args(argv)
     import os
 
+    models = list(exp.models) if a.model == "all" else [m.strip() for m in a.model.split(",") if m.strip()]
+    for problem in (model_problem(exp.models, a.model), device_problem(a.device), out_problem(a.out)):
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     threads = a.threads or (1 if (os.cpu_count() or 1) <= 4 else None)
     if threads:
         torch.set_num_threads(threads)
-    models = list(exp.models) if a.model == "all" else [m.strip() for m in a.model.split(",") if m.strip()]
-    bad = [m for m in models if m not in exp.models]
-    if bad:
-        print(f"unknown model(s) {bad}; choose from {list(exp.models)}", file=sys.stderr)
-        return 2
-    seeds = [a.seed] if a.seed is not None else ([int(s) for s in a.seeds.split(",")] if a.seeds else None)
+    seeds = [a.seed] if a.seed is not None else a.seeds
     ov = {"steps": a.steps, "batch_size": a.batch_size, "lr": a.lr, "momentum": a.momentum,
           "optimizer": a.optimizer, "loc_lr_mult": a.loc_lr_mult, "eval_every": a.eval_every,
           "log_every": a.log_every}
     if a.steps is not None:  # keep the schedule's shape: scale milestones with the step count
         ov["_scale_steps"] = a.steps
+    from repro.data.mnist import MnistError
+
     try:
         run(exp, profile=a.profile, models=models, seeds=seeds, out_dir=a.out, device=a.device, resume=a.resume,
-            compile=a.compile, overrides=ov, progress=not a.no_progress, notes=list(notes), restart=a.restart)
+            compile=a.compile, overrides=ov, progress=not a.no_progress, notes=list(notes), restart=a.restart,
+            estimate=a.profile == "paper")
+    except CheckpointInTheWay as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
     except NonFiniteLoss as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 3
     except CheckpointError as e:
         print(f"\nERROR: {e}", file=sys.stderr)
         return 4
+    except MnistError as e:
+        print(f"\nERROR: MNIST: {e}", file=sys.stderr)
+        return 5
     except Interrupted as e:
         print(f"{e}; resume with: {resume_command()}", file=sys.stderr)
         return 128 + e.signum

@@ -1,7 +1,6 @@
 """Co-localisation over candidate windows: eq. (1) relaxed, so that the optimisation sees every window.
 
-The localiser of :mod:`repro.colocalisation` (``--localiser candidates``, the default) is still an
-attention spatial transformer at the final scale 1/3 (a 28 px window of the 84 px canvas), but its
+The localiser of :mod:`repro.colocalisation` is an attention spatial transformer at the final scale 1/3 (a 28 px window of the 84 px canvas), but its
 translation is the *soft-argmax* over a grid of candidate windows (every ``stride`` px, 15 x 15 at
 the default 4 px) of scores that the supplement's localisation layers compute for each window:
 
@@ -13,7 +12,7 @@ centre at the digit's scale). At a 4 px stride the windows' conv 9x9 stride 4 ou
 the one 19 x 19 output over the whole image, so the scorer runs fully convolutionally (one conv per
 image, not 225): :class:`CandidateScorer`, checked against the per-window net in the tests.
 
-**Why a relaxation.** With the regression localiser, eq. (1) gives gradient only through the
+**Why a relaxation.** With the supplement's regression localiser (retired; findings.md), eq. (1) gives gradient only through the
 image gradient under the current window: a window on background or clutter never learns that the
 digit is 20 px away (findings: TC stays at 0-15 %). Here every candidate window's descriptor is
 computed once (the encoder is frozen; :func:`candidate_descriptors`), and eq. (1) is evaluated
@@ -34,20 +33,23 @@ Descriptors are projected onto their top ``pca_dims`` principal directions (unce
 randomised SVD) so that a step's (B, 225, 225) distance tensor is a batched matmul; the median
 relative error of the projected squared distances is recorded in every result (~2-5 %).
 
-After the relaxation, ``refine_steps`` steps of the paper's eq. (1) proper -- the crop sampled by
-the spatial transformer (``stn_triton.warp``) at the soft-argmax window, a random same-size patch of
-I_n as the negative -- may refine the windows below the grid's spacing (default 0, see findings).
+The optimiser is Adam (ours) or SGD with momentum (the paper's), over the scorer's parameters;
+every optimisation returns :func:`optimisation_record` (the final windows against the true boxes,
+snapshots for the figure, the loss history).
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.colocalisation import (CANVAS, CROP, Descriptor, make_optimizer, optimisation_record, optimiser_step,
-                                  random_crop_theta, snapshot, triplet_loss, window_theta)
+from repro.colocalisation.encoder import Descriptor
+from repro.colocalisation.geometry import CANVAS, CROP, attention_box, ink_inside, iou, window_theta
+
+OPTIMIZERS = ("adam", "sgd")  # ours (default) | the paper's
 
 CONV_STRIDE = 4  # the supplement's localisation conv: 8 filters 9x9, stride 4
 
@@ -140,7 +142,7 @@ class CandidateScorer(nn.Module):
 
 class CandidateLocaliser(nn.Module):
     """An attention spatial transformer whose window (scale 1/3) is centred at the soft-argmax of
-    :class:`CandidateScorer`'s window scores. ``theta(x)`` like :class:`repro.colocalisation.Localiser`;
+    :class:`CandidateScorer`'s window scores. ``theta(x)`` like a spatial transformer's localiser;
     ``forward(x)`` returns (28x28 crop, theta)."""
 
     def __init__(self, stride: int = 4):
@@ -178,13 +180,56 @@ def relaxed_loss(h: torch.Tensor, p: torch.Tensor, q: torch.Tensor, tau: float) 
     return (p * (w * h).sum(2)).sum(1).mean()
 
 
+@torch.no_grad()
+def predict_boxes(st: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return attention_box(st.theta(images))
+
+
+def make_optimizer(params, prof) -> torch.optim.Optimizer:
+    """The profile's optimiser over ``params`` ."""
+    if prof.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {prof.optimizer!r}")
+    return (torch.optim.Adam(params, lr=prof.lr) if prof.optimizer == "adam"
+            else torch.optim.SGD(params, lr=prof.lr, momentum=prof.momentum))
+
+
+def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, losses: list, step: int) -> None:
+    """One step on ``loss``, its value appended to ``losses``; a non-finite loss stops the optimisation."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    losses.append(loss.item())
+    if not math.isfinite(losses[-1]):
+        raise FloatingPointError(f"non-finite co-localisation loss at step {step}")
+
+
+def snapshot(st: nn.Module, images: torch.Tensor, boxes: torch.Tensor, track, step: int) -> dict:
+    """The boxes of the tracked images and the fraction localised at ``step`` (the figure's frames)."""
+    pb = predict_boxes(st, images)
+    return {"step": step, "boxes": pb[list(track)].tolist(), "localised": (iou(pb, boxes) > 0.5).float().mean().item()}
+
+
+def optimisation_record(st: nn.Module, images: torch.Tensor, boxes: torch.Tensor, losses: list, wall: float,
+                        steps: int, snaps: list) -> dict:
+    """The result of one optimisation : the final windows against the true boxes."""
+    pb = predict_boxes(st, images)
+    ious = iou(pb, boxes)
+    with torch.no_grad():  # how much of each image's ink the final window holds (0: an empty, black crop)
+        ink_in = ink_inside(images, pb)
+    return {"localised_pct": round(100.0 * (ious > 0.5).float().mean().item(), 1),
+            "empty_window_pct": round(100.0 * (ink_in < 0.05).float().mean().item(), 1),
+            "mean_ink_inside": round(ink_in.mean().item(), 4), "final_boxes": [[round(v, 2) for v in b] for b in pb.tolist()],
+            "mean_iou": round(ious.mean().item(), 4), "final_loss": losses[-1] if losses else None,
+            "wall_time_s": round(wall, 1), "steps": steps, "snapshots": snaps,
+            "loss_history": [round(x, 4) for x in losses[::max(1, len(losses) // 50)]]}
+
+
+
+
 def colocalise_candidates(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Module, prof, seed: int = 0,
                           track: tuple[int, ...] = (0, 1, 2), log=print) -> dict:
-    """One co-localisation optimisation with :class:`CandidateLocaliser` (``prof.localiser ==
-    "candidates"``); ``boxes`` only for the metric. Returns the same record as
-    :func:`repro.colocalisation.colocalise`."""
-    from stn_triton import warp
-
+    """One co-localisation optimisation with :class:`CandidateLocaliser` over ``images`` (N, 1, 84, 84);
+    ``boxes`` only for the metric. Returns :func:`optimisation_record` and the relaxation's own numbers."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
     desc = Descriptor(enc, prof.descriptor)
@@ -196,22 +241,14 @@ def colocalise_candidates(images: torch.Tensor, boxes: torch.Tensor, enc: nn.Mod
     n, k = feats.shape[:2]
     snaps = [snapshot(st, images, boxes, track, 0)]
     losses = []
-    total = prof.steps + prof.refine_steps
+    total = prof.steps
     for step in range(total):
         i = torch.randint(0, n, (prof.batch,), generator=g)
         j = (i + torch.randint(1, n, (prof.batch,), generator=g)) % n  # m != n
-        if step < prof.steps:  # eq. (1) relaxed over every pair of candidate windows
-            r = torch.randint(0, k, (prof.batch,), generator=g)
-            pq = st.probs(images[torch.cat([i, j])])
-            loss = relaxed_loss(pair_hinges(feats[i], feats[j], feats[i, r], prof.alpha),
-                                pq[:prof.batch], pq[prof.batch:], prof.tau)
-        else:  # eq. (1) proper through the spatial transformer, below the grid's spacing
-            crops, theta = st(images[torch.cat([i, j])])
-            th_r = random_crop_theta(theta[:prof.batch, 0, 0].detach(), g, prof.negatives)
-            with torch.no_grad():
-                e_r = desc(warp(images[i], th_r, (CROP, CROP)))
-            e_n, e_m = desc(crops).split(prof.batch)
-            loss = triplet_loss(e_n, e_m, e_r, prof.alpha)
+        r = torch.randint(0, k, (prof.batch,), generator=g)  # the negative: a random window of I_n
+        pq = st.probs(images[torch.cat([i, j])])
+        loss = relaxed_loss(pair_hinges(feats[i], feats[j], feats[i, r], prof.alpha),
+                            pq[:prof.batch], pq[prof.batch:], prof.tau)
         optimiser_step(opt, loss, losses, step)
         if (step + 1) % prof.snapshot_every == 0 or step + 1 == total:
             snaps.append(snapshot(st, images, boxes, track, step + 1))

@@ -23,22 +23,28 @@ import dataclasses
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
+
+from .checkpoint import CheckpointError, load_checkpoint, remove_checkpoint, save_checkpoint
+from .profile import Experiment, Profile
+from .provenance import seed_record, summarise_seeds, versions
+from .sources import Prefetcher, unpack
+from .tables import write_results
 
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class CheckpointInTheWay(RuntimeError):
+    """A run started without ``--resume`` or ``--restart`` found a checkpoint of an earlier run: training
+    from step 0 would overwrite it, so it stops and says which of the two to give."""
 
 
 class Interrupted(RuntimeError):
@@ -80,97 +86,6 @@ class _StopOnSignal:
         self._old = {}
 
 
-@dataclass(frozen=True)
-class Profile:
-    """A training schedule. ``milestones``: steps at which the lr is multiplied by ``gamma``."""
-
-    name: str
-    steps: int
-    batch_size: int
-    lr: float
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    optimizer: str = "sgd"  # sgd | adam
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    loc_lr_mult: float = 1.0  # learning-rate multiplier for spatial-transformer parameters
-    seeds: tuple[int, ...] = (0,)
-    log_every: int = 100
-    ckpt_every: int = 1000
-    eval_every: int = 0  # 0: only at the end
-    eval_limit: int | None = None  # test examples for intermediate evals
-    final_eval_limit: int | None = None  # test examples for the final eval (None: the whole test set)
-    warmup: int = 0  # linear lr warm-up steps
-    note: str = ""
-
-    def lr_at(self, step: int) -> float:
-        k = sum(1 for m in self.milestones if step >= m)
-        lr = self.lr * (self.gamma ** k)
-        if self.warmup and step < self.warmup:
-            lr *= (step + 1) / self.warmup
-        return lr
-
-    def replace(self, **kw) -> "Profile":
-        """``dataclasses.replace`` ignoring ``None`` values; ``_scale_steps=N`` sets ``steps=N`` and
-        scales the milestones and warm-up proportionally (the schedule keeps its shape)."""
-        kw = {k: v for k, v in kw.items() if v is not None}
-        n = kw.pop("_scale_steps", None)
-        if n is not None and n != self.steps:
-            f = n / self.steps
-            kw.setdefault("milestones", tuple(max(1, round(m * f)) for m in self.milestones))
-            kw.setdefault("warmup", round(self.warmup * f))
-            kw["steps"] = n
-        return dataclasses.replace(self, **kw)
-
-    def describe(self) -> str:
-        opt = f"{self.optimizer}" + (f" momentum {self.momentum}" if self.optimizer == "sgd" else "")
-        sched = (f"x{self.gamma} at {', '.join(f'{m:,}' for m in self.milestones)}" if self.milestones
-                 else "constant")
-        s = (f"{self.steps:,} steps, batch {self.batch_size}, {opt}, lr {self.lr} ({sched}"
-             f"{f', {self.warmup} warm-up' if self.warmup else ''}), loc-net lr x{self.loc_lr_mult}, "
-             f"seeds {list(self.seeds)}")
-        return s
-
-
-@dataclass
-class Experiment:
-    """What the harness needs to know about one experiment.
-
-    * ``build_model(name)`` -> nn.Module (called under ``torch.manual_seed(seed)``).
-    * ``train_data(name, seed, rank, world_size, device, batch_size)`` -> object with
-      ``batch(step)`` returning ``(x, y)`` or an object with ``.images`` / ``.labels``; it must be
-      a pure function of its arguments and ``step``; ``batch_size`` is per rank.
-    * ``evaluate(model, device, limit)`` -> dict with at least ``"error"`` (percent).
-    * ``loss_fn(logits, y)`` -> scalar (default cross-entropy); ``metric_fn(logits, y)`` -> number of
-      correct predictions (default argmax accuracy).
-    * ``profiles``: name -> :class:`Profile`; ``model_overrides``: (profile, model) -> Profile
-      field overrides (e.g. a cheaper CNN in the quick profile).
-    * ``paper``: model -> the paper's number (percent error), for the table.
-    * ``visualise(models, out_dir, device)``: optional figure of trained models.
-    """
-
-    name: str
-    models: tuple[str, ...]
-    build_model: Callable[[str], nn.Module]
-    train_data: Callable[..., Any]
-    evaluate: Callable[..., dict]
-    profiles: dict[str, Profile]
-    paper: dict[str, float] = field(default_factory=dict)
-    model_overrides: dict[tuple[str, str], dict] = field(default_factory=dict)
-    loss_fn: Callable = F.cross_entropy
-    metric_fn: Callable | None = None
-    visualise: Callable | None = None
-    paper_profile_note: str = ""
-    metric_name: str = "error"
-
-    def profile(self, profile: str, model: str, **overrides) -> Profile:
-        if profile not in self.profiles:
-            raise ValueError(f"profile must be one of {sorted(self.profiles)}, got {profile!r}")
-        p = self.profiles[profile]
-        p = p.replace(**self.model_overrides.get((profile, model), {}))
-        return p.replace(**overrides)
-
-
 # ----------------------------------------------------------------------------------------------
 # distributed helpers
 
@@ -195,90 +110,6 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-class FixedSource:
-    """Batches from a fixed training set, reshuffled every epoch by a ``DistributedSampler``
-    (rank-disjoint shards under DDP). ``batch(step)`` is a pure function of (seed, rank, step)."""
-
-    thread_prefetch = True  # see train_one's ``prefetch``
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, device="cpu"):
-        from torch.utils.data.distributed import DistributedSampler
-
-        self.images, self.labels, self.batch_size, self.device = images, labels, batch_size, torch.device(device)
-        self.sampler = DistributedSampler(range(len(labels)), num_replicas=world_size, rank=rank, shuffle=True,
-                                          seed=seed, drop_last=True)
-        self.per_epoch = len(self.sampler) // batch_size
-        if self.per_epoch < 1:
-            raise ValueError(f"training set of {len(labels)} is smaller than one batch of {batch_size} per rank")
-        self._epoch, self._idx = None, None
-
-    def batch(self, step: int):
-        epoch, i = divmod(step, self.per_epoch)
-        if epoch != self._epoch:
-            self.sampler.set_epoch(epoch)
-            self._idx, self._epoch = torch.tensor(list(iter(self.sampler))), epoch
-        idx = self._idx[i * self.batch_size:(i + 1) * self.batch_size]
-        return (self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device, non_blocking=True))
-
-
-class Prefetcher:
-    """``get(step)`` returns ``data.batch(step)``, having started ``data.batch(step + 1)`` on a background
-    thread, so rendering the next batch overlaps with training on this one (torch ops release the GIL).
-    ``batch`` is a pure function of ``step``, so the batches are the ones the plain loop would draw; one
-    batch is in flight at a time, so the data source is never called concurrently. ``enabled=False``
-    calls ``data.batch`` inline."""
-
-    def __init__(self, data, stop: int, enabled: bool = True):
-        self.data, self.stop, self.enabled = data, int(stop), bool(enabled)
-        self._pool = self._next = None
-        self._next_step = -1
-        if self.enabled:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
-
-    def get(self, step: int):
-        if not self.enabled:
-            return self.data.batch(step)
-        fut = self._next if self._next_step == step else self._pool.submit(self.data.batch, step)
-        self._next, self._next_step = None, -1
-        out = fut.result()
-        if step + 1 < self.stop:  # submitted after taking this batch: the woken worker then competes for the
-            # GIL with the training step, not with this hand-over (which otherwise waited ~5-10 ms for it)
-            self._next, self._next_step = self._pool.submit(self.data.batch, step + 1), step + 1
-        return out
-
-    def close(self) -> None:
-        if self._pool is not None:
-            if self._next is not None:
-                self._next.cancel()
-            self._pool.shutdown(wait=True)
-            self._pool = self._next = None
-
-
-def unpack(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(batch, (tuple, list)):
-        return batch[0], batch[1]
-    return batch.images, batch.labels
-
-
-@torch.no_grad()
-def classification_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device,
-                         batch_size: int = 1000, limit: int | None = None) -> dict:
-    """Top-1 error (percent) of ``model`` on (images, labels); evaluation mode, no grad."""
-    was = model.training
-    model.eval()
-    n = len(labels) if limit is None else min(limit, len(labels))
-    wrong = torch.zeros((), dtype=torch.long, device=device)
-    for i in range(0, n, batch_size):
-        x = images[i:min(i + batch_size, n)].to(device)
-        y = labels[i:min(i + batch_size, n)].to(device)
-        wrong += (model(x).argmax(1) != y).sum()
-    model.train(was)
-    return {"error": 100.0 * wrong.item() / n, "n_test": n}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,49 +144,6 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr * g["lr_mult"]
 
 
-def versions() -> dict:
-    """Provenance of a result: library versions, the commit, whether the tree was clean, threads, host."""
-    import triton
-
-    import stn_triton
-
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=10).stdout.strip()
-        except Exception:  # noqa: BLE001
-            return ""
-
-    from repro.data.sets import VERSION as data_version
-
-    commit = git("rev-parse", "--short", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-            "stn_triton": stn_triton.__version__, "git": commit,
-            "git_clean": (status == "") if commit else None,
-            "threads": torch.get_num_threads(), "host_cpus": os.cpu_count(), "machine": platform.machine(),
-            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "data_version": data_version}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), for provenance: results can differ across CPUs."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _atomic_save(obj, path: Path) -> None:
-    from .checkpoint import save_checkpoint
-
-    save_checkpoint(obj, path)
-
-
 def _progress(total: int, initial: int, desc: str, enabled: bool):
     try:
         from tqdm import tqdm
@@ -363,6 +151,57 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
         return None
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
                 mininterval=1.0, file=sys.stderr)
+
+
+def checkpoint_in_the_way(ckpt_path: Path, model_name: str, seed: int) -> CheckpointInTheWay:
+    """The error for a run started without --resume / --restart over an existing checkpoint."""
+    try:
+        found = f"checkpoint of step {load_checkpoint(ckpt_path, map_location='cpu')['step']}"
+    except (CheckpointError, KeyError, TypeError) as e:
+        found = f"damaged checkpoint ({(str(e).splitlines() or [type(e).__name__])[0][:120]})"
+    return CheckpointInTheWay(f"[{model_name} seed {seed}] {found} found ({ckpt_path}): --resume continues it, "
+                              f"--restart discards it")
+
+
+def measure_steps_per_s(exp: Experiment, model_name: str, profile: Profile, dev: torch.device, steps: int = 3,
+                        warmup: int = 1) -> float:
+    """Training steps per second of ``model_name`` at ``profile``'s batch on ``dev``: ``warmup`` untimed then
+    ``steps`` timed steps of a throwaway copy (model, optimiser, data source), the global RNG left as it was."""
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(0)
+        model = exp.build_model(model_name).to(dev)
+        opt = make_optimizer(model, profile)
+        data = exp.train_data(model_name, seed=0, rank=0, world_size=1, device=dev, batch_size=profile.batch_size)
+        sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+        t0 = 0.0
+        for step in range(warmup + steps):
+            if step == warmup:
+                sync()
+                t0 = time.perf_counter()
+            set_lr(opt, profile.lr_at(step))
+            x, y = unpack(data.batch(step))
+            loss = exp.loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync()
+        return steps / max(time.perf_counter() - t0, 1e-9)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def print_estimates(exp: Experiment, profiles: dict[str, Profile], dev: torch.device, timed_steps: int = 3) -> None:
+    """Before a long run: the expected training wall time of each model and seed, from steps/s measured
+    on the spot (:func:`measure_steps_per_s`) -- not from earlier runs, whose machine may differ."""
+    for m, prof in profiles.items():
+        sps = measure_steps_per_s(exp, m, prof, dev, steps=timed_steps)
+        per_seed = prof.steps / sps
+        print(f"[{m}] expected wall time: ~{_duration(per_seed)} per seed ({prof.steps:,} steps of batch "
+              f"{prof.batch_size} at {sps:.2f} steps/s, measured now over {timed_steps} steps on {dev.type}, "
+              f"{torch.get_num_threads()} thread(s); evaluation not included); seeds {list(prof.seeds)}: "
+              f"~{_duration(per_seed * len(prof.seeds))} in all", flush=True)
 
 
 def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out_dir: str | Path, *,
@@ -375,8 +214,6 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     A damaged checkpoint raises :class:`~repro.harness.checkpoint.CheckpointError`.
     ``prefetch``: draw the next batch on a background thread (:class:`Prefetcher`); default: on CPU, for
     data sources that set ``thread_prefetch = True`` (the MNIST streams, :class:`FixedSource`)."""
-    from .checkpoint import load_checkpoint, remove_checkpoint
-
     rank, world, dev = setup_distributed(device)
     run_dir = Path(out_dir) / model_name / f"seed{seed}"
     ckpt_path = run_dir / "checkpoint.pt"
@@ -390,6 +227,8 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
             resume = False
     barrier()
     resume = resume and not restart
+    if not resume and not restart and ckpt_path.exists():  # never train from 0 over an earlier run's checkpoint
+        raise checkpoint_in_the_way(ckpt_path, model_name, seed)
     if resume and done_path.exists():
         res = json.loads(done_path.read_text())
         if res.get("iterations") == profile.steps:
@@ -439,7 +278,7 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     stop = _StopOnSignal(enabled=world == 1)
 
     def checkpoint(nxt):
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": nxt,
+        save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": nxt,
                       "wall_s": wall0 + time.perf_counter() - t_start, "history": history,
                       "profile": dataclasses.asdict(profile), "seed": seed}, ckpt_path)
 
@@ -528,108 +367,15 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     return res
 
 
-# ----------------------------------------------------------------------------------------------
-# results
-
-def _fmt(v, nd=2):
-    return "–" if v is None else f"{v:.{nd}f}"
-
-
-def write_results(exp: Experiment, profile_name: str, device: str, model_results: dict, out_dir: Path,
-                  profiles: dict[str, Profile], extra_notes: list[str] = ()) -> dict:
-    """Merge into ``out_dir/results.json`` and rewrite ``results.md`` (paper vs ours). Holds an
-    exclusive lock (a file in the temp folder named after ``out_dir``) so separate processes (one model each) can share
-    an output folder."""
-    import fcntl
-    import hashlib
-    import tempfile
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha1(str(out_dir.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"stn_results_{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _write_results(exp, profile_name, device, model_results, out_dir, profiles, extra_notes)
-
-
-def _write_results(exp, profile_name, device, model_results, out_dir, profiles, extra_notes):
-    path = out_dir / "results.json"
-    data = {}
-    if path.exists():
-        data = json.loads(path.read_text())
-        if data.get("profile") != profile_name or data.get("experiment") != exp.name:
-            data = {}
-    data.update({"experiment": exp.name, "profile": profile_name, "device": device})
-    models = data.setdefault("models", {})
-    models.update(model_results)
-    data["models"] = {k: models[k] for k in exp.models if k in models} | {k: v for k, v in models.items() if k not in exp.models}
-    path.write_text(json.dumps(data, indent=1) + "\n")
-
-    lines = [f"# {exp.name}: profile `{profile_name}`, device `{device}`", "",
-             "| model | paper error % | ours error % | difference | seeds | iterations | params | wall time | images/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in data["models"].items():
-        paper = exp.paper.get(name)
-        diff = None if paper is None else r["error"] - paper
-        per = r.get("error_per_seed", [])
-        ours = f"{r['error']:.2f}" + (f" (± {r['error_std']:.2f})" if len(per) > 1 else "")
-        wall = r.get("wall_time_s")
-        lines.append(f"| {name} | {_fmt(paper, 1)} | {ours} | {'' if diff is None else f'{diff:+.2f}'} | "
-                     f"{r.get('seeds')} | {r.get('iterations'):,} | {r.get('params'):,} | "
-                     f"{'' if wall is None else f'{wall / 60:.1f} min'} | {_fmt(r.get('images_per_s'), 0)} |")
-    lines += ["", "Schedules:", ""]
-    notes = []
-    for name, r in data["models"].items():
-        prof = profiles.get(name) or (Profile(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in r["schedule"].items()})
-                                      if "schedule" in r else None)
-        if prof is not None:
-            lines.append(f"- `{name}`: {prof.describe()}")
-            if prof.note and prof.note not in notes:
-                notes.append(prof.note)
-    if notes:
-        lines += ["", *[f"Profile note: {n}." if not n.endswith(".") else f"Profile note: {n}" for n in notes]]
-    if extra_notes:
-        lines += ["", *extra_notes]
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-    return data
-
-
-def seed_record(seed: int, result: dict, versions_: dict) -> dict:
-    """One seed's line in a results.json model entry (``runs``): its error, cost and provenance."""
-    return {"seed": seed, "error": result["error"], "wall_time_s": result.get("wall_time_s"),
-            "images_per_s": result.get("images_per_s"), "final_train_loss": result.get("final_train_loss"),
-            "versions": versions_}
-
-
-def seed_records(entry: dict) -> list[dict]:
-    """The per-seed records of a results.json model entry. Entries written before ``runs`` existed
-    hold one seed, whose provenance is the entry's own."""
-    if "runs" in entry:
-        return [dict(r) for r in entry["runs"]]
-    if len(entry.get("seeds", [])) != 1:
-        raise ValueError(f"a results.json entry without 'runs' must hold one seed, this one holds {entry.get('seeds')}")
-    return [seed_record(entry["seeds"][0], {**entry, "final_train_loss": (entry.get("final_train_loss") or [None])[0]},
-                        entry.get("versions", {}))]
-
-
-def summarise_seeds(records: list[dict]) -> dict:
-    """A model's result over its seeds, from :func:`seed_record` s: mean error and sample standard
-    deviation (0 for one seed), the per-seed lists in seed order, total wall time, mean images/s."""
-    records = sorted(records, key=lambda r: r["seed"])
-    errs = [r["error"] for r in records]
-    mean = sum(errs) / len(errs)
-    std = (sum((e - mean) ** 2 for e in errs) / max(len(errs) - 1, 1)) ** 0.5
-    ips = [r["images_per_s"] for r in records if r.get("images_per_s")]
-    walls = [r["wall_time_s"] for r in records if r.get("wall_time_s") is not None]
-    return {"error": round(mean, 3), "error_std": round(std, 3), "error_per_seed": errs,
-            "seeds": [r["seed"] for r in records], "wall_time_s": round(sum(walls), 1),
-            "images_per_s": round(sum(ips) / len(ips), 1) if ips else None,
-            "final_train_loss": [r.get("final_train_loss") for r in records], "runs": records}
-
-
 def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | None, out_dir: str | Path,
         device: str = "cpu", resume: bool = False, compile: bool = False, overrides: dict | None = None,
-        progress: bool = True, notes: list[str] = (), visualise: bool = True, restart: bool = False) -> dict:
-    """Train ``models`` for every seed, average, write results.json / results.md (rank 0)."""
+        progress: bool = True, notes: list[str] = (), visualise: bool = True, restart: bool = False,
+        estimate: bool = False) -> dict:
+    """Train ``models`` for every seed, average, write results.json / results.md (rank 0).
+
+    Before anything trains: a run started without ``resume`` / ``restart`` whose checkpoint exists stops
+    the whole command (:class:`CheckpointInTheWay`); ``estimate`` prints each model's expected wall time
+    (:func:`print_estimates`, on rank 0)."""
     out_dir = Path(out_dir)
     rank, world, dev = setup_distributed(device)
     results, profs, trained = {}, {}, {}
@@ -638,6 +384,16 @@ def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | 
         if seeds:
             prof = prof.replace(seeds=tuple(seeds))
         profs[m] = prof
+    if not resume and not restart:
+        for m, prof in profs.items():
+            for s in prof.seeds:
+                ck = out_dir / m / f"seed{s}" / "checkpoint.pt"
+                if ck.exists():
+                    raise checkpoint_in_the_way(ck, m, s)
+    if estimate and rank == 0:
+        print_estimates(exp, profs, dev)
+    barrier()
+    for m, prof in profs.items():
         per = []
         for s in prof.seeds:
             r = train_one(exp, m, prof, s, out_dir, device=device, resume=resume, compile=compile, progress=progress,
@@ -657,3 +413,4 @@ def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | 
         exp.visualise({k: v for k, v in trained.items() if v is not None}, out_dir, dev)
     barrier()
     return results
+
