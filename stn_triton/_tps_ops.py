@@ -72,10 +72,10 @@ def _solve(c64_cpu: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, t
     return m64.to(device), c64_cpu.to(device, copy=True)
 
 
-@torch.library.custom_op("stn_triton::tps_system", mutates_args=())
-def tps_system(control_points: Optional[torch.Tensor], k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def solved_system(control_points: Optional[torch.Tensor], k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(M float64 (K+3, K), control points float64 (K, 2)) on ``device``; see the module docstring.
-    The returned tensors are shared between calls: read them, never write them."""
+    The returned tensors are shared between calls: read them, never write them. Eager calls use
+    this function itself; under ``torch.compile`` it is the custom op :data:`tps_system`."""
     if control_points is None:
         key = (k, str(device))
         with _lock:
@@ -106,6 +106,9 @@ def tps_system(control_points: Optional[torch.Tensor], k: int, device: torch.dev
         while len(_explicit) > _CACHE_SIZE:
             _explicit.popitem(last=False)
     return hit
+
+
+tps_system = torch.library.custom_op("stn_triton::tps_system", solved_system, mutates_args=())
 
 
 @tps_system.register_fake
@@ -168,4 +171,5 @@ def _kernel_backward(grad_out, x, coef, aux, mode, padding_mode, align_corners, 
 
 SPEC = TransformSpec(name="tps_warp", param="coef", aux=("control_points",), grid=_grid, param_grad=_coef_grad,
                      kernel_forward=_kernel_forward, kernel_backward=_kernel_backward)
-tps_warp_op = register(SPEC)
+TPS_WARP = register(SPEC)  # the entry the public function calls
+tps_warp_op = TPS_WARP.op  # the custom op itself (torch.compile, opcheck)

@@ -13,6 +13,7 @@ rule first (``kernels/sampling.py: source_pixel``): a pixel whose source coordin
 """
 from __future__ import annotations
 
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from stn_triton.kernels.layout import memory_format_of
 from stn_triton.kernels.policy import compute_dtype
 
 COORD_LIMIT = 2.0 ** 20  # the kernels' sampling.COORD_LIMIT
+BASE_GRID_CACHE_SIZE = 64  # distinct (size, align_corners, dtype, device): a training run has a few
 
 
 def _linspace_from_neg_one(steps: int, align_corners: bool, dtype, device) -> torch.Tensor:
@@ -33,8 +35,7 @@ def _linspace_from_neg_one(steps: int, align_corners: bool, dtype, device) -> to
     return r
 
 
-def base_grid(h: int, w: int, align_corners: bool, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Homogeneous output coordinates, shape (H*W, 3), rows ``[x, y, 1]`` with x varying fastest."""
+def _build_base_grid(h: int, w: int, align_corners: bool, dtype, device) -> torch.Tensor:
     base = torch.empty(h, w, 3, dtype=dtype, device=device)
     base[..., 0].copy_(_linspace_from_neg_one(w, align_corners, dtype, device))
     base[..., 1].copy_(_linspace_from_neg_one(h, align_corners, dtype, device)[:, None])
@@ -42,15 +43,41 @@ def base_grid(h: int, w: int, align_corners: bool, dtype=torch.float32, device=N
     return base.view(h * w, 3)
 
 
-def base_grid_3d(d: int, h: int, w: int, align_corners: bool, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Homogeneous output coordinates of a volume, shape (D*H*W, 4), rows ``[x, y, z, 1]`` with x
-    varying fastest, then y, then z (``F.affine_grid``'s 5-D base grid)."""
+def _build_base_grid_3d(d: int, h: int, w: int, align_corners: bool, dtype, device) -> torch.Tensor:
     xs = _linspace_from_neg_one(w, align_corners, dtype, device)
     ys = _linspace_from_neg_one(h, align_corners, dtype, device)
     zs = _linspace_from_neg_one(d, align_corners, dtype, device)
     gz, gy, gx = torch.meshgrid(zs, ys, xs, indexing="ij")
     ones = torch.ones(d * h * w, dtype=dtype, device=device)
     return torch.stack([gx.reshape(-1), gy.reshape(-1), gz.reshape(-1), ones], dim=1)
+
+
+@functools.lru_cache(maxsize=BASE_GRID_CACHE_SIZE)
+def _cached(build, *key) -> torch.Tensor:
+    # built outside inference mode: an inference tensor could not be saved for a later backward
+    with torch.inference_mode(False):
+        return build(*key)
+
+
+def _base(build, *key) -> torch.Tensor:
+    """``build(*key)``, remembered per key (sizes, align_corners, dtype, device: values, never a
+    tensor) in eager code; built afresh under a tracer (a fake tensor must not be kept)."""
+    device = key[-1]
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return build(*key)
+    return _cached(build, *key[:-1], torch.device("cpu") if device is None else torch.device(device))
+
+
+def base_grid(h: int, w: int, align_corners: bool, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Homogeneous output coordinates, shape (H*W, 3), rows ``[x, y, 1]`` with x varying fastest.
+    Shared between calls (a training step needs it three times, every step): read it, never write it."""
+    return _base(_build_base_grid, h, w, align_corners, dtype, device)
+
+
+def base_grid_3d(d: int, h: int, w: int, align_corners: bool, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Homogeneous output coordinates of a volume, shape (D*H*W, 4), rows ``[x, y, z, 1]`` with x
+    varying fastest, then y, then z (``F.affine_grid``'s 5-D base grid). Shared: never write it."""
+    return _base(_build_base_grid_3d, d, h, w, align_corners, dtype, device)
 
 
 def transform_grid_3d(theta: torch.Tensor, d: int, h: int, w: int, align_corners: bool) -> torch.Tensor:

@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 
 from . import _checks
-from ._op_template import backend_for
-from ._warp_ops import warp_op
-from ._warp3d_ops import warp3d_op
+from ._warp_ops import WARP
+from ._warp3d_ops import WARP3D
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "bilinear",
@@ -70,9 +69,9 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
     fill = _checks.fill_tensor(x, padding_mode, fill_value)
     if x.dim() == 5:
         d_out, h_out, w_out = _checks.resolve_size_3d(x, size)
-        return warp3d_op(x, theta, [d_out, h_out, w_out], mode, padding_mode, align_corners, backend_for(x), fill)
+        return WARP3D(x, theta, (), [d_out, h_out, w_out], mode, padding_mode, align_corners, fill)
     h_out, w_out = _checks.resolve_size(x, size)
-    return warp_op(x, theta, [h_out, w_out], mode, padding_mode, align_corners, backend_for(x), fill)
+    return WARP(x, theta, (), [h_out, w_out], mode, padding_mode, align_corners, fill)
 
 
 def check_theta(x: torch.Tensor, theta) -> None:
