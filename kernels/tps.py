@@ -46,7 +46,7 @@ import triton.language as tl
 from .device import on_tensor_device
 from .fixed_point import grad_x_buffer, grad_x_from_buffer
 from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
-from .layout import empty_output, is_channels_last, memory_format_of
+from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
 from .policy import MODE_CODES, PADDING_CODES, compute_dtype, launch_config, needs_int64, triton_dtype
 from .sampling import MODE_BILINEAR, backprop_at, program_pixels, sample_at
 
@@ -191,7 +191,7 @@ def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, conf
         tensor_key(x), tensor_key(coef), ctrl.shape[0], h_out, w_out, mode, padding_mode, align_corners,
         config_key(config))
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    if x.shape[0] == 0:
+    if nothing_to_sample(x, *out_shape[2:]):
         return out
     _tps_fwd_kernel[grid](x, coef, ctrl, out, *ints, **meta)
     return out
@@ -208,7 +208,7 @@ def _bwd_plan(grad_out_key, x_key, coef_key, k, mode, padding_mode, align_corner
     grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
-    coef_in_kernel = need_coef and mode == "bilinear"  # every program writes all of its rows: no zero-fill
+    coef_in_kernel = need_coef and mode == "bilinear" and not nothing_to_sample(x, h_out, w_out)  # every program writes all of its rows: no zero-fill
     partial_shape = (n * num_pblocks, k + 3, 2) if coef_in_kernel else None
     ints = (c, h, w, h_out, w_out, num_pblocks, k, *grad_out.stride(), *x.stride(), *grad_x_arg.stride())
     meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
@@ -237,7 +237,7 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
     # scatter buffer in x's memory format: fp32 (fp64), or int64 fixed point when deterministic
     grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
     partial = torch.empty(partial_shape, dtype=acc, device=x.device) if partial_shape is not None else None
-    if x.shape[0] > 0 and (need_x or partial is not None):
+    if not nothing_to_sample(x, *grad_out.shape[2:]) and (need_x or partial is not None):
         # pointers a specialisation does not use still need a tensor: x stands in for them
         _tps_bwd_kernel[grid](
             grad_out, x, coef, ctrl, grad_x if grad_x is not None else x, partial if partial is not None else x,

@@ -32,7 +32,7 @@ import triton.language as tl
 from .device import on_tensor_device
 from .fixed_point import grad_x_buffer, grad_x_from_buffer
 from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
-from .layout import empty_output, is_channels_last, memory_format_of
+from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
 from .policy import MODE_CODES, PADDING_CODES, compute_dtype, launch_config, needs_int64, triton_dtype
 from .sampling import MODE_BILINEAR, backprop_at, program_pixels, sample_at
 
@@ -179,7 +179,7 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=N
     grid, out_shape, memory_format, ints, meta = _fwd_plan(
         tensor_key(x), tensor_key(theta), h_out, w_out, mode, padding_mode, align_corners, config_key(config))
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    if x.shape[0] == 0:
+    if nothing_to_sample(x, *out_shape[2:]):
         return out
     _warp_fwd_kernel[grid](x, theta, out, fill_values(fill, x, padding_mode), *ints, **meta)
     return out
@@ -198,7 +198,7 @@ def _bwd_plan(grad_out_key, x_key, theta_key, mode, padding_mode, align_corners,
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     rows = theta.shape[1]
     # bilinear: every program writes its whole partial row, so no zero-fill; nearest: grad theta is 0
-    theta_in_kernel = need_theta and mode == "bilinear"
+    theta_in_kernel = need_theta and mode == "bilinear" and not nothing_to_sample(x, h_out, w_out)
     partial_shape = (n * num_pblocks, rows * 3) if theta_in_kernel else None  # viewed as (n, blocks, rows, 3)
     ints = (c, h, w, h_out, w_out, num_pblocks,
             *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *theta.stride())
@@ -227,7 +227,7 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
     # scatter buffer in x's memory format: fp32 (fp64), or int64 fixed point when deterministic
     grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
     partial = torch.empty(partial_shape, dtype=acc, device=x.device) if partial_shape is not None else None
-    if x.shape[0] > 0 and (need_x or partial is not None):
+    if not nothing_to_sample(x, *grad_out.shape[2:]) and (need_x or partial is not None):
         # pointers a specialisation does not use still need a tensor: x stands in for them
         _warp_bwd_kernel[grid](
             grad_out, x, theta, grad_x if grad_x is not None else x, partial if partial is not None else x,

@@ -24,7 +24,7 @@ import triton.language as tl
 from .device import on_tensor_device
 from .fixed_point import grad_x_buffer, grad_x_from_buffer
 from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
-from .layout import empty_output, is_channels_last, memory_format_of
+from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
 from .policy import MODE_CODES, PADDING_CODES, compute_dtype, launch_config_3d, needs_int64, triton_dtype
 from .sampling import backprop_at_3d, program_voxels, sample_at_3d
 from .warp import _theta, fill_values
@@ -138,7 +138,7 @@ def warp3d_fwd(x, theta, d_out, h_out, w_out, mode, padding_mode, align_corners,
     grid, out_shape, memory_format, ints, meta = _fwd_plan(
         tensor_key(x), tensor_key(theta), d_out, h_out, w_out, mode, padding_mode, align_corners, config_key(config))
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    if x.shape[0] == 0:
+    if nothing_to_sample(x, *out_shape[2:]):
         return out
     _warp3d_fwd_kernel[grid](x, theta, out, fill_values(fill, x, padding_mode), *ints, **meta)
     return out
@@ -155,7 +155,7 @@ def _bwd_plan(grad_out_key, x_key, theta_key, mode, padding_mode, align_corners,
     grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
     block_p, block_c, num_warps = launch_config_3d(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(d_out * h_out * w_out, block_p)
-    theta_in_kernel = need_theta and mode == "bilinear"
+    theta_in_kernel = need_theta and mode == "bilinear" and not nothing_to_sample(x, d_out, h_out, w_out)
     partial_shape = (n * num_pblocks, 12) if theta_in_kernel else None
     ints = (c, d, h, w, d_out, h_out, w_out, num_pblocks,
             *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *theta.stride())
@@ -179,7 +179,7 @@ def warp3d_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, ne
     acc = compute_dtype(x.dtype)
     grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
     partial = torch.empty(partial_shape, dtype=acc, device=x.device) if partial_shape is not None else None
-    if x.shape[0] > 0 and (need_x or partial is not None):
+    if not nothing_to_sample(x, *grad_out.shape[2:]) and (need_x or partial is not None):
         _warp3d_bwd_kernel[grid](
             grad_out, x, theta, grad_x if grad_x is not None else x, partial if partial is not None else x,
             exponents if exponents is not None else x, fill_values(fill, x, padding_mode), *ints, **meta)

@@ -50,7 +50,7 @@ from ._double_backward import backward_of_backward
 from ._sample_composed import grid_sample_composed
 from ._eager_path import eager_entry
 from .backend import resolve_backend
-from stn_triton.kernels.layout import empty_output, memory_format_of
+from stn_triton.kernels.layout import empty_output, memory_format_of, nothing_to_sample
 from stn_triton.kernels.policy import compute_dtype
 
 EXECUTED_BACKENDS = ("triton", "torch")
@@ -260,6 +260,8 @@ def _forward(spec, backend, x, param, aux, size, mode, padding_mode, align_corne
 def _forward_keeping_grid(spec, backend, x, param, aux, size, mode, padding_mode, align_corners, fill):
     """(output, the PyTorch path's sampling grid or None): the eager path keeps the grid for its
     backward, which would otherwise build the same grid again (same bits: the same ops)."""
+    if nothing_to_sample(x, *size):
+        return empty_output(x, *size), None
     if backend == "torch":
         grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
         return torch_path.sample(x, grid, mode, padding_mode, align_corners, fill), grid
@@ -271,7 +273,11 @@ def _backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, 
               grid=None):
     """(grad_x, grad_param) of either backend; an empty placeholder for what was not asked (the
     backward op's schema returns two tensors). ``grid``: the PyTorch path's forward grid, if kept."""
-    if backend == "torch":
+    if nothing_to_sample(x, *grad_out.shape[2:]):  # an empty output: every gradient is zero
+        gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=memory_format_of(x)) \
+            if need_x else None
+        gp = torch.zeros(param.shape, dtype=param.dtype, device=param.device) if need_param else None
+    elif backend == "torch":
         gx, gp = _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param,
                                  fill, grid)
     else:
@@ -285,10 +291,6 @@ def _backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, 
 def _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param,
                     fill=None, grid=None):
     """Backward of the PyTorch path: aten's grid-sampler backward, then ``spec.param_grad``."""
-    if x.shape[0] == 0:
-        gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=memory_format_of(x)) \
-            if need_x else None
-        return gx, (torch.zeros(param.shape, dtype=param.dtype, device=param.device) if need_param else None)
     size = tuple(grad_out.shape[2:])
     if grid is None:
         grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))

@@ -18,7 +18,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from stn_triton.kernels.layout import memory_format_of
+from stn_triton.kernels.layout import empty_output, memory_format_of, nothing_to_sample
 from stn_triton.kernels.policy import compute_dtype
 
 COORD_LIMIT = 2.0 ** 20  # the kernels' sampling.COORD_LIMIT
@@ -142,8 +142,8 @@ def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, al
     interpolation weights as if x were surrounded by that constant; a non-finite coordinate reads it
     too (it is outside everywhere)."""
     cdt = compute_dtype(x.dtype)
-    if x.shape[0] == 0:  # F.grid_sample rejects an empty batch; we return an empty result.
-        return x.new_empty((0, x.shape[1], *grid.shape[1:-1]))
+    if nothing_to_sample(x, *grid.shape[1:-1]):  # F.grid_sample rejects an empty batch; we return an empty result
+        return empty_output(x, *grid.shape[1:-1])
     grid, finite = sanitize_grid(grid.to(cdt))
     pad = "zeros" if padding_mode == "fill" else padding_mode
     # the aten op F.grid_sample calls after checking its string arguments (ours are checked once,
