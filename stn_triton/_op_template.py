@@ -37,6 +37,12 @@ Both ops are opaque to ``torch.compile`` (``fullgraph=True`` sees one node each 
 contain no host synchronisation on the Triton path. The backward op's own autograd formula
 (second and higher orders) differentiates a recomputation through ``spec.grid`` and the composed
 sampler (``stn_triton._double_backward``).
+
+**Eager calls skip the custom ops** (:class:`RegisteredTransform`, ``_eager_path.py``): the
+custom-op dispatch costs the host several times what ``F.affine_grid`` + ``F.grid_sample`` cost
+at small shapes, and only tracers need it. Both paths run :func:`_forward_keeping_grid` and
+:func:`_backward`, so their results are bit-identical. An empty output (``nothing_to_sample``:
+N = 0, C = 0 or an output extent 0) is handled here, once for both backends.
 """
 from __future__ import annotations
 
@@ -214,6 +220,7 @@ def register(spec: TransformSpec) -> RegisteredTransform:
         return tuple(grads)
 
     forward_op.register_autograd(backward, setup_context=setup_context)
+
     def setup_context_backward(ctx, inputs, output):
         grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, _backend, fill = \
             backward_args(inputs)
