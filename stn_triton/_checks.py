@@ -13,8 +13,8 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 def check_image(x, name: str = "x", volumes: bool = False) -> None:
     """x is an (N, C, H, W) image batch, or with ``volumes`` also an (N, C, D, H, W) volume batch."""
-    what = "(N, C, H, W) or (N, C, D, H, W)" if volumes else "(N, C, H, W)"
     if not isinstance(x, torch.Tensor):
+        what = "(N, C, H, W) or (N, C, D, H, W)" if volumes else "(N, C, H, W)"
         raise TypeError(f"{name} must be a torch.Tensor of shape {what}, got {type(x).__name__}")
     if x.dim() != 4 and not (volumes and x.dim() == 5):
         raise ValueError(f"{name} must be {'4-D (N, C, H, W) or 5-D (N, C, D, H, W)' if volumes else '4-D (N, C, H, W)'}, "
@@ -23,7 +23,7 @@ def check_image(x, name: str = "x", volumes: bool = False) -> None:
         raise TypeError(
             f"{name} must be float32, float16, bfloat16 or float64, got dtype {x.dtype}"
         )
-    if any(s == 0 for s in x.shape[2:]):  # N = 0 or C = 0: an empty output (nothing_to_sample)
+    if 0 in x.shape[2:]:  # N = 0 or C = 0: an empty output (nothing_to_sample)
         raise ValueError(f"{name} must have {'D, H, W' if x.dim() == 5 else 'H, W'} > 0, "
                          f"got shape {tuple(x.shape)}")
 
