@@ -214,7 +214,8 @@ def main(argv=None) -> int:
             print_table("Triton path, kernel launches stubbed (the library's host work only), µs per call",
                         measure("cpu", "triton", True, a.rounds, a.inner))
         if "torch" in paths:
-            print_table("PyTorch path (CPU), whole call, µs per call", measure("cpu", "torch", False, a.rounds, a.inner))
+            print_table("PyTorch path (CPU), whole call, µs per call",
+                        measure("cpu", "torch", False, a.rounds, a.inner))
         return 0
     real = measure("cuda", "triton", False, a.rounds, a.inner)
     stubbed = measure("cuda", "triton", True, a.rounds, a.inner)

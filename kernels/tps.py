@@ -178,7 +178,8 @@ def _fwd_plan(x_key, coef_key, k, h_out, w_out, mode, padding_mode, align_corner
     meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
                 ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, coef),
                 BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps)
-    return (n * num_pblocks,), tuple(out.shape), memory_format_of(x), ints, meta
+    grid = None if nothing_to_sample(x, h_out, w_out) else (n * num_pblocks,)  # None: an empty output, no launch
+    return grid, tuple(out.shape), memory_format_of(x), ints, meta
 
 
 @on_tensor_device
@@ -191,7 +192,7 @@ def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, conf
         tensor_key(x), tensor_key(coef), ctrl.shape[0], h_out, w_out, mode, padding_mode, align_corners,
         config_key(config))
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    if nothing_to_sample(x, *out_shape[2:]):
+    if grid is None:
         return out
     _tps_fwd_kernel[grid](x, coef, ctrl, out, *ints, **meta)
     return out
@@ -208,7 +209,8 @@ def _bwd_plan(grad_out_key, x_key, coef_key, k, mode, padding_mode, align_corner
     grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
-    coef_in_kernel = need_coef and mode == "bilinear" and not nothing_to_sample(x, h_out, w_out)  # every program writes all of its rows: no zero-fill
+    # every program writes all of its rows: no zero-fill
+    coef_in_kernel = need_coef and mode == "bilinear" and not nothing_to_sample(x, h_out, w_out)
     partial_shape = (n * num_pblocks, k + 3, 2) if coef_in_kernel else None
     ints = (c, h, w, h_out, w_out, num_pblocks, k, *grad_out.stride(), *x.stride(), *grad_x_arg.stride())
     meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
@@ -217,7 +219,9 @@ def _bwd_plan(grad_out_key, x_key, coef_key, k, mode, padding_mode, align_corner
                 INDEX_64=needs_int64(x, grad_out, coef) or (coef_in_kernel and needs_int64(
                     torch.empty(partial_shape, device="meta"))),
                 BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps)
-    return (n * num_pblocks,), partial_shape, (n, num_pblocks, k + 3, 2), ints, meta
+    # None: nothing to launch (an empty output, or neither gradient computed by the kernel)
+    grid = (n * num_pblocks,) if (need_x or coef_in_kernel) and not nothing_to_sample(x, *grad_out.shape[2:]) else None
+    return grid, partial_shape, (n, num_pblocks, k + 3, 2), ints, meta
 
 
 @on_tensor_device
@@ -237,7 +241,7 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
     # scatter buffer in x's memory format: fp32 (fp64), or int64 fixed point when deterministic
     grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
     partial = torch.empty(partial_shape, dtype=acc, device=x.device) if partial_shape is not None else None
-    if not nothing_to_sample(x, *grad_out.shape[2:]) and (need_x or partial is not None):
+    if grid is not None:
         # pointers a specialisation does not use still need a tensor: x stands in for them
         _tps_bwd_kernel[grid](
             grad_out, x, coef, ctrl, grad_x if grad_x is not None else x, partial if partial is not None else x,

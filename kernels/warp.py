@@ -165,7 +165,8 @@ def _fwd_plan(x_key, theta_key, h_out, w_out, mode, padding_mode, align_corners,
     meta = dict(PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
                 ALIGN_CORNERS=align_corners, ACC=triton_dtype(compute_dtype(x.dtype)),
                 INDEX_64=needs_int64(x, out, theta), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
-    return (n * num_pblocks,), tuple(out.shape), memory_format_of(x), ints, meta
+    grid = None if nothing_to_sample(x, h_out, w_out) else (n * num_pblocks,)  # None: an empty output, no launch
+    return grid, tuple(out.shape), memory_format_of(x), ints, meta
 
 
 @on_tensor_device
@@ -179,7 +180,7 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=N
     grid, out_shape, memory_format, ints, meta = _fwd_plan(
         tensor_key(x), tensor_key(theta), h_out, w_out, mode, padding_mode, align_corners, config_key(config))
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    if nothing_to_sample(x, *out_shape[2:]):
+    if grid is None:
         return out
     _warp_fwd_kernel[grid](x, theta, out, fill_values(fill, x, padding_mode), *ints, **meta)
     return out
@@ -188,7 +189,8 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=N
 @plan_cache
 def _bwd_plan(grad_out_key, x_key, theta_key, mode, padding_mode, align_corners, need_x, need_theta, deterministic,
               config):
-    """(grid, partial-row buffer shape or None, integer args, constexpr args) of a backward launch."""
+    """(grid or None, partial-row buffer shape or None, its (n, blocks, rows, 3) view, integer args,
+    constexpr args) of a backward launch."""
     grad_out, x, theta = meta_tensor(grad_out_key), meta_tensor(x_key), meta_tensor(theta_key)
     n, c, h, w = x.shape
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
@@ -208,7 +210,9 @@ def _bwd_plan(grad_out_key, x_key, theta_key, mode, padding_mode, align_corners,
                 INDEX_64=needs_int64(x, grad_out, theta) or (theta_in_kernel and needs_int64(
                     torch.empty(partial_shape, device="meta"))),
                 BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
-    return (n * num_pblocks,), partial_shape, (n, num_pblocks, rows, 3), ints, meta
+    # None: nothing to launch (an empty output, or neither gradient computed by the kernel)
+    grid = (n * num_pblocks,) if (need_x or theta_in_kernel) and not nothing_to_sample(x, *grad_out.shape[2:]) else None
+    return grid, partial_shape, (n, num_pblocks, rows, 3), ints, meta
 
 
 @on_tensor_device
@@ -227,7 +231,7 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
     # scatter buffer in x's memory format: fp32 (fp64), or int64 fixed point when deterministic
     grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
     partial = torch.empty(partial_shape, dtype=acc, device=x.device) if partial_shape is not None else None
-    if not nothing_to_sample(x, *grad_out.shape[2:]) and (need_x or partial is not None):
+    if grid is not None:
         # pointers a specialisation does not use still need a tensor: x stands in for them
         _warp_bwd_kernel[grid](
             grad_out, x, theta, grad_x if grad_x is not None else x, partial if partial is not None else x,

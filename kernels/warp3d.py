@@ -128,7 +128,8 @@ def _fwd_plan(x_key, theta_key, d_out, h_out, w_out, mode, padding_mode, align_c
     meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
                 ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, theta),
                 BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
-    return (n * num_pblocks,), tuple(out.shape), memory_format_of(x), ints, meta
+    grid = None if nothing_to_sample(x, d_out, h_out, w_out) else (n * num_pblocks,)  # None: an empty output, no launch
+    return grid, tuple(out.shape), memory_format_of(x), ints, meta
 
 
 @on_tensor_device
@@ -138,7 +139,7 @@ def warp3d_fwd(x, theta, d_out, h_out, w_out, mode, padding_mode, align_corners,
     grid, out_shape, memory_format, ints, meta = _fwd_plan(
         tensor_key(x), tensor_key(theta), d_out, h_out, w_out, mode, padding_mode, align_corners, config_key(config))
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    if nothing_to_sample(x, *out_shape[2:]):
+    if grid is None:
         return out
     _warp3d_fwd_kernel[grid](x, theta, out, fill_values(fill, x, padding_mode), *ints, **meta)
     return out
@@ -165,7 +166,9 @@ def _bwd_plan(grad_out_key, x_key, theta_key, mode, padding_mode, align_corners,
                 INDEX_64=needs_int64(x, grad_out, theta) or (theta_in_kernel and needs_int64(
                     torch.empty(partial_shape, device="meta"))),
                 BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
-    return (n * num_pblocks,), partial_shape, (n, num_pblocks, 3, 4), ints, meta
+    # None: nothing to launch (an empty output, or neither gradient computed by the kernel)
+    grid = (n * num_pblocks,) if (need_x or theta_in_kernel) and not nothing_to_sample(x, *grad_out.shape[2:]) else None
+    return grid, partial_shape, (n, num_pblocks, 3, 4), ints, meta
 
 
 @on_tensor_device
@@ -179,7 +182,7 @@ def warp3d_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, ne
     acc = compute_dtype(x.dtype)
     grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
     partial = torch.empty(partial_shape, dtype=acc, device=x.device) if partial_shape is not None else None
-    if not nothing_to_sample(x, *grad_out.shape[2:]) and (need_x or partial is not None):
+    if grid is not None:
         _warp3d_bwd_kernel[grid](
             grad_out, x, theta, grad_x if grad_x is not None else x, partial if partial is not None else x,
             exponents if exponents is not None else x, fill_values(fill, x, padding_mode), *ints, **meta)

@@ -72,7 +72,8 @@ def _solve(c64_cpu: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, t
     return m64.to(device), c64_cpu.to(device, copy=True)
 
 
-def solved_system(control_points: Optional[torch.Tensor], k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def solved_system(control_points: Optional[torch.Tensor], k: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(M float64 (K+3, K), control points float64 (K, 2)) on ``device``; see the module docstring.
     The returned tensors are shared between calls: read them, never write them. Eager calls use
     this function itself; under ``torch.compile`` it is the custom op :data:`tps_system`."""
