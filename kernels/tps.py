@@ -167,9 +167,12 @@ def block_k(k: int) -> int:
 
 
 @plan_cache
-def _fwd_plan(x_key, coef_key, k, h_out, w_out, mode, padding_mode, align_corners, config):
-    """(grid, out shape, out memory format, integer args, constexpr args) of a forward launch."""
-    x, coef = meta_tensor(x_key), meta_tensor(coef_key)
+def _fwd_plan(x_key, coef_key, ctrl_key, h_out, w_out, mode, padding_mode, align_corners, config):
+    """(grid, out shape, out memory format, integer args, constexpr args, whether coef and ctrl are
+    already in the kernel's contiguous layout) of a forward launch."""
+    x, coef, ctrl = meta_tensor(x_key), meta_tensor(coef_key), meta_tensor(ctrl_key)
+    dense = coef.is_contiguous() and ctrl.is_contiguous()
+    coef, k = coef.contiguous(), ctrl.shape[0]
     n, c, h, w = x.shape
     out = empty_output(x, h_out, w_out)
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
@@ -179,7 +182,7 @@ def _fwd_plan(x_key, coef_key, k, h_out, w_out, mode, padding_mode, align_corner
                 ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, coef),
                 BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps)
     grid = None if nothing_to_sample(x, h_out, w_out) else (n * num_pblocks,)  # None: an empty output, no launch
-    return grid, tuple(out.shape), memory_format_of(x), ints, meta
+    return grid, tuple(out.shape), memory_format_of(x), ints, meta, dense
 
 
 @on_tensor_device
@@ -187,10 +190,11 @@ def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, conf
     """Launch ``_tps_fwd_kernel``. ``coef``: (N, K+3, 2), ``ctrl``: (K, 2), both contiguous, any
     float dtype (read in place, converted to the compute dtype in registers). The output has x's
     dtype and memory format."""
-    coef, ctrl = coef.contiguous(), ctrl.contiguous()  # the kernel's layout (no-ops for the op's own tensors)
-    grid, out_shape, memory_format, ints, meta = _fwd_plan(
-        tensor_key(x), tensor_key(coef), ctrl.shape[0], h_out, w_out, mode, padding_mode, align_corners,
+    grid, out_shape, memory_format, ints, meta, dense = _fwd_plan(
+        tensor_key(x), tensor_key(coef), tensor_key(ctrl), h_out, w_out, mode, padding_mode, align_corners,
         config_key(config))
+    if not dense:  # the kernel's layout (the op's own tensors already have it)
+        coef, ctrl = coef.contiguous(), ctrl.contiguous()
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
     if grid is None:
         return out
@@ -199,11 +203,13 @@ def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, conf
 
 
 @plan_cache
-def _bwd_plan(grad_out_key, x_key, coef_key, k, mode, padding_mode, align_corners, need_x, need_coef, deterministic,
-              config):
-    """(grid, partial buffer shape or None, its (n, blocks, K+3, 2) view, integer args, constexpr
-    args) of a backward launch."""
-    grad_out, x, coef = meta_tensor(grad_out_key), meta_tensor(x_key), meta_tensor(coef_key)
+def _bwd_plan(grad_out_key, x_key, coef_key, ctrl_key, mode, padding_mode, align_corners, need_x, need_coef,
+              deterministic, config):
+    """(grid or None, partial buffer shape or None, its (n, blocks, K+3, 2) view, integer args,
+    constexpr args, whether coef and ctrl are already contiguous) of a backward launch."""
+    grad_out, x, coef, ctrl = (meta_tensor(key) for key in (grad_out_key, x_key, coef_key, ctrl_key))
+    dense = coef.is_contiguous() and ctrl.is_contiguous()
+    coef, k = coef.contiguous(), ctrl.shape[0]
     n, c, h, w = x.shape
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
     grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
@@ -221,7 +227,7 @@ def _bwd_plan(grad_out_key, x_key, coef_key, k, mode, padding_mode, align_corner
                 BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps)
     # None: nothing to launch (an empty output, or neither gradient computed by the kernel)
     grid = (n * num_pblocks,) if (need_x or coef_in_kernel) and not nothing_to_sample(x, *grad_out.shape[2:]) else None
-    return grid, partial_shape, (n, num_pblocks, k + 3, 2), ints, meta
+    return grid, partial_shape, (n, num_pblocks, k + 3, 2), ints, meta, dense
 
 
 @on_tensor_device
@@ -233,10 +239,11 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
     ``deterministic``: grad_x is accumulated in int64 fixed point as in ``warp_bwd`` (bit-identical
     run to run); grad_coef is always deterministic (per-program partials summed in a fixed order).
     """
-    coef, ctrl = coef.contiguous(), ctrl.contiguous()  # the kernel's layout (no-ops for the op's own tensors)
-    grid, partial_shape, partial_view, ints, meta = _bwd_plan(
-        tensor_key(grad_out), tensor_key(x), tensor_key(coef), ctrl.shape[0], mode, padding_mode, align_corners,
+    grid, partial_shape, partial_view, ints, meta, dense = _bwd_plan(
+        tensor_key(grad_out), tensor_key(x), tensor_key(coef), tensor_key(ctrl), mode, padding_mode, align_corners,
         need_x, need_coef, deterministic, config_key(config))
+    if not dense:  # the kernel's layout (the op's own tensors already have it)
+        coef, ctrl = coef.contiguous(), ctrl.contiguous()
     acc = compute_dtype(x.dtype)
     # scatter buffer in x's memory format: fp32 (fp64), or int64 fixed point when deterministic
     grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)

@@ -121,8 +121,12 @@ class RegisteredTransform:
 
 def _plain_tensors(x, param, fill, aux) -> bool:
     """Every tensor argument is a plain ``torch.Tensor`` (no subclass a tracer dispatches on)."""
-    return (type(x) is torch.Tensor and type(param) is torch.Tensor and (fill is None or type(fill) is torch.Tensor)
-            and all(a is None or type(a) is torch.Tensor for a in aux))
+    if type(x) is not torch.Tensor or type(param) is not torch.Tensor or not (fill is None or type(fill) is torch.Tensor):
+        return False
+    for a in aux:  # a loop, not all(generator): this runs on every eager call
+        if a is not None and type(a) is not torch.Tensor:
+            return False
+    return True
 
 
 def register(spec: TransformSpec) -> RegisteredTransform:

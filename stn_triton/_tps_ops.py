@@ -41,7 +41,7 @@ from stn_triton.kernels import tps as kt
 # collinear points (~1e17) and exact duplicates (infinite) are far above.
 MAX_CONDITION = 1e12
 _CACHE_SIZE = 64
-_default: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+_default: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 _explicit: "collections.OrderedDict[tuple[bytes, str], tuple[torch.Tensor, torch.Tensor]]" = collections.OrderedDict()
 _phi: "collections.OrderedDict[tuple[bytes, tuple, bool], torch.Tensor]" = collections.OrderedDict()
 _lock = threading.Lock()
@@ -78,9 +78,10 @@ def solved_system(control_points: Optional[torch.Tensor], k: int,
     The returned tensors are shared between calls: read them, never write them. Eager calls use
     this function itself; under ``torch.compile`` it is the custom op :data:`tps_system`."""
     if control_points is None:
-        key = (k, str(device))
-        with _lock:
-            hit = _default.get(key)
+        key = (k, device)  # a torch.device: hashable, and cheaper than its string
+        # one dict read is atomic; the entry is written whole under the lock (two threads may both
+        # solve a missing one: the same values), and it is never removed but by clear_cache
+        hit = _default.get(key)
         if hit is None:
             hit = _solve(torch_path.default_control_points(k, torch.float64, "cpu"), device)
             with _lock:
