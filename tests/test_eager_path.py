@@ -119,3 +119,20 @@ def test_cached_base_grid_is_shared_and_survives_inference_mode():
     torch_path.transform_grid(theta, 3, 11, True).sum().backward()  # saves the cached base: must not raise
     expected = torch.nn.functional.affine_grid(theta.detach(), (1, 1, 3, 11), align_corners=True)
     assert torch.equal(torch_path.transform_grid(theta.detach(), 3, 11, True), expected)
+
+
+def test_launch_plans_are_keyed_by_layout_not_identity():
+    """Two tensors with the same shape, strides, dtype and modes share one plan; another layout
+    gets its own (its output keeps x's memory format)."""
+    from bench.host_overhead import stubbed_kernels
+    from stn_triton.kernels import warp as kw
+
+    kw._fwd_plan.cache_clear()
+    theta = torch.eye(3)[:2].repeat(2, 1, 1)
+    with stn_triton.use_backend("triton"), stubbed_kernels():
+        for _ in range(2):
+            stn_triton.warp(torch.rand(2, 3, 5, 6), theta.clone())
+        assert kw._fwd_plan.cache_info().misses == 1 and kw._fwd_plan.cache_info().hits == 1
+        out = stn_triton.warp(torch.rand(2, 3, 5, 6).contiguous(memory_format=torch.channels_last), theta)
+    assert kw._fwd_plan.cache_info().misses == 2
+    assert out.is_contiguous(memory_format=torch.channels_last)
