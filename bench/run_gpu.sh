@@ -10,8 +10,9 @@
 # `pytest bench/ --headline` table, 42 rows (affine fwd and fwd + bwd at the paper's MNIST and SVHN
 # shapes and 64x64x224^2, fp32 and bf16, vs eager and torch.compile; TPS K = 16): ~14 more JIT
 # compiles (~0.5 min), 14 torch.compile graphs (12 affine, 2 TPS; ~5-10 s each with inductor,
-# ~2 min), timing ~0.5 min. Writes first_light.json, headline.json (pytest-benchmark) and
-# headline.md (bench.summarize) under $OUT.
+# ~2 min), timing ~0.5 min; bench.host_overhead (host µs per call, real and with the launches
+# stubbed, beside the eager compositions; 8 JIT compiles) ~0.5 min. Writes first_light.json,
+# headline.json (pytest-benchmark), headline.md (bench.summarize) and host_overhead.md under $OUT.
 #
 # The device runs one command for at most 10 minutes, and `pytest bench/` with every case
 # (torch.compile compiles each shape once) may take longer: split it across calls with
@@ -52,6 +53,9 @@ if [[ "$stage" == first-light ]]; then
       --benchmark-columns=median,rounds 2>&1 | tail -4
   status=$((status | ${PIPESTATUS[0]}))
   python -m bench.summarize "$out/headline.json" | tee "$out/headline.md" | tail -50
+  echo "== host cost per call: python -m bench.host_overhead (real vs launch stubbed, vs the eager compositions)"
+  timeout 90 python -m bench.host_overhead --rounds 10 --inner 100 2>&1 | tee "$out/host_overhead.md" | tail -60
+  status=$((status | ${PIPESTATUS[0]}))
 fi
 
 if [[ "$stage" == tests || "$stage" == all ]]; then

@@ -18,7 +18,9 @@ def on_tensor_device(launcher):
     """Decorator: run ``launcher`` with its first tensor argument's CUDA device made current."""
     @functools.wraps(launcher)
     def wrapped(*args, **kwargs):
-        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        # every launcher's first argument is a tensor: the generator only for other callers
+        t = args[0] if args and isinstance(args[0], torch.Tensor) else next(
+            (a for a in args if isinstance(a, torch.Tensor)), None)
         if t is not None and t.is_cuda and t.device.index != torch.cuda.current_device():
             with torch.cuda.device(t.device):
                 return launcher(*args, **kwargs)

@@ -30,3 +30,11 @@ def empty_output(x: torch.Tensor, *size: int) -> torch.Tensor:
     for an image, (D_out, H_out, W_out) for a volume."""
     return torch.empty((x.shape[0], x.shape[1], *size), dtype=x.dtype, device=x.device,
                        memory_format=memory_format_of(x))
+
+
+def nothing_to_sample(x: torch.Tensor, *size: int) -> bool:
+    """The output (N, C, *size) of sampling x is empty (N = 0, C = 0 or an output extent 0): the
+    result is an empty tensor of that shape and every gradient is zero, on every backend, with no
+    kernel launched and no grid built. The one rule for all empty cases (``F.grid_sample`` itself
+    rejects N = 0)."""
+    return x.shape[0] == 0 or x.shape[1] == 0 or 0 in size

@@ -45,7 +45,8 @@ import triton.language as tl
 
 from .device import on_tensor_device
 from .fixed_point import grad_x_buffer, grad_x_from_buffer
-from .layout import empty_output, is_channels_last
+from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
+from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
 from .policy import MODE_CODES, PADDING_CODES, compute_dtype, launch_config, needs_int64, triton_dtype
 from .sampling import MODE_BILINEAR, backprop_at, program_pixels, sample_at
 
@@ -165,28 +166,68 @@ def block_k(k: int) -> int:
     return max(2, min(triton.next_power_of_2(k), 8))
 
 
+@plan_cache
+def _fwd_plan(x_key, coef_key, ctrl_key, h_out, w_out, mode, padding_mode, align_corners, config):
+    """(grid, out shape, out memory format, integer args, constexpr args, whether coef and ctrl are
+    already in the kernel's contiguous layout) of a forward launch."""
+    x, coef, ctrl = meta_tensor(x_key), meta_tensor(coef_key), meta_tensor(ctrl_key)
+    dense = coef.is_contiguous() and ctrl.is_contiguous()
+    coef, k = coef.contiguous(), ctrl.shape[0]
+    n, c, h, w = x.shape
+    out = empty_output(x, h_out, w_out)
+    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
+    num_pblocks = triton.cdiv(h_out * w_out, block_p)
+    ints = (c, h, w, h_out, w_out, num_pblocks, k, *x.stride(), *out.stride())
+    meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
+                ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, coef),
+                BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps)
+    grid = None if nothing_to_sample(x, h_out, w_out) else (n * num_pblocks,)  # None: an empty output, no launch
+    return grid, tuple(out.shape), memory_format_of(x), ints, meta, dense
+
+
 @on_tensor_device
 def tps_fwd(x, coef, ctrl, h_out, w_out, mode, padding_mode, align_corners, config=None):
     """Launch ``_tps_fwd_kernel``. ``coef``: (N, K+3, 2), ``ctrl``: (K, 2), both contiguous, any
     float dtype (read in place, converted to the compute dtype in registers). The output has x's
     dtype and memory format."""
-    n, c, h, w = x.shape
-    k = ctrl.shape[0]
-    coef, ctrl = coef.contiguous(), ctrl.contiguous()  # the kernel's layout (no-ops for the op's own tensors)
-    out = empty_output(x, h_out, w_out)
-    if n == 0:
+    grid, out_shape, memory_format, ints, meta, dense = _fwd_plan(
+        tensor_key(x), tensor_key(coef), tensor_key(ctrl), h_out, w_out, mode, padding_mode, align_corners,
+        config_key(config))
+    if not dense:  # the kernel's layout (the op's own tensors already have it)
+        coef, ctrl = coef.contiguous(), ctrl.contiguous()
+    out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    if grid is None:
         return out
+    _tps_fwd_kernel[grid](x, coef, ctrl, out, *ints, **meta)
+    return out
+
+
+@plan_cache
+def _bwd_plan(grad_out_key, x_key, coef_key, ctrl_key, mode, padding_mode, align_corners, need_x, need_coef,
+              deterministic, config):
+    """(grid or None, partial buffer shape or None, its (n, blocks, K+3, 2) view, integer args,
+    constexpr args, whether coef and ctrl are already contiguous) of a backward launch."""
+    grad_out, x, coef, ctrl = (meta_tensor(key) for key in (grad_out_key, x_key, coef_key, ctrl_key))
+    dense = coef.is_contiguous() and ctrl.is_contiguous()
+    coef, k = coef.contiguous(), ctrl.shape[0]
+    n, c, h, w = x.shape
+    h_out, w_out = grad_out.shape[2], grad_out.shape[3]
+    grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
-    _tps_fwd_kernel[(n * num_pblocks,)](
-        x, coef, ctrl, out,
-        c, h, w, h_out, w_out, num_pblocks, k,
-        *x.stride(), *out.stride(),
-        MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
-        ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, coef),
-        BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps,
-    )
-    return out
+    # every program writes all of its rows: no zero-fill
+    coef_in_kernel = need_coef and mode == "bilinear" and not nothing_to_sample(x, h_out, w_out)
+    partial_shape = (n * num_pblocks, k + 3, 2) if coef_in_kernel else None
+    ints = (c, h, w, h_out, w_out, num_pblocks, k, *grad_out.stride(), *x.stride(), *grad_x_arg.stride())
+    meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
+                NEED_X=need_x, NEED_COEF=coef_in_kernel, DETERMINISTIC=bool(deterministic and need_x),
+                ACC=triton_dtype(compute_dtype(x.dtype)),
+                INDEX_64=needs_int64(x, grad_out, coef) or (coef_in_kernel and needs_int64(
+                    torch.empty(partial_shape, device="meta"))),
+                BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps)
+    # None: nothing to launch (an empty output, or neither gradient computed by the kernel)
+    grid = (n * num_pblocks,) if (need_x or coef_in_kernel) and not nothing_to_sample(x, *grad_out.shape[2:]) else None
+    return grid, partial_shape, (n, num_pblocks, k + 3, 2), ints, meta, dense
 
 
 @on_tensor_device
@@ -198,37 +239,24 @@ def tps_bwd(grad_out, x, coef, ctrl, mode, padding_mode, align_corners, need_x, 
     ``deterministic``: grad_x is accumulated in int64 fixed point as in ``warp_bwd`` (bit-identical
     run to run); grad_coef is always deterministic (per-program partials summed in a fixed order).
     """
-    n, c, h, w = x.shape
-    k = ctrl.shape[0]
-    coef, ctrl = coef.contiguous(), ctrl.contiguous()  # the kernel's layout (no-ops for the op's own tensors)
-    h_out, w_out = grad_out.shape[2], grad_out.shape[3]
+    grid, partial_shape, partial_view, ints, meta, dense = _bwd_plan(
+        tensor_key(grad_out), tensor_key(x), tensor_key(coef), tensor_key(ctrl), mode, padding_mode, align_corners,
+        need_x, need_coef, deterministic, config_key(config))
+    if not dense:  # the kernel's layout (the op's own tensors already have it)
+        coef, ctrl = coef.contiguous(), ctrl.contiguous()
     acc = compute_dtype(x.dtype)
     # scatter buffer in x's memory format: fp32 (fp64), or int64 fixed point when deterministic
     grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
-    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
-    num_pblocks = triton.cdiv(h_out * w_out, block_p)
-    bilinear = mode == "bilinear"
-    partial = None
-    if need_coef and bilinear:  # every program writes all of its rows: no zero-fill
-        partial = torch.empty((n * num_pblocks, k + 3, 2), dtype=acc, device=x.device)
-    if n > 0 and (need_x or partial is not None):
+    partial = torch.empty(partial_shape, dtype=acc, device=x.device) if partial_shape is not None else None
+    if grid is not None:
         # pointers a specialisation does not use still need a tensor: x stands in for them
-        grad_x_arg = grad_x if grad_x is not None else x
-        _tps_bwd_kernel[(n * num_pblocks,)](
-            grad_out, x, coef, ctrl, grad_x_arg, partial if partial is not None else x,
-            exponents if exponents is not None else x,
-            c, h, w, h_out, w_out, num_pblocks, k,
-            *grad_out.stride(), *x.stride(), *grad_x_arg.stride(),
-            MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
-            NEED_X=need_x, NEED_COEF=partial is not None, DETERMINISTIC=bool(deterministic and need_x),
-            ACC=triton_dtype(acc),
-            INDEX_64=needs_int64(x, grad_out, coef) or (partial is not None and needs_int64(partial)),
-            BLOCK_P=block_p, BLOCK_C=block_c, BLOCK_K=block_k(k), num_warps=num_warps,
-        )
+        _tps_bwd_kernel[grid](
+            grad_out, x, coef, ctrl, grad_x if grad_x is not None else x, partial if partial is not None else x,
+            exponents if exponents is not None else x, *ints, **meta)
     gx = grad_x_from_buffer(grad_x, exponents, x.dtype, acc) if need_x else None
     gc = None
     if partial is not None:  # the cast to coef's dtype happens inside the reduction: one launch
-        gc = partial.view(n, num_pblocks, k + 3, 2).sum(dim=1, dtype=coef.dtype)
+        gc = partial.view(partial_view).sum(dim=1, dtype=coef.dtype)
     elif need_coef:  # nearest: piecewise constant in the coordinates
         gc = torch.zeros(coef.shape, dtype=coef.dtype, device=coef.device)
     return gx, gc

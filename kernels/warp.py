@@ -31,7 +31,8 @@ import triton.language as tl
 
 from .device import on_tensor_device
 from .fixed_point import grad_x_buffer, grad_x_from_buffer
-from .layout import empty_output, is_channels_last
+from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
+from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
 from .policy import MODE_CODES, PADDING_CODES, compute_dtype, launch_config, needs_int64, triton_dtype
 from .sampling import MODE_BILINEAR, backprop_at, program_pixels, sample_at
 
@@ -152,6 +153,22 @@ def fill_values(fill, x, padding_mode):
     return fill.to(compute_dtype(x.dtype)).expand(x.shape[1]).contiguous()
 
 
+@plan_cache
+def _fwd_plan(x_key, theta_key, h_out, w_out, mode, padding_mode, align_corners, config):
+    """(grid, out shape, out memory format, integer args, constexpr args) of a forward launch."""
+    x, theta = meta_tensor(x_key), meta_tensor(theta_key)
+    n, c, h, w = x.shape
+    out = empty_output(x, h_out, w_out)
+    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
+    num_pblocks = triton.cdiv(h_out * w_out, block_p)
+    ints = (c, h, w, h_out, w_out, num_pblocks, *x.stride(), *out.stride(), *theta.stride())
+    meta = dict(PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
+                ALIGN_CORNERS=align_corners, ACC=triton_dtype(compute_dtype(x.dtype)),
+                INDEX_64=needs_int64(x, out, theta), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+    grid = None if nothing_to_sample(x, h_out, w_out) else (n * num_pblocks,)  # None: an empty output, no launch
+    return grid, tuple(out.shape), memory_format_of(x), ints, meta
+
+
 @on_tensor_device
 def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=None, fill=None):
     """Launch ``_warp_fwd_kernel``; output has x's dtype and memory format.
@@ -160,21 +177,42 @@ def warp_fwd(x, theta, h_out, w_out, mode, padding_mode, align_corners, config=N
 
     ``config``: (BLOCK_P, BLOCK_C[, num_warps]) override of the default tiling (``policy.launch_config``).
     """
-    n, c, h, w = x.shape
-    out = empty_output(x, h_out, w_out)
-    if n == 0:
+    grid, out_shape, memory_format, ints, meta = _fwd_plan(
+        tensor_key(x), tensor_key(theta), h_out, w_out, mode, padding_mode, align_corners, config_key(config))
+    out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    if grid is None:
         return out
+    _warp_fwd_kernel[grid](x, theta, out, fill_values(fill, x, padding_mode), *ints, **meta)
+    return out
+
+
+@plan_cache
+def _bwd_plan(grad_out_key, x_key, theta_key, mode, padding_mode, align_corners, need_x, need_theta, deterministic,
+              config):
+    """(grid or None, partial-row buffer shape or None, its (n, blocks, rows, 3) view, integer args,
+    constexpr args) of a backward launch."""
+    grad_out, x, theta = meta_tensor(grad_out_key), meta_tensor(x_key), meta_tensor(theta_key)
+    n, c, h, w = x.shape
+    h_out, w_out = grad_out.shape[2], grad_out.shape[3]
+    # the scatter buffer has x's shape and memory format; x stands in for it when grad_x is not needed
+    grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
     block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
-    _warp_fwd_kernel[(n * num_pblocks,)](
-        x, theta, out, fill_values(fill, x, padding_mode),
-        c, h, w, h_out, w_out, num_pblocks,
-        *x.stride(), *out.stride(), *theta.stride(),
-        PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
-        ALIGN_CORNERS=align_corners, ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, theta),
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
-    )
-    return out
+    rows = theta.shape[1]
+    # bilinear: every program writes its whole partial row, so no zero-fill; nearest: grad theta is 0
+    theta_in_kernel = need_theta and mode == "bilinear" and not nothing_to_sample(x, h_out, w_out)
+    partial_shape = (n * num_pblocks, rows * 3) if theta_in_kernel else None  # viewed as (n, blocks, rows, 3)
+    ints = (c, h, w, h_out, w_out, num_pblocks,
+            *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *theta.stride())
+    meta = dict(PROJECTIVE=rows == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
+                ALIGN_CORNERS=align_corners, NEED_X=need_x, NEED_THETA=theta_in_kernel,
+                DETERMINISTIC=bool(deterministic and need_x), ACC=triton_dtype(compute_dtype(x.dtype)),
+                INDEX_64=needs_int64(x, grad_out, theta) or (theta_in_kernel and needs_int64(
+                    torch.empty(partial_shape, device="meta"))),
+                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+    # None: nothing to launch (an empty output, or neither gradient computed by the kernel)
+    grid = (n * num_pblocks,) if (need_x or theta_in_kernel) and not nothing_to_sample(x, *grad_out.shape[2:]) else None
+    return grid, partial_shape, (n, num_pblocks, rows, 3), ints, meta
 
 
 @on_tensor_device
@@ -186,35 +224,22 @@ def warp_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, need
     grad_theta is always deterministic (per-program partial sums reduced in a fixed order).
     ``config``: (BLOCK_P, BLOCK_C[, num_warps]) override of the default tiling (``policy.launch_config``).
     """
-    n, c, h, w = x.shape
-    h_out, w_out = grad_out.shape[2], grad_out.shape[3]
+    grid, partial_shape, partial_view, ints, meta = _bwd_plan(
+        tensor_key(grad_out), tensor_key(x), tensor_key(theta), mode, padding_mode, align_corners, need_x, need_theta,
+        deterministic, config_key(config))
     acc = compute_dtype(x.dtype)
     # scatter buffer in x's memory format: fp32 (fp64), or int64 fixed point when deterministic
     grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
-    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
-    num_pblocks = triton.cdiv(h_out * w_out, block_p)
-    rows = theta.shape[1]
-    # bilinear: every program writes its whole partial row, so no zero-fill; nearest: grad theta is 0
-    theta_in_kernel = need_theta and mode == "bilinear"
-    partial = torch.empty((n * num_pblocks, rows * 3), dtype=acc, device=x.device) if theta_in_kernel else None
-    if n > 0 and (need_x or theta_in_kernel):
+    partial = torch.empty(partial_shape, dtype=acc, device=x.device) if partial_shape is not None else None
+    if grid is not None:
         # pointers a specialisation does not use still need a tensor: x stands in for them
-        grad_x_arg = grad_x if grad_x is not None else x
-        _warp_bwd_kernel[(n * num_pblocks,)](
-            grad_out, x, theta, grad_x_arg, partial if partial is not None else x,
-            exponents if exponents is not None else x, fill_values(fill, x, padding_mode),
-            c, h, w, h_out, w_out, num_pblocks,
-            *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *theta.stride(),
-            PROJECTIVE=rows == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
-            ALIGN_CORNERS=align_corners, NEED_X=need_x, NEED_THETA=theta_in_kernel,
-            DETERMINISTIC=bool(deterministic and need_x),
-            ACC=triton_dtype(acc), INDEX_64=needs_int64(x, grad_out, theta) or (partial is not None and needs_int64(partial)),
-            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
-        )
+        _warp_bwd_kernel[grid](
+            grad_out, x, theta, grad_x if grad_x is not None else x, partial if partial is not None else x,
+            exponents if exponents is not None else x, fill_values(fill, x, padding_mode), *ints, **meta)
     gx = grad_x_from_buffer(grad_x, exponents, x.dtype, acc) if need_x else None
     gt = None
-    if theta_in_kernel:  # the cast to theta's dtype happens inside the reduction: one launch
-        gt = partial.view(n, num_pblocks, rows, 3).sum(dim=1, dtype=theta.dtype)
+    if partial is not None:  # the cast to theta's dtype happens inside the reduction: one launch
+        gt = partial.view(partial_view).sum(dim=1, dtype=theta.dtype)
     elif need_theta:
         gt = torch.zeros(theta.shape, dtype=theta.dtype, device=theta.device)
     return gx, gt

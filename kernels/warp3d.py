@@ -23,7 +23,8 @@ import triton.language as tl
 
 from .device import on_tensor_device
 from .fixed_point import grad_x_buffer, grad_x_from_buffer
-from .layout import empty_output, is_channels_last
+from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
+from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
 from .policy import MODE_CODES, PADDING_CODES, compute_dtype, launch_config_3d, needs_int64, triton_dtype
 from .sampling import backprop_at_3d, program_voxels, sample_at_3d
 from .warp import _theta, fill_values
@@ -115,25 +116,59 @@ def _warp3d_bwd_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
+@plan_cache
+def _fwd_plan(x_key, theta_key, d_out, h_out, w_out, mode, padding_mode, align_corners, config):
+    """(grid, out shape, out memory format, integer args, constexpr args) of a forward launch."""
+    x, theta = meta_tensor(x_key), meta_tensor(theta_key)
+    n, c, d, h, w = x.shape
+    out = empty_output(x, d_out, h_out, w_out)
+    block_p, block_c, num_warps = launch_config_3d(c, is_channels_last(x), config)
+    num_pblocks = triton.cdiv(d_out * h_out * w_out, block_p)
+    ints = (c, d, h, w, d_out, h_out, w_out, num_pblocks, *x.stride(), *out.stride(), *theta.stride())
+    meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
+                ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, theta),
+                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+    grid = None if nothing_to_sample(x, d_out, h_out, w_out) else (n * num_pblocks,)  # None: an empty output, no launch
+    return grid, tuple(out.shape), memory_format_of(x), ints, meta
+
+
 @on_tensor_device
 def warp3d_fwd(x, theta, d_out, h_out, w_out, mode, padding_mode, align_corners, config=None, fill=None):
     """Launch ``_warp3d_fwd_kernel`` for x (N, C, D, H, W), theta (N, 3, 4); output has x's dtype
     and memory format (NCDHW or channels_last_3d). ``config``: (BLOCK_P, BLOCK_C[, num_warps])."""
-    n, c, d, h, w = x.shape
-    out = empty_output(x, d_out, h_out, w_out)
-    if n == 0:
+    grid, out_shape, memory_format, ints, meta = _fwd_plan(
+        tensor_key(x), tensor_key(theta), d_out, h_out, w_out, mode, padding_mode, align_corners, config_key(config))
+    out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    if grid is None:
         return out
+    _warp3d_fwd_kernel[grid](x, theta, out, fill_values(fill, x, padding_mode), *ints, **meta)
+    return out
+
+
+@plan_cache
+def _bwd_plan(grad_out_key, x_key, theta_key, mode, padding_mode, align_corners, need_x, need_theta, deterministic,
+              config):
+    """(grid, partial-row buffer shape or None, its (n, blocks, 3, 4) view, integer args, constexpr
+    args) of a backward launch."""
+    grad_out, x, theta = meta_tensor(grad_out_key), meta_tensor(x_key), meta_tensor(theta_key)
+    n, c, d, h, w = x.shape
+    d_out, h_out, w_out = grad_out.shape[2:]
+    grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
     block_p, block_c, num_warps = launch_config_3d(c, is_channels_last(x), config)
     num_pblocks = triton.cdiv(d_out * h_out * w_out, block_p)
-    _warp3d_fwd_kernel[(n * num_pblocks,)](
-        x, theta, out, fill_values(fill, x, padding_mode),
-        c, d, h, w, d_out, h_out, w_out, num_pblocks,
-        *x.stride(), *out.stride(), *theta.stride(),
-        MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
-        ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, theta),
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
-    )
-    return out
+    theta_in_kernel = need_theta and mode == "bilinear" and not nothing_to_sample(x, d_out, h_out, w_out)
+    partial_shape = (n * num_pblocks, 12) if theta_in_kernel else None
+    ints = (c, d, h, w, d_out, h_out, w_out, num_pblocks,
+            *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *theta.stride())
+    meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
+                NEED_X=need_x, NEED_THETA=theta_in_kernel, DETERMINISTIC=bool(deterministic and need_x),
+                ACC=triton_dtype(compute_dtype(x.dtype)),
+                INDEX_64=needs_int64(x, grad_out, theta) or (theta_in_kernel and needs_int64(
+                    torch.empty(partial_shape, device="meta"))),
+                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+    # None: nothing to launch (an empty output, or neither gradient computed by the kernel)
+    grid = (n * num_pblocks,) if (need_x or theta_in_kernel) and not nothing_to_sample(x, *grad_out.shape[2:]) else None
+    return grid, partial_shape, (n, num_pblocks, 3, 4), ints, meta
 
 
 @on_tensor_device
@@ -141,31 +176,20 @@ def warp3d_bwd(grad_out, x, theta, mode, padding_mode, align_corners, need_x, ne
                config=None, fill=None):
     """Launch ``_warp3d_bwd_kernel``. Returns (grad_x or None, grad_theta or None) in the inputs'
     dtypes; ``deterministic`` as in :func:`kernels.warp.warp_bwd`."""
-    n, c, d, h, w = x.shape
-    d_out, h_out, w_out = grad_out.shape[2:]
+    grid, partial_shape, partial_view, ints, meta = _bwd_plan(
+        tensor_key(grad_out), tensor_key(x), tensor_key(theta), mode, padding_mode, align_corners, need_x, need_theta,
+        deterministic, config_key(config))
     acc = compute_dtype(x.dtype)
     grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
-    block_p, block_c, num_warps = launch_config_3d(c, is_channels_last(x), config)
-    num_pblocks = triton.cdiv(d_out * h_out * w_out, block_p)
-    theta_in_kernel = need_theta and mode == "bilinear"
-    partial = torch.empty((n * num_pblocks, 12), dtype=acc, device=x.device) if theta_in_kernel else None
-    if n > 0 and (need_x or theta_in_kernel):
-        grad_x_arg = grad_x if grad_x is not None else x
-        _warp3d_bwd_kernel[(n * num_pblocks,)](
-            grad_out, x, theta, grad_x_arg, partial if partial is not None else x,
-            exponents if exponents is not None else x, fill_values(fill, x, padding_mode),
-            c, d, h, w, d_out, h_out, w_out, num_pblocks,
-            *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *theta.stride(),
-            MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
-            NEED_X=need_x, NEED_THETA=theta_in_kernel, DETERMINISTIC=bool(deterministic and need_x),
-            ACC=triton_dtype(acc),
-            INDEX_64=needs_int64(x, grad_out, theta) or (partial is not None and needs_int64(partial)),
-            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps,
-        )
+    partial = torch.empty(partial_shape, dtype=acc, device=x.device) if partial_shape is not None else None
+    if grid is not None:
+        _warp3d_bwd_kernel[grid](
+            grad_out, x, theta, grad_x if grad_x is not None else x, partial if partial is not None else x,
+            exponents if exponents is not None else x, fill_values(fill, x, padding_mode), *ints, **meta)
     gx = grad_x_from_buffer(grad_x, exponents, x.dtype, acc) if need_x else None
     gt = None
-    if theta_in_kernel:
-        gt = partial.view(n, num_pblocks, 3, 4).sum(dim=1, dtype=theta.dtype)
+    if partial is not None:
+        gt = partial.view(partial_view).sum(dim=1, dtype=theta.dtype)
     elif need_theta:
         gt = torch.zeros(theta.shape, dtype=theta.dtype, device=theta.device)
     return gx, gt

@@ -13,8 +13,8 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 def check_image(x, name: str = "x", volumes: bool = False) -> None:
     """x is an (N, C, H, W) image batch, or with ``volumes`` also an (N, C, D, H, W) volume batch."""
-    what = "(N, C, H, W) or (N, C, D, H, W)" if volumes else "(N, C, H, W)"
     if not isinstance(x, torch.Tensor):
+        what = "(N, C, H, W) or (N, C, D, H, W)" if volumes else "(N, C, H, W)"
         raise TypeError(f"{name} must be a torch.Tensor of shape {what}, got {type(x).__name__}")
     if x.dim() != 4 and not (volumes and x.dim() == 5):
         raise ValueError(f"{name} must be {'4-D (N, C, H, W) or 5-D (N, C, D, H, W)' if volumes else '4-D (N, C, H, W)'}, "
@@ -23,8 +23,8 @@ def check_image(x, name: str = "x", volumes: bool = False) -> None:
         raise TypeError(
             f"{name} must be float32, float16, bfloat16 or float64, got dtype {x.dtype}"
         )
-    if any(s == 0 for s in x.shape[1:]):
-        raise ValueError(f"{name} must have {'C, D, H, W' if x.dim() == 5 else 'C, H, W'} > 0, "
+    if 0 in x.shape[2:]:  # N = 0 or C = 0: an empty output (nothing_to_sample)
+        raise ValueError(f"{name} must have {'D, H, W' if x.dim() == 5 else 'H, W'} > 0, "
                          f"got shape {tuple(x.shape)}")
 
 
@@ -78,7 +78,10 @@ def check_float(t: torch.Tensor, name: str) -> None:
 
 
 def _is_int(v) -> bool:
-    """A Python or numpy integer (as PyTorch accepts for sizes), not a bool or a float."""
+    """A Python or numpy integer, or a 0-d integer tensor (MONAI passes sizes so, and
+    ``F.affine_grid`` accepts them), as PyTorch accepts for sizes; not a bool or a float."""
+    if isinstance(v, torch.Tensor):
+        return v.dim() == 0 and not v.is_floating_point() and not v.is_complex() and v.dtype != torch.bool
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and type(v).__name__ != "bool_"
 
 
@@ -89,9 +92,9 @@ def resolve_size(x: torch.Tensor | None, size, name: str = "size") -> tuple[int,
     if isinstance(size, (torch.Size, Sequence)) and not isinstance(size, str):
         if len(size) == 2 and all(_is_int(s) for s in size):
             h, w = int(size[0]), int(size[1])
-            if h > 0 and w > 0:
+            if h >= 0 and w >= 0:  # 0: an empty output (nothing_to_sample), as PyTorch
                 return h, w
-    raise ValueError(f"{name} must be {'None or ' if x is not None else ''}a pair of positive ints (H_out, W_out), "
+    raise ValueError(f"{name} must be {'None or ' if x is not None else ''}a pair of non-negative ints (H_out, W_out), "
                      f"got {size!r}")
 
 
@@ -102,9 +105,9 @@ def resolve_size_3d(x: torch.Tensor, size, name: str = "size") -> tuple[int, int
     if isinstance(size, (torch.Size, Sequence)) and not isinstance(size, str):
         if len(size) == 3 and all(_is_int(s) for s in size):
             d, h, w = (int(s) for s in size)
-            if d > 0 and h > 0 and w > 0:
+            if d >= 0 and h >= 0 and w >= 0:
                 return d, h, w
-    raise ValueError(f"{name} must be None or a triple of positive ints (D_out, H_out, W_out) for a volume "
+    raise ValueError(f"{name} must be None or a triple of non-negative ints (D_out, H_out, W_out) for a volume "
                      f"x of shape {tuple(x.shape)}, got {size!r}")
 
 

@@ -37,6 +37,12 @@ Both ops are opaque to ``torch.compile`` (``fullgraph=True`` sees one node each 
 contain no host synchronisation on the Triton path. The backward op's own autograd formula
 (second and higher orders) differentiates a recomputation through ``spec.grid`` and the composed
 sampler (``stn_triton._double_backward``).
+
+**Eager calls skip the custom ops** (:class:`RegisteredTransform`, ``_eager_path.py``): the
+custom-op dispatch costs the host several times what ``F.affine_grid`` + ``F.grid_sample`` cost
+at small shapes, and only tracers need it. Both paths run :func:`_forward_keeping_grid` and
+:func:`_backward`, so their results are bit-identical. An empty output (``nothing_to_sample``:
+N = 0, C = 0 or an output extent 0) is handled here, once for both backends.
 """
 from __future__ import annotations
 
@@ -48,8 +54,9 @@ import torch
 from . import torch_path
 from ._double_backward import backward_of_backward
 from ._sample_composed import grid_sample_composed
+from ._eager_path import eager_entry
 from .backend import resolve_backend
-from stn_triton.kernels.layout import empty_output, memory_format_of
+from stn_triton.kernels.layout import empty_output, memory_format_of, nothing_to_sample
 from stn_triton.kernels.policy import compute_dtype
 
 EXECUTED_BACKENDS = ("triton", "torch")
@@ -90,8 +97,40 @@ def _split(spec: TransformSpec, args: Sequence):
     return args[0], args[1], tuple(args[2:2 + na]), tuple(args[2 + na:])
 
 
-def register(spec: TransformSpec):
-    """Define ``stn_triton::<spec.name>`` and its backward; returns the forward op."""
+class RegisteredTransform:
+    """What :func:`register` defines for a spec: the two custom ops, and :meth:`__call__`, the entry
+    the public functions call, which picks the path once per call:
+
+    * under ``torch.compile`` / ``torch.export`` (``torch.compiler.is_compiling()``), or for tensor
+      subclasses (fake / functional tensors of other tracers), the custom op (one opaque node);
+    * otherwise the eager path (``stn_triton._eager_path``): the same implementations without the
+      custom-op dispatch (a lean ``autograd.Function``, or the implementation itself when autograd
+      records nothing). Outputs and gradients are bit-identical: both call :func:`_forward` and
+      :func:`_backward` with the same arguments.
+    """
+
+    def __init__(self, spec, op, backward_op, eager):
+        self.spec, self.op, self.backward_op, self._eager = spec, op, backward_op, eager
+
+    def __call__(self, x, param, aux, size, mode, padding_mode, align_corners, fill=None):
+        """``size`` a list of ints; the arguments already validated by the public function."""
+        if torch.compiler.is_compiling() or not _plain_tensors(x, param, fill, aux):
+            return self.op(x, param, *aux, size, mode, padding_mode, align_corners, backend_for(x), fill)
+        return self._eager(x, param, aux, size, mode, padding_mode, align_corners, resolve_backend(x.device), fill)
+
+
+def _plain_tensors(x, param, fill, aux) -> bool:
+    """Every tensor argument is a plain ``torch.Tensor`` (no subclass a tracer dispatches on)."""
+    if type(x) is not torch.Tensor or type(param) is not torch.Tensor or not (fill is None or type(fill) is torch.Tensor):
+        return False
+    for a in aux:  # a loop, not all(generator): this runs on every eager call
+        if a is not None and type(a) is not torch.Tensor:
+            return False
+    return True
+
+
+def register(spec: TransformSpec) -> RegisteredTransform:
+    """Define ``stn_triton::<spec.name>`` and its backward, and the eager path to the same code."""
     aux_schema = "".join(f"Tensor? {a}, " for a in spec.aux)
     fwd_schema = (f"(Tensor x, Tensor {spec.param}, {aux_schema}int[] size, str mode, str padding_mode, "
                   "bool align_corners, str backend, Tensor? fill=None) -> Tensor")
@@ -127,15 +166,8 @@ def register(spec: TransformSpec):
             backward_args(args)
         _check_backend(backend)
         check_fill(padding_mode, fill)
-        if backend == "torch":
-            gx, gp = _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x,
-                                     need_param, fill)
-        else:
-            extra = {"fill": fill} if padding_mode == "fill" else {}
-            # any grad_out strides work, including the all-zero strides of an expanded scalar grad
-            gx, gp = spec.kernel_backward(grad_out, x, param, aux, mode, padding_mode, align_corners, need_x,
-                                          need_param, torch.are_deterministic_algorithms_enabled(), **extra)
-        return (gx if gx is not None else x.new_empty(0)), (gp if gp is not None else param.new_empty(0))
+        return _backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param,
+                         backend, fill)
 
     def backward_fake(*args):
         _, x, param, *_rest = args
@@ -159,22 +191,35 @@ def register(spec: TransformSpec):
         ctx.save_for_backward(x, param, fill, *aux)
         ctx.config = (mode, padding_mode, align_corners)
         ctx.backend = backend  # the forward's decision, carried to the backward
+        ctx.eager = None  # the custom-op path: its backward and the fill coverage are the ops
 
     def backward(ctx, grad_out):
+        """The autograd formula of both paths. ``ctx.eager`` is None on the custom-op path (the
+        backward is the op: what torch.compile must see) and the eager entry on the eager path,
+        whose first-order backward calls the implementation directly; with ``create_graph`` (grad
+        mode on here) it calls the op too, for its registered higher orders."""
         x, param, fill, *aux = ctx.saved_tensors
         # needs_input_grad covers the arguments actually passed (fill may be left at its default)
         grads = [None] * len(ctx.needs_input_grad)
         need_x, need_param = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_fill = len(grads) > fill_input and ctx.needs_input_grad[fill_input] and ctx.config[1] == "fill"
         if need_x or need_param:
-            gx, gp = backward_op(grad_out, x, param, *aux, *ctx.config, need_x, need_param, ctx.backend, fill)
+            if ctx.eager is None or torch.is_grad_enabled():
+                gx, gp = backward_op(grad_out, x, param, *aux, *ctx.config, need_x, need_param, ctx.backend, fill)
+            else:
+                gx, gp = _backward(spec, grad_out, x, param, tuple(aux), *ctx.config, need_x, need_param, ctx.backend,
+                                   fill, ctx.grid)
             grads[0], grads[1] = (gx if need_x else None), (gp if need_param else None)
         if need_fill:
             # out = sample_zeros + fill * (1 - coverage): grad fill = sum of grad_out * (1 - coverage),
             # the coverage one more forward of the same op (differentiable, so higher orders follow)
             mode, _, align_corners = ctx.config
-            cov = forward_op(_ones_like_image(x), param, *aux, list(grad_out.shape[2:]), mode, "zeros", align_corners,
-                             ctx.backend)
+            size = list(grad_out.shape[2:])
+            if ctx.eager is None:
+                cov = forward_op(_ones_like_image(x), param, *aux, size, mode, "zeros", align_corners, ctx.backend)
+            else:
+                cov = ctx.eager(_ones_like_image(x), param, tuple(aux), size, mode, "zeros", align_corners,
+                                ctx.backend, None)
             grads[fill_input] = torch_path.fill_grad(grad_out, cov, fill)
         return tuple(grads)
 
@@ -210,7 +255,8 @@ def register(spec: TransformSpec):
         return tuple(grads)
 
     backward_op.register_autograd(double_backward, setup_context=setup_context_backward)
-    return forward_op
+    eager = eager_entry(spec, _forward_keeping_grid, backward, fill_input)
+    return RegisteredTransform(spec, forward_op, backward_op, eager)
 
 
 def _ones_like_image(x: torch.Tensor) -> torch.Tensor:
@@ -219,22 +265,46 @@ def _ones_like_image(x: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(spec, backend, x, param, aux, size, mode, padding_mode, align_corners, fill):
+    return _forward_keeping_grid(spec, backend, x, param, aux, size, mode, padding_mode, align_corners, fill)[0]
+
+
+def _forward_keeping_grid(spec, backend, x, param, aux, size, mode, padding_mode, align_corners, fill):
+    """(output, the PyTorch path's sampling grid or None): the eager path keeps the grid for its
+    backward, which would otherwise build the same grid again (same bits: the same ops)."""
+    if nothing_to_sample(x, *size):
+        return empty_output(x, *size), None
     if backend == "torch":
         grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
-        return torch_path.sample(x, grid, mode, padding_mode, align_corners, fill)
+        return torch_path.sample(x, grid, mode, padding_mode, align_corners, fill), grid
     extra = {"fill": fill} if padding_mode == "fill" else {}
-    return spec.kernel_forward(x, param, aux, size, mode, padding_mode, align_corners, **extra)
+    return spec.kernel_forward(x, param, aux, size, mode, padding_mode, align_corners, **extra), None
+
+
+def _backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param, backend, fill,
+              grid=None):
+    """(grad_x, grad_param) of either backend; an empty placeholder for what was not asked (the
+    backward op's schema returns two tensors). ``grid``: the PyTorch path's forward grid, if kept."""
+    if nothing_to_sample(x, *grad_out.shape[2:]):  # an empty output: every gradient is zero
+        gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=memory_format_of(x)) \
+            if need_x else None
+        gp = torch.zeros(param.shape, dtype=param.dtype, device=param.device) if need_param else None
+    elif backend == "torch":
+        gx, gp = _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param,
+                                 fill, grid)
+    else:
+        extra = {"fill": fill} if padding_mode == "fill" else {}
+        # any grad_out strides work, including the all-zero strides of an expanded scalar grad
+        gx, gp = spec.kernel_backward(grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param,
+                                      torch.are_deterministic_algorithms_enabled(), **extra)
+    return (gx if gx is not None else x.new_empty(0)), (gp if gp is not None else param.new_empty(0))
 
 
 def _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_corners, need_x, need_param,
-                    fill=None):
+                    fill=None, grid=None):
     """Backward of the PyTorch path: aten's grid-sampler backward, then ``spec.param_grad``."""
-    if x.shape[0] == 0:
-        gx = torch.zeros(x.shape, dtype=x.dtype, device=x.device).contiguous(memory_format=memory_format_of(x)) \
-            if need_x else None
-        return gx, (torch.zeros(param.shape, dtype=param.dtype, device=param.device) if need_param else None)
     size = tuple(grad_out.shape[2:])
-    grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
+    if grid is None:
+        grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
     gx, ggrid = torch_path.sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_param,
                                            fill)
     gp = spec.param_grad(ggrid, grid, param, aux, size, align_corners).contiguous() if need_param else None

@@ -41,7 +41,7 @@ from stn_triton.kernels import tps as kt
 # collinear points (~1e17) and exact duplicates (infinite) are far above.
 MAX_CONDITION = 1e12
 _CACHE_SIZE = 64
-_default: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+_default: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 _explicit: "collections.OrderedDict[tuple[bytes, str], tuple[torch.Tensor, torch.Tensor]]" = collections.OrderedDict()
 _phi: "collections.OrderedDict[tuple[bytes, tuple, bool], torch.Tensor]" = collections.OrderedDict()
 _lock = threading.Lock()
@@ -72,14 +72,16 @@ def _solve(c64_cpu: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, t
     return m64.to(device), c64_cpu.to(device, copy=True)
 
 
-@torch.library.custom_op("stn_triton::tps_system", mutates_args=())
-def tps_system(control_points: Optional[torch.Tensor], k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def solved_system(control_points: Optional[torch.Tensor], k: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(M float64 (K+3, K), control points float64 (K, 2)) on ``device``; see the module docstring.
-    The returned tensors are shared between calls: read them, never write them."""
+    The returned tensors are shared between calls: read them, never write them. Eager calls use
+    this function itself; under ``torch.compile`` it is the custom op :data:`tps_system`."""
     if control_points is None:
-        key = (k, str(device))
-        with _lock:
-            hit = _default.get(key)
+        key = (k, device)  # a torch.device: hashable, and cheaper than its string
+        # one dict read is atomic; the entry is written whole under the lock (two threads may both
+        # solve a missing one: the same values), and it is never removed but by clear_cache
+        hit = _default.get(key)
         if hit is None:
             hit = _solve(torch_path.default_control_points(k, torch.float64, "cpu"), device)
             with _lock:
@@ -106,6 +108,9 @@ def tps_system(control_points: Optional[torch.Tensor], k: int, device: torch.dev
         while len(_explicit) > _CACHE_SIZE:
             _explicit.popitem(last=False)
     return hit
+
+
+tps_system = torch.library.custom_op("stn_triton::tps_system", solved_system, mutates_args=())
 
 
 @tps_system.register_fake
@@ -168,4 +173,5 @@ def _kernel_backward(grad_out, x, coef, aux, mode, padding_mode, align_corners, 
 
 SPEC = TransformSpec(name="tps_warp", param="coef", aux=("control_points",), grid=_grid, param_grad=_coef_grad,
                      kernel_forward=_kernel_forward, kernel_backward=_kernel_backward)
-tps_warp_op = register(SPEC)
+TPS_WARP = register(SPEC)  # the entry the public function calls
+tps_warp_op = TPS_WARP.op  # the custom op itself (torch.compile, opcheck)

@@ -37,4 +37,5 @@ def _kernel_backward(grad_out, x, theta, aux, mode, padding_mode, align_corners,
 
 SPEC = TransformSpec(name="warp3d", param="theta", aux=(), grid=_grid, param_grad=_theta_grad,
                      kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True)
-warp3d_op = register(SPEC)
+WARP3D = register(SPEC)  # the entry the public function calls
+warp3d_op = WARP3D.op  # the custom op itself (torch.compile, opcheck)

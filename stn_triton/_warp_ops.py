@@ -53,4 +53,5 @@ def _kernel_backward(grad_out, x, theta, aux, mode, padding_mode, align_corners,
 
 SPEC = TransformSpec(name="warp", param="theta", aux=(), grid=_grid, param_grad=_theta_grad,
                      kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True)
-warp_op = register(SPEC)
+WARP = register(SPEC)  # the entry the public function calls
+warp_op = WARP.op  # the custom op itself (torch.compile, opcheck)

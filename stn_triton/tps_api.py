@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks, torch_path
-from ._op_template import backend_for
-from ._tps_ops import tps_system, tps_warp_op
+from ._tps_ops import TPS_WARP, solved_system, tps_system
 
 
 def check_points(x_batch: int | None, points, control_points) -> torch.Tensor | None:
@@ -91,6 +90,8 @@ def tps_warp(x: torch.Tensor, points: torch.Tensor, size=None, *, control_points
     _checks.check_same_device(x, points, "points")
     align_corners = _checks.check_align_corners(align_corners)
     h_out, w_out = _checks.resolve_size(x, size)
-    m64, c64 = tps_system(cps, points.shape[1], x.device)
+    # the custom op only where a tracer must see one opaque node; eager calls skip its dispatch
+    system = tps_system if torch.compiler.is_compiling() else solved_system
+    m64, c64 = system(cps, points.shape[1], x.device)
     coef = torch_path.tps_coefficients(points, m64)  # differentiable: grad_points = M^T @ grad_coef
-    return tps_warp_op(x, coef, c64, [h_out, w_out], mode, padding_mode, align_corners, backend_for(x))
+    return TPS_WARP(x, coef, (c64,), [h_out, w_out], mode, padding_mode, align_corners)

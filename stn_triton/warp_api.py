@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 
 from . import _checks
-from ._op_template import backend_for
-from ._warp_ops import warp_op
-from ._warp3d_ops import warp3d_op
+from ._warp_ops import WARP
+from ._warp3d_ops import WARP3D
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "bilinear",
@@ -33,7 +32,7 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
         * Coordinates are (x, y) = (column, row), each in [-1, 1] across the image.
           ``align_corners=True``: -1 and 1 are the centres of the corner pixels;
           ``False``: the outer edges of the corner pixels (PyTorch's default).
-        * ``size``: (H_out, W_out), default (H, W).
+        * ``size``: (H_out, W_out), ints, numpy integers or 0-d integer tensors; default (H, W).
         * ``mode``: ``"bilinear"`` | ``"nearest"`` (round half to even, as PyTorch);
           ``padding_mode``: ``"zeros"`` | ``"border"`` | ``"reflection"`` | ``"fill"``.
         * ``padding_mode="fill"`` with ``fill_value`` (a float, C floats, or a tensor of shape () or
@@ -45,7 +44,8 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
           value. Gradients: x as with zeros, theta through both terms, fill_value =
           sum of grad_out * (1 - coverage).
         * Coordinates are computed in fp32 even for fp16 / bf16 data (fp64 for fp64 data).
-        * An empty batch (N = 0) returns an empty tensor. A pixel whose source coordinate is not
+        * An empty output (N = 0, C = 0 or an output size of 0) is an empty tensor with zero
+          gradients. A pixel whose source coordinate is not
           finite (NaN / inf theta, w = 0 for projective theta) samples 0 in every padding mode and
           gets zero gradient; finite coordinates are clamped to +-2**20 first.
 
@@ -70,9 +70,9 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
     fill = _checks.fill_tensor(x, padding_mode, fill_value)
     if x.dim() == 5:
         d_out, h_out, w_out = _checks.resolve_size_3d(x, size)
-        return warp3d_op(x, theta, [d_out, h_out, w_out], mode, padding_mode, align_corners, backend_for(x), fill)
+        return WARP3D(x, theta, (), [d_out, h_out, w_out], mode, padding_mode, align_corners, fill)
     h_out, w_out = _checks.resolve_size(x, size)
-    return warp_op(x, theta, [h_out, w_out], mode, padding_mode, align_corners, backend_for(x), fill)
+    return WARP(x, theta, (), [h_out, w_out], mode, padding_mode, align_corners, fill)
 
 
 def check_theta(x: torch.Tensor, theta) -> None:

@@ -10,8 +10,8 @@ allocation and views). Per case (README, "Launches per call"):
 * deterministic backward: + the fixed-point exponent kernel, and the conversion kernel replaces
   the cast: 5 for every dtype (+4 fills PyTorch adds to every uninitialised allocation while
   ``torch.utils.deterministic.fill_uninitialized_memory`` is on, its default);
-* TPS forward: points -> float64 (none for fp64 points) and the coefficient matmul, then the
-  kernel: 3; TPS backward: zero-fill, kernel, partial sum, then autograd's matmul back to the
+* TPS forward: points -> float64 (none for fp64 points) and the coefficient product (a bmm), then the
+  kernel: 3; TPS backward: zero-fill, kernel, partial sum, then autograd's bmm back to the
   points and the cast to their dtype: 5 (+1 for half x, +1 more deterministic).
 """
 import pytest
@@ -122,7 +122,7 @@ def test_tps_launches(launches, points_dtype):
     with stn_triton.use_backend("triton"):
         stn_triton.tps_warp(x.detach(), points.detach())  # solves the default grid's system once
         ops, kernels = launches(lambda: stn_triton.tps_warp(x.detach(), points.detach()))
-        assert (sorted(ops), kernels) == (sorted(cast + ["aten::matmul"]), 1)
+        assert (sorted(ops), kernels) == (sorted(cast + ["aten::bmm"]), 1)  # M (expanded, a view) @ points
         out = stn_triton.tps_warp(x, points)
         go = torch.randn_like(out)
         ops, kernels = launches(lambda: torch.autograd.grad(out, [x, points], go, retain_graph=True))

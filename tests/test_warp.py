@@ -263,7 +263,7 @@ def test_property_random_shapes_and_thetas(n, c, h, w, ho, wo, projective, mode,
         (torch.rand(2, 3, 4, 4), torch.zeros(2, 2, 3), {"mode": "bicubic"}, ValueError, "mode must be one of"),
         (torch.rand(2, 3, 4, 4), torch.zeros(2, 2, 3), {"padding_mode": "wrap"}, ValueError, "padding_mode must be"),
         (torch.rand(2, 3, 4, 4), torch.zeros(2, 2, 3), {"size": (4,)}, ValueError, "size must be"),
-        (torch.rand(2, 3, 4, 4), torch.zeros(2, 2, 3), {"size": (0, 3)}, ValueError, "size must be"),
+        (torch.rand(2, 3, 4, 4), torch.zeros(2, 2, 3), {"size": (-1, 3)}, ValueError, "size must be"),  # 0 is an empty output
         ("img", torch.zeros(2, 2, 3), {}, TypeError, "x must be a torch.Tensor"),
         (torch.rand(2, 3, 4, 4), [[1, 0, 0]], {}, TypeError, "theta must be a torch.Tensor"),
     ],

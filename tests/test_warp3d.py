@@ -262,9 +262,9 @@ def test_gradgradcheck(device, backend):
         (torch.rand(2, 1, 4, 5), torch.zeros(2, 3, 4), None,
          r"theta must have shape \(N, 2, 3\) .* got \(2, 3, 4\).*needs a 5-D volume x"),
         (torch.rand(2, 1, 3, 4, 5), torch.zeros(2, 3, 4), (4, 5),
-         r"size must be None or a triple of positive ints \(D_out, H_out, W_out\) .* got \(4, 5\)"),
+         r"size must be None or a triple of non-negative ints \(D_out, H_out, W_out\) .* got \(4, 5\)"),
         (torch.rand(2, 1, 3, 4, 5), torch.zeros(3, 3, 4), None, r"batch size .* N = 2 .* has 3"),
-        (torch.rand(2, 1, 0, 4, 5), torch.zeros(2, 3, 4), None, r"C, D, H, W > 0"),
+        (torch.rand(2, 1, 0, 4, 5), torch.zeros(2, 3, 4), None, r"D, H, W > 0"),
         (torch.rand(2, 1, 2, 3, 4, 5), torch.zeros(2, 3, 4), None, r"x must be 4-D .* or 5-D"),
     ],
 )

@@ -1,0 +1,56 @@
+"""The eager path of a registered transform: the op template's implementations reached without
+the ``torch.library`` custom-op machinery.
+
+A custom-op call in eager mode goes through its autograd wrapper, a redispatch, a dynamo
+``disable`` wrapper and the schema's argument normalisation before our implementation runs:
+several times the host cost of ``F.affine_grid`` + ``F.grid_sample`` at the small shapes where an
+eager training step is host-bound. Outside ``torch.compile`` none of it is needed, so
+:class:`RegisteredTransform` (``_op_template.py``) sends eager calls here:
+
+* when autograd records nothing (grad mode off, or no input requires grad), the forward
+  implementation is called directly;
+* otherwise one ``torch.autograd.Function`` per transform, whose backward is the custom op's own
+  autograd formula (``ctx.eager`` set, so its first-order backward calls the implementation
+  directly and ``create_graph`` still reaches the backward op's registered higher orders).
+
+The inputs are passed in the custom op's order, so ``ctx.needs_input_grad`` means the same in
+both paths, and the forward's backend is carried in ``ctx`` exactly as the op carries it.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def eager_entry(spec, forward, backward_formula, fill_input: int):
+    """``eager(x, param, aux, size, mode, padding_mode, align_corners, backend, fill)``: the call
+    without the custom op. ``forward`` is the template's ``_forward_keeping_grid`` (the PyTorch
+    path's grid is kept in ``ctx.grid`` for the backward); ``backward_formula`` its
+    autograd formula; ``fill_input`` the op's index of ``fill`` (where the Function takes it too)."""
+    n_aux = len(spec.aux)
+
+    class Eager(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, param, *rest):
+            aux = rest[:n_aux]
+            size, mode, padding_mode, align_corners, backend, fill = rest[n_aux:]
+            ctx.save_for_backward(x, param, fill, *aux)
+            ctx.config = (mode, padding_mode, align_corners)
+            ctx.backend = backend  # the forward's decision, carried to the backward (autograd's thread)
+            ctx.eager = eager
+            out, ctx.grid = forward(spec, backend, x, param, aux, tuple(size), mode, padding_mode, align_corners, fill)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            return backward_formula(ctx, grad_out)
+
+    Eager.__name__ = Eager.__qualname__ = f"{spec.name}_eager"
+
+    def eager(x, param, aux, size, mode, padding_mode, align_corners, backend, fill):
+        if torch.is_grad_enabled() and (x.requires_grad or param.requires_grad
+                                        or (fill is not None and fill.requires_grad)):
+            return Eager.apply(x, param, *aux, size, mode, padding_mode, align_corners, backend, fill)
+        return forward(spec, backend, x, param, aux, tuple(size), mode, padding_mode, align_corners, fill)[0]
+
+    assert fill_input == 2 + n_aux + 5  # Eager.apply's argument order is the op's
+    return eager
