@@ -95,7 +95,7 @@ if [[ "$stage" == recipes || "$stage" == all ]]; then
     IFS=: read -r recipe a b <<< "$row"
     if [[ "$recipe" == distorted_mnist ]]; then args=(--dataset "$a" --model "$b"); else args=(--model "$a"); fi
     pilot="$out/pilot/$row"
-    python -m repro."$recipe" "${args[@]}" --profile paper --device cuda --seed 0 --steps 200 --no-progress \
+    python -m repro."$recipe" "${args[@]}" --profile paper --device cuda --seed 0 --steps 200 --restart --no-progress \
         --out "$pilot" > "$out/pilot.log" 2>&1
     python - "$pilot" "$row" <<'PY'
 import json, pathlib, sys
