@@ -1,6 +1,8 @@
 """``python -m repro.data show NAME [--split test] [--seed 0] [--n 32] [--out FILE.png|DIR]``
 ``python -m repro.data build NAME [--split train|test|both] [--seed 0] [--device cpu|cuda]``
 ``python -m repro.data mnist`` (fetch / check real MNIST)
+``python -m repro.data probe NAME [--n 10000] [--seed 0] [--json FILE]`` (difficulty statistics:
+``repro/data/probe.py``)
 
 ``show`` writes a PNG grid of samples (boxes drawn for co-localisation, the two channels of
 ``addition`` side by side with a separator, labels in the titles) to
@@ -139,6 +141,23 @@ def cmd_mnist(args):
           f"train mean {x.mean() / 255:.4f}")
 
 
+def cmd_probe(args):
+    import json
+
+    from .probe import probe
+
+    t0 = time.perf_counter()
+    r = probe(args.name, n=args.n, seed=args.seed)
+    r["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    print(f"{r['set']} (data version {r['data_version']}, {r['draws']} draws, seed {r['seed']}, "
+          f"{r['wall_time_s']} s):")
+    for k, v in r["stats"].items():
+        print(f"  {k:24s} {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m repro.data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,6 +182,11 @@ def main(argv=None):
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--device")
     sub.add_parser("mnist", help="fetch / verify real MNIST")
+    pr = sub.add_parser("probe", help="difficulty statistics of a distorted set (repro/data/probe.py)")
+    pr.add_argument("name")
+    pr.add_argument("--n", type=int, default=10_000, help="draws (default 10000)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--json", help="also write the result as JSON to this file")
     args = p.parse_args(argv)
     if args.mnist_dir:
         os.environ["STN_MNIST_DIR"] = args.mnist_dir
@@ -173,7 +197,7 @@ def main(argv=None):
     from .svhn import SVHNLayoutError
 
     try:
-        {"show": cmd_show, "build": cmd_build, "mnist": cmd_mnist}[args.cmd](args)
+        {"show": cmd_show, "build": cmd_build, "mnist": cmd_mnist, "probe": cmd_probe}[args.cmd](args)
     except (CUBLayoutError, SVHNLayoutError, MnistError) as e:
         sys.exit(f"error: {e}")
 

@@ -239,6 +239,20 @@ def _paste_clutter(canvas: torch.Tensor, pool_images: torch.Tensor, p: dict) -> 
     canvas.view(-1).scatter_reduce_(0, flat.reshape(-1), patches.reshape(-1), reduce="amax")
 
 
+def render_digits(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tensor) -> torch.Tensor:
+    """The distorted digits alone (N, C, H, W), float32 in [0, 1] before clutter, on the pool's device:
+    what :func:`render` pastes clutter onto (and what ``repro.data.probe`` measures). The values may
+    still hold NaN where a projective horizon crosses the canvas; :func:`render` zeroes them."""
+    size = spec(name).size
+    idx = p["index"].to(pool_images.device)
+    if name == "addition":
+        both = torch.stack([idx, p["index2"].to(pool_images.device)], 1).reshape(-1)
+        return _warp(_digits(pool_images, both), p["theta"].reshape(-1, 2, 3), size).reshape(-1, 2, *size)
+    if name == "E":
+        return exact_render.tps(_digits(pool_images, idx), p["points"], size)
+    return _warp(_digits(pool_images, idx), p["theta"], size, p.get("top_left"))
+
+
 def render(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tensor, pool_labels: torch.Tensor) -> Rendered:
     """Images for the parameters ``p`` (from :func:`sample_params`) on ``pool_images.device``.
 
@@ -246,23 +260,13 @@ def render(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tensor, poo
     """
     sp = spec(name)
     dev = pool_images.device
-    size = sp.size
     idx = p["index"].to(dev)
     labels = pool_labels[idx]
     digit_labels = boxes = None
+    images = render_digits(name, p, pool_images)
     if name == "addition":
-        idx2 = p["index2"].to(dev)
-        both = torch.stack([idx, idx2], 1).reshape(-1)
-        x = _digits(pool_images, both)
-        images = _warp(x, p["theta"].reshape(-1, 2, 3), size).reshape(-1, 2, *size)
-        digit_labels = torch.stack([labels, pool_labels[idx2]], 1)
+        digit_labels = torch.stack([labels, pool_labels[p["index2"].to(dev)]], 1)
         labels = digit_labels.sum(1)
-    elif name == "E":
-        x = _digits(pool_images, idx)
-        images = exact_render.tps(x, p["points"], size)
-    else:
-        x = _digits(pool_images, idx)
-        images = _warp(x, p["theta"], size, p.get("top_left"))
     if sp.clutter:
         _paste_clutter(images, pool_images, p)
     if sp.has_boxes:
