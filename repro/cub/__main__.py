@@ -11,7 +11,7 @@ import torch
 
 from repro.cub import recipe
 from repro.cub.recipe import MODELS, PROFILES, RUNS, build_experiment, model_name
-from repro.harness.cli import device_problem, main as cli_main, model_problem, out_problem, recipe_options
+from repro.harness.cli import main as cli_main, recipe_options, usage_problem
 from repro.harness.profile import Experiment
 
 
@@ -39,20 +39,14 @@ MINE_FLAGS = {"--no-pretrained"}
 MINE_OPTS = {"--data", "--weights", "--n-st", "--input", "--crop", "--width", "--norm", "--dropout", "--workers"}
 
 
-MINE_FLAGS = {"--no-pretrained"}
-MINE_OPTS = {"--data", "--weights", "--n-st", "--input", "--crop", "--width", "--norm", "--dropout", "--workers"}
-
-
 def main(argv=None) -> int:
     stub = Experiment(name="cub", models=MODELS, build_model=None, train_data=None, evaluate=None,
                       profiles=PROFILES)
     pre, argv = recipe_options(argv, recipe.__doc__, _pre_parser(), stub, str(RUNS))
     if pre is None:  # --help
         return 0
-    problems = [device_problem(pre.device)] if getattr(pre, "device", None) else []
-    problems.append(out_problem(pre.out) if pre.out else None)
-    problems.append(model_problem(MODELS, pre.model))
-    for problem in filter(None, problems):  # before any data is read or rendered
+    problem = usage_problem(MODELS, pre.model, getattr(pre, "device", None), pre.out)
+    if problem:  # before any data is read or rendered
         print(f"error: {problem}", file=sys.stderr)
         return 2
     if not pre.data:

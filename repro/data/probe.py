@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from . import distort
-from .sets import digit_pool
+from .sets import VERSION, digit_pool
 
 PROBED = ("R", "RTS", "P", "E", "TC", "addition", "coloc-T", "coloc-TC")
 CHUNK = 1000  # draws rendered at once
@@ -72,7 +72,7 @@ def control_point_noise_px(points: torch.Tensor) -> torch.Tensor:
 def probe(name: str, n: int = 10_000, seed: int = 0) -> dict:
     """The statistics above over ``n`` draws of set ``name`` (CPU)."""
     distort.spec(name)  # a clear error for an unknown name
-    pool_x, pool_y = digit_pool("train")
+    pool_x, _ = digit_pool("train")
     g = distort.generator("probe", name, seed)
     acc: dict[str, list[torch.Tensor]] = {}
 
@@ -100,14 +100,9 @@ def probe(name: str, n: int = 10_000, seed: int = 0) -> dict:
         if name == "E":
             add("control_point_noise_px", control_point_noise_px(p["points"]))
         if distort.spec(name).clutter:
-            full = distort.render(name, p, pool_x, pool_y).images.to(torch.float64)
-            add("clutter_ink", (full - digits.to(torch.float64)).sum((1, 2, 3)))
+            full = digits.clone()  # the clutter pasted onto the digits already rendered, as render() does
+            distort._paste_clutter(full, pool_x, p)
+            add("clutter_ink", (full - digits).to(torch.float64).sum((1, 2, 3)))
         done += m
     stats = {k: round(float(torch.cat(v).mean()), 4) for k, v in acc.items()}
-    return {"set": name, "data_version": _data_version(), "draws": n, "seed": seed, "stats": stats}
-
-
-def _data_version() -> int:
-    from .sets import VERSION
-
-    return VERSION
+    return {"set": name, "data_version": VERSION, "draws": n, "seed": seed, "stats": stats}

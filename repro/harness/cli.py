@@ -120,6 +120,17 @@ def print_recipe_help(doc: str, recipe_parser: argparse.ArgumentParser, exp: Exp
     print("shared harness options:\n" + parser(exp, default_out).format_help().split("\n", 1)[1])
 
 
+def usage_problem(models: tuple[str, ...], selection: str | None, device: str | None = None,
+                  out: str | None = None) -> str | None:
+    """The first reason (one line) why ``--model`` / ``--device`` / ``--out`` cannot run, in that
+    order, or None: what every recipe checks before any data is read or rendered. ``device`` /
+    ``out`` None: not checked (a recipe that leaves them to its defaults)."""
+    for problem in (model_problem(models, selection), device and device_problem(device), out and out_problem(out)):
+        if problem:
+            return problem
+    return None
+
+
 def recipe_options(argv, doc: str, recipe_parser: argparse.ArgumentParser, exp: Experiment, default_out: str):
     """A recipe's own options, parsed ahead of the harness's: ``(options, argv)``, where
     ``argv`` (``None`` means ``sys.argv[1:]``) keeps every argument for the harness to parse too.
@@ -141,10 +152,10 @@ def main(exp: Experiment, default_out: str, argv=None, notes: list[str] = ()) ->
     import os
 
     models = list(exp.models) if a.model == "all" else [m.strip() for m in a.model.split(",") if m.strip()]
-    for problem in (model_problem(exp.models, a.model), device_problem(a.device), out_problem(a.out)):
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
+    problem = usage_problem(exp.models, a.model, a.device, a.out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     threads = a.threads or (1 if (os.cpu_count() or 1) <= 4 else None)
     if threads:
         torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from repro.harness.cli import device_problem, main as cli_main, model_problem, out_problem, recipe_options
+from repro.harness.cli import main as cli_main, recipe_options, usage_problem
 from repro.harness.profile import Experiment
 from repro.svhn import recipe
 from repro.svhn.recipe import (MODELS, PAPER, PROFILE_DROPOUT, PROFILE_SIZE, PROFILE_WIDTH, PROFILES, RUNS, SYNTH_SIZES,
@@ -44,10 +44,8 @@ def main(argv=None) -> int:
     pre, argv = recipe_options(argv, recipe.__doc__, _pre_parser(), stub, str(RUNS))
     if pre is None:  # --help
         return 0
-    problems = [device_problem(pre.device)] if getattr(pre, "device", None) else []
-    problems.append(out_problem(pre.out) if pre.out else None)
-    problems.append(model_problem(MODELS, pre.model))
-    for problem in filter(None, problems):  # before any data is read or rendered
+    problem = usage_problem(MODELS, pre.model, getattr(pre, "device", None), pre.out)
+    if problem:  # before any data is read or rendered
         print(f"error: {problem}", file=sys.stderr)
         return 2
     size = pre.size or PROFILE_SIZE[pre.profile]
