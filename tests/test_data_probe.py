@@ -20,7 +20,7 @@ def test_mirrored_sees_a_reflection_and_not_a_rotation():
     flip = _homography([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     # orientation reversed by a negative w at the centre, not by A: still a mirror image
     negative_w = _homography([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
-    got = probe.mirrored(torch.cat([rotation, flip, negative_w]))
+    got = distort.mirrored(torch.cat([rotation, flip, negative_w]))
     assert got.tolist() == [False, True, False]  # det(A w0 - p0 c) = det(-I) = +1: the 2-D map is -x, a rotation by pi
 
 
@@ -28,7 +28,7 @@ def test_horizon_crosses_only_where_w_changes_sign_on_the_canvas():
     inside = _homography([[1.0, 0, 0], [0, 1.0, 0], [0.5, 0.0, 0.2]])   # w = 0 at x = -0.4
     outside = _homography([[1.0, 0, 0], [0, 1.0, 0], [0.5, 0.0, 2.0]])  # w = 0 at x = -4
     touching = _homography([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0.0, 1.0]])  # w = 0 on the edge x = -1
-    assert probe.horizon_crosses(torch.cat([inside, outside, touching])).tolist() == [True, False, True]
+    assert distort.horizon_crosses(torch.cat([inside, outside, touching])).tolist() == [True, False, True]
 
 
 def test_control_point_noise_is_the_distance_from_the_scaled_grid():
@@ -68,7 +68,13 @@ def test_probe_command_prints_and_writes_json(real_mnist, tmp_path, capsys):
     main(["probe", "RTS", "--n", "100", "--json", str(out)])
     assert "ink_kept" in capsys.readouterr().out
     r = json.loads(out.read_text())
-    assert r["set"] == "RTS" and r["draws"] == 100 and r["data_version"] >= 2
+    assert r["data"] == {"set": "RTS", "version": 2, "options": {}} and r["draws"] == 100
+    main(["probe", "P", "--n", "100", "--json", str(out), "--option", "corners=source", "--option", "reject=horizon"])
+    assert "options corners=source" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["data"]["options"]["corners"] == "source" and r["stats"]["horizon_crosses"] == 0.0
+    with pytest.raises(SystemExit, match="unknown data option"):
+        main(["probe", "P", "--n", "10", "--option", "corner=source"])
 
 
 def test_probe_unknown_set_is_a_clear_error():

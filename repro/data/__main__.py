@@ -4,6 +4,9 @@
 ``python -m repro.data probe NAME [--n 10000] [--seed 0] [--json FILE]`` (difficulty statistics:
 ``repro/data/probe.py``)
 
+``show``, ``build`` and ``probe`` take ``--option KEY=VALUE`` (repeatable): a generator option of
+the set (``repro/data/options.py``: e.g. ``probe P --option corners=source --option sigma=3.5``).
+
 ``show`` writes a PNG grid of samples (boxes drawn for co-localisation, the two channels of
 ``addition`` side by side with a separator, labels in the titles) to
 ``runs/data/<NAME>_<split>_samples.png`` at the repository root (``--out``: another file, or a
@@ -84,9 +87,10 @@ def cmd_show(args):
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.name in distort.NAMES:
         if args.online:
-            batch = OnlineStream(args.name, args.n, seed=args.seed, device=args.device or "cpu").batch(args.step)
+            batch = OnlineStream(args.name, args.n, seed=args.seed, device=args.device or "cpu",
+                                 options=args.option).batch(args.step)
         else:
-            ds = make(args.name, args.split, args.seed, device=args.device, verbose=True)
+            ds = make(args.name, args.split, args.seed, device=args.device, verbose=True, options=args.option)
             batch = ds.get(slice(0, args.n))
         panels, titles, boxes = _mnist_panels(args.name, batch, args.n)
         _grid_png(panels, titles, boxes, out)
@@ -125,7 +129,7 @@ def cmd_build(args):
     splits = ("train", "test") if args.split == "both" else (args.split,)
     for split in splits:
         t0 = time.perf_counter()
-        ds = make(args.name, split, args.seed, device=args.device)
+        ds = make(args.name, split, args.seed, device=args.device, options=args.option)
         print(f"{args.name}/{split}/seed{args.seed}: {len(ds)} images {tuple(ds.images_u8.shape[1:])} "
               f"in {time.perf_counter() - t0:.1f} s")
 
@@ -144,12 +148,15 @@ def cmd_mnist(args):
 def cmd_probe(args):
     import json
 
+    from .options import describe
     from .probe import probe
 
     t0 = time.perf_counter()
-    r = probe(args.name, n=args.n, seed=args.seed)
+    r = probe(args.name, n=args.n, seed=args.seed, options=args.option)
     r["wall_time_s"] = round(time.perf_counter() - t0, 1)
-    print(f"{r['set']} (data version {r['data_version']}, {r['draws']} draws, seed {r['seed']}, "
+    d = r["data"]
+    opts = f", options {describe(d['options'])}" if d["options"] else ""
+    print(f"{d['set']} (data version {d['version']}{opts}, {r['draws']} draws, seed {r['seed']}, "
           f"{r['wall_time_s']} s):")
     for k, v in r["stats"].items():
         print(f"  {k:24s} {v}")
@@ -187,6 +194,9 @@ def main(argv=None):
     pr.add_argument("--n", type=int, default=10_000, help="draws (default 10000)")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--json", help="also write the result as JSON to this file")
+    for cmd in (s, b, pr):
+        cmd.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a generator option of the set (repeatable; repro/data/options.py)")
     args = p.parse_args(argv)
     if args.mnist_dir:
         os.environ["STN_MNIST_DIR"] = args.mnist_dir
@@ -198,7 +208,7 @@ def main(argv=None):
 
     try:
         {"show": cmd_show, "build": cmd_build, "mnist": cmd_mnist, "probe": cmd_probe}[args.cmd](args)
-    except (CUBLayoutError, SVHNLayoutError, MnistError) as e:
+    except (CUBLayoutError, SVHNLayoutError, MnistError, ValueError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -26,16 +26,24 @@ for train, test digits for test, never mixed):
   m = (42 - 28 s) / 2, i.e. the scaled (unrotated) 28×28 frame stays inside the canvas.
   Translation is continuous (bilinear).
 * ``P`` (1×28×28, 10 classes): scale s ~ U(0.75, 1.0) about the centre, then each of the four
-  corners of the (scaled) digit frame moved by N(0, 5 px) per axis; the projective warp is the
-  homography taking the moved corners to the source corners (solved per image in float64).
-* ``E`` (1×28×28, 10 classes): scale s ~ U(0.75, 1.0), then the 16 control points of a 4×4 TPS
-  grid over [-1, 1]² moved by N(0, 1.5 px) per axis: ``points = control_points / s + δ``
-  (``tps_warp`` points are where each control point lands in the source).
+  corners moved by N(0, sigma) per axis (options ``corners``, ``sigma``, ``reject``: see
+  :mod:`repro.data.options`). ``corners=output``: the (scaled) digit frame's corners land at
+  ``s·c + δ`` in the output, the homography takes them to the source corners c; ``source``: the
+  canvas's corners c sample the source at ``c / s + δ``. The homography is solved per image in
+  float64. With ``reject``, each image draws ``P_CANDIDATES`` candidates and keeps the first that
+  passes (:func:`p_degenerate`); if none does (probability ~ rate^8) it keeps the last.
+* ``E`` (1×28×28, 10 classes): scale s ~ U(0.75, 1.0), then the control points of a g×g TPS
+  grid over [-1, 1]² (option ``grid``, 4: the text's 16) moved by N(0, sigma) per axis (option
+  ``sigma``, 1.5 px): ``points = control_points / s + δ`` (``tps_warp`` points are where each
+  control point lands in the source).
 * ``TC`` (1×60×60, 10 classes): the digit at a uniform random *integer* position with its
   whole 28×28 frame inside the 60×60 canvas (so bilinear sampling copies it exactly), plus six
   6×6 patches, each cut from another random digit of the pool (never the same image) at a
-  uniform random position inside the central 20×20 of the 28×28 image (where MNIST's ink is),
-  pasted at a uniform random integer position in the canvas; overlaps combine by max.
+  uniform random position of the 28×28 image (option ``patch_from``: ``anywhere``, as DeepMind's
+  ``mnist_cluttered.lua``; ``centre20``: inside the central 20×20, data version 2), pasted at a
+  uniform random integer position in the canvas; digit and clutter combine by ``add`` then clip
+  to 1 (``mnist_cluttered.lua``; the clutter sum is exact in integers, so the bits do not depend
+  on the order) or ``max`` (version 2) (option ``combine``).
 * ``addition`` (2×42×42, 19 classes): two digits, each independently RTS-distorted as above,
   one per channel; label = sum of the two digit labels (0..18), ``digit_labels`` (N, 2) kept.
 * ``coloc-T`` / ``coloc-TC`` (1×84×84, 10 classes): the 28×28 digit at a uniform random
@@ -53,9 +61,11 @@ import numpy as np
 import torch
 
 from . import exact_render
+from . import options as data_options
 
 DIGIT = 28
 PATCH = 6
+P_CANDIDATES = 8  # P with ``reject``: candidate draws per image
 
 
 @dataclass(frozen=True)
@@ -149,21 +159,98 @@ def _rts_theta(g, n, out_size):
     return affine_theta(angle, scale, offset, out_size)
 
 
-def _clutter(g, primary, pool, count, canvas):
+def _clutter(g, primary, pool, count, canvas, patch_from):
     n = primary.shape[0]
     if count == 0:
         return None
     src = _other_index(g, primary[:, None].expand(n, count).reshape(-1), pool)
-    lo, hi = (DIGIT - 20) // 2, (DIGIT - 20) // 2 + 20 - PATCH  # crop inside the central 20×20
+    if patch_from == "centre20":  # crop inside the central 20×20
+        lo, hi = (DIGIT - 20) // 2, (DIGIT - 20) // 2 + 20 - PATCH
+    else:  # anywhere in the 28×28 digit
+        lo, hi = 0, DIGIT - PATCH
     crop = torch.randint(lo, hi + 1, (n * count, 2), generator=g)  # (x, y) top-left in the digit
     dest = torch.randint(0, canvas - PATCH + 1, (n * count, 2), generator=g)  # (x, y) in the canvas
     return {"clutter_src": src.reshape(n, count), "clutter_crop": crop.reshape(n, count, 2),
             "clutter_dest": dest.reshape(n, count, 2)}
 
 
-def sample_params(name: str, primary: torch.Tensor, pool: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-    """All random choices for images whose first digit is pool index ``primary`` (N,), on the CPU."""
+_CORNERS = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))
+
+
+def _apply(theta: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """(N, K, 2) points mapped by the (N, 3, 3) homographies, elementwise (same bits everywhere)."""
+    x, y = pts[..., 0], pts[..., 1]
+    t = theta[:, :, None, :]  # (N, 3, 1, 3)
+    u = t[:, 0, :, 0] * x + t[:, 0, :, 1] * y + t[:, 0, :, 2]
+    v = t[:, 1, :, 0] * x + t[:, 1, :, 1] * y + t[:, 1, :, 2]
+    w = t[:, 2, :, 0] * x + t[:, 2, :, 1] * y + t[:, 2, :, 2]
+    return torch.stack([u / w, v / w], -1)
+
+
+def mirrored(theta: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the projective map (N, 3, 3) output -> source reverses orientation at the
+    output centre (0, 0). With (u, v, w) = theta [x, y, 1], the Jacobian of (u/w, v/w) there is
+    (A w0 - p0 c) / w0^2, A = theta[:2, :2], p0 = theta[:2, 2], c = theta[2, :2], w0 = theta[2, 2];
+    its determinant's sign is that of det(A w0 - p0 c) (elementwise: the same bits everywhere)."""
+    w0 = theta[:, 2, 2]
+    j = theta[:, :2, :2] * w0[:, None, None] - theta[:, :2, 2, None] * theta[:, 2, None, :2]
+    return j[:, 0, 0] * j[:, 1, 1] - j[:, 0, 1] * j[:, 1, 0] < 0
+
+
+def horizon_crosses(theta: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: w = theta[2] . [x, y, 1] is 0 somewhere on the canvas [-1, 1]^2 (w is linear,
+    so it is iff its values at the four corners are not all of one sign)."""
+    w = torch.stack([theta[:, 2, 0] * x + theta[:, 2, 1] * y + theta[:, 2, 2] for x, y in _CORNERS], 1)
+    return ~((w > 0).all(1) | (w < 0).all(1))
+
+
+def frame_extent(quad: torch.Tensor) -> torch.Tensor:
+    """(N,) the smaller of the mean width and mean height of the (N, 4, 2) quad (corners in
+    _CORNERS order: top-left, top-right, bottom-right, bottom-left) as a fraction of the canvas."""
+    width = (quad[:, 1, 0] + quad[:, 2, 0] - quad[:, 0, 0] - quad[:, 3, 0]) / 4
+    height = (quad[:, 2, 1] + quad[:, 3, 1] - quad[:, 0, 1] - quad[:, 1, 1]) / 4
+    return torch.minimum(width, height)
+
+
+def p_degenerate(theta: torch.Tensor, quad: torch.Tensor, reject: str, min_extent: float) -> torch.Tensor:
+    """(N,) bool: the draw fails P's ``reject`` tests (``quad``: the output corners of the source frame)."""
+    bad = torch.zeros(theta.shape[0], dtype=torch.bool)
+    parts = () if reject == "none" else reject.split("+")
+    if "mirrored" in parts:
+        bad |= mirrored(theta)
+    if "horizon" in parts:
+        bad |= horizon_crosses(theta)
+    if "squashed" in parts:
+        bad |= ~(frame_extent(quad) >= min_extent)  # NaN extents count as squashed
+    return bad
+
+
+def _p_theta(g, n, size, o):
+    """P's homographies (N, 3, 3) for the resolved options ``o`` (see the module docstring)."""
+    k = 1 if o["reject"] == "none" else P_CANDIDATES
+    scale = _uniform(g, n * k, 0.75, 1.0)
+    corners = torch.tensor(_CORNERS, dtype=torch.float64)[None].expand(n * k, 4, 2)
+    noise = torch.randn(n * k, 4, 2, generator=g, dtype=torch.float64) * (o["sigma"] * 2 / size)
+    if o["corners"] == "output":
+        quad = corners * scale[:, None, None] + noise  # where the source frame's corners land
+        theta = homography(quad, corners)
+    else:
+        theta = homography(corners, corners / scale[:, None, None] + noise)
+        quad = _apply(homography(corners / scale[:, None, None] + noise, corners), corners)
+    if k == 1:
+        return theta
+    bad = p_degenerate(theta, quad, o["reject"], o["min_extent"]).reshape(n, k)
+    # the first candidate that passes; the last one if none does
+    first_ok = torch.where(bad, k - 1, torch.arange(k)).amin(1)
+    return theta.reshape(n, k, 3, 3)[torch.arange(n), first_ok]
+
+
+def sample_params(name: str, primary: torch.Tensor, pool: int, g: torch.Generator,
+                  options: dict | None = None) -> dict[str, torch.Tensor]:
+    """All random choices for images whose first digit is pool index ``primary`` (N,), on the CPU,
+    for the set's generator ``options`` (:func:`repro.data.options.resolve`; None: the defaults)."""
     sp = spec(name)
+    o = data_options.resolve(name, options)
     primary = primary.to(torch.int64).cpu()
     n = primary.shape[0]
     out = {"index": primary}
@@ -174,14 +261,13 @@ def sample_params(name: str, primary: torch.Tensor, pool: int, g: torch.Generato
     elif name == "RTS":
         out["theta"] = _rts_theta(g, n, h)
     elif name == "P":
-        scale = _uniform(g, n, 0.75, 1.0)
-        corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
-        dst = corners[None] * scale[:, None, None] + torch.randn(n, 4, 2, generator=g, dtype=torch.float64) * (5.0 * 2 / h)
-        out["theta"] = homography(dst, corners[None].expand(n, 4, 2))
+        out["theta"] = _p_theta(g, n, h, o)
     elif name == "E":
         scale = _uniform(g, n, 0.75, 1.0)
-        cps = control_points(16)
-        out["points"] = cps[None] / scale[:, None, None] + torch.randn(n, 16, 2, generator=g, dtype=torch.float64) * (1.5 * 2 / DIGIT)
+        k = o["grid"] ** 2
+        cps = control_points(k)
+        noise = torch.randn(n, k, 2, generator=g, dtype=torch.float64) * (o["sigma"] * 2 / DIGIT)
+        out["points"] = cps[None] / scale[:, None, None] + noise
     elif name == "addition":
         second = torch.randint(0, pool, (n,), generator=g)
         out["index2"] = second
@@ -191,7 +277,7 @@ def sample_params(name: str, primary: torch.Tensor, pool: int, g: torch.Generato
         offset = (top_left + DIGIT / 2 - h / 2).to(torch.float64)
         out["top_left"] = top_left
         out["theta"] = affine_theta(torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64), offset, h)
-    clutter = _clutter(g, primary, pool, sp.clutter, h)
+    clutter = _clutter(g, primary, pool, sp.clutter, h, o.get("patch_from"))
     if clutter:
         out.update(clutter)
     return out
@@ -223,8 +309,9 @@ def _warp(x_u8: torch.Tensor, theta: torch.Tensor, size, top_left=None) -> torch
     return exact_render.affine(x_u8, theta, size)
 
 
-def _paste_clutter(canvas: torch.Tensor, pool_images: torch.Tensor, p: dict) -> None:
-    """Paste 6×6 crops of other digits into ``canvas`` (N, 1, H, W) in place, combining by max."""
+def _paste_clutter(canvas: torch.Tensor, pool_images: torch.Tensor, p: dict, combine: str) -> None:
+    """Paste 6×6 crops of other digits into ``canvas`` (N, 1, H, W) in place: ``combine`` 'max', or
+    'add' (the clutter summed exactly in integers, then added once; :func:`render` clips to 1)."""
     dev = canvas.device
     n, _, hgt, wid = canvas.shape
     src = p["clutter_src"].reshape(-1).to(dev)
@@ -233,10 +320,16 @@ def _paste_clutter(canvas: torch.Tensor, pool_images: torch.Tensor, p: dict) -> 
     ar = torch.arange(PATCH, device=dev)
     # one flat gather: pixel (row, col) of pool digit src is element src·784 + row·28 + col
     at = (src * (DIGIT * DIGIT) + crop[:, 1] * DIGIT + crop[:, 0])[:, None, None] + ar[:, None] * DIGIT + ar
-    patches = pool_images.reshape(-1)[at].to(torch.float32).div_(255.0)  # (M, 6, 6)
+    patches = pool_images.reshape(-1)[at]  # (M, 6, 6) uint8
     img = torch.arange(n, device=dev).repeat_interleave(p["clutter_src"].shape[1])
     flat = (img[:, None, None] * (hgt * wid) + (dest[:, 1:2] + ar)[:, :, None] * wid + (dest[:, 0:1] + ar)[:, None, :])
-    canvas.view(-1).scatter_reduce_(0, flat.reshape(-1), patches.reshape(-1), reduce="amax")
+    if combine == "max":
+        canvas.view(-1).scatter_reduce_(0, flat.reshape(-1), patches.reshape(-1).to(torch.float32).div_(255.0),
+                                        reduce="amax")
+        return
+    ink = torch.zeros(canvas.numel(), dtype=torch.int32, device=dev)  # integer sum: exact in any order
+    ink.scatter_add_(0, flat.reshape(-1), patches.reshape(-1).to(torch.int32))
+    canvas.view(-1).add_(ink.to(torch.float32).div_(255.0))
 
 
 def render_digits(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tensor) -> torch.Tensor:
@@ -253,12 +346,15 @@ def render_digits(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tens
     return _warp(_digits(pool_images, idx), p["theta"], size, p.get("top_left"))
 
 
-def render(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tensor, pool_labels: torch.Tensor) -> Rendered:
-    """Images for the parameters ``p`` (from :func:`sample_params`) on ``pool_images.device``.
+def render(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tensor, pool_labels: torch.Tensor,
+           options: dict | None = None) -> Rendered:
+    """Images for the parameters ``p`` (from :func:`sample_params` with the same ``options``) on
+    ``pool_images.device``.
 
     ``pool_images``: uint8 (P, 28, 28) digits of the split, ``pool_labels``: int64 (P,), same device.
     """
     sp = spec(name)
+    o = data_options.resolve(name, options)
     dev = pool_images.device
     idx = p["index"].to(dev)
     labels = pool_labels[idx]
@@ -268,7 +364,7 @@ def render(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tensor, poo
         digit_labels = torch.stack([labels, pool_labels[p["index2"].to(dev)]], 1)
         labels = digit_labels.sum(1)
     if sp.clutter:
-        _paste_clutter(images, pool_images, p)
+        _paste_clutter(images, pool_images, p, o["combine"])
     if sp.has_boxes:
         tl = p["top_left"].to(dev, torch.float32)
         boxes = torch.cat([tl, tl + DIGIT], 1)

@@ -12,11 +12,13 @@ renders from them, before clutter), each beside what it measures:
   counts as width 0).
 * P only -- ``mirrored``: the fraction whose homography reverses orientation at the canvas centre
   (the sign of the Jacobian of output -> source there); ``horizon_crosses``: the fraction where
-  w = 0 (the horizon) lies on the canvas, tested at its four corners (w changes sign or is 0).
+  w = 0 (the horizon) lies on the canvas, tested at its four corners (w changes sign or is 0);
+  both are the generator's own tests (:func:`repro.data.distort.mirrored`, ``horizon_crosses``),
+  which its ``reject`` option applies.
 * E only -- ``control_point_noise_px``: the mean distance, in source pixels, of the 16 control
   points from the scaled regular grid fitted to them by least squares (what the N(0, sigma) noise
   moved; the text's sigma is 1.5 px per axis, so ~1.88 px expected).
-* clutter sets -- ``clutter_ink``: the ink that clutter adds per image (image minus the digit).
+* clutter sets -- ``clutter_ink``: the ink that clutter adds per image (the clipped image minus the digit).
 
 What these probes do not do yet (issue #29, item 2): the short FCN run per set whose error is
 reported as a ratio to R's. Channels of the ``addition`` set are measured as separate digits.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from . import distort
-from .sets import VERSION, digit_pool
+from .sets import data_record, digit_pool
 
 PROBED = ("R", "RTS", "P", "E", "TC", "addition", "coloc-T", "coloc-TC")
 CHUNK = 1000  # draws rendered at once
@@ -41,26 +43,6 @@ def _width(img: torch.Tensor) -> torch.Tensor:
     return (hi - lo + 1).clamp_min(0).to(torch.float64)
 
 
-def mirrored(theta: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: the projective map (N, 3, 3) output -> source reverses orientation at the
-    output centre (0, 0). With (u, v, w) = theta [x, y, 1], the Jacobian of (u/w, v/w) there is
-    (A w0 - p0 c) / w0^2, A = theta[:2, :2], p0 = theta[:2, 2], c = theta[2, :2], w0 = theta[2, 2];
-    its determinant's sign is that of det(A w0 - p0 c)."""
-    a, p0 = theta[:, :2, :2], theta[:, :2, 2]
-    c, w0 = theta[:, 2, :2], theta[:, 2, 2]
-    j = a * w0[:, None, None] - p0[:, :, None] * c[:, None, :]
-    return torch.linalg.det(j) < 0
-
-
-def horizon_crosses(theta: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: w = theta[2] . [x, y, 1] is 0 somewhere on the canvas [-1, 1]^2 (w is linear,
-    so it is iff its values at the four corners are not all of one sign)."""
-    corners = torch.tensor([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]],
-                           dtype=theta.dtype)
-    w = theta[:, 2, :] @ corners.T  # (N, 4)
-    return ~((w > 0).all(1) | (w < 0).all(1))
-
-
 def control_point_noise_px(points: torch.Tensor) -> torch.Tensor:
     """(N,) mean distance (source pixels) of the (N, 16, 2) E control points from s * grid, s the
     least-squares scale (the generator places them at grid / scale + noise)."""
@@ -69,9 +51,10 @@ def control_point_noise_px(points: torch.Tensor) -> torch.Tensor:
     return (points - s[:, None, None] * grid).norm(dim=-1).mean(1) * (distort.DIGIT / 2)
 
 
-def probe(name: str, n: int = 10_000, seed: int = 0) -> dict:
-    """The statistics above over ``n`` draws of set ``name`` (CPU)."""
-    distort.spec(name)  # a clear error for an unknown name
+def probe(name: str, n: int = 10_000, seed: int = 0, options=None) -> dict:
+    """The statistics above over ``n`` draws of set ``name`` with generator ``options`` (CPU)."""
+    record = data_record(name, options)  # a clear error for an unknown name or option
+    options = record["options"]
     pool_x, _ = digit_pool("train")
     g = distort.generator("probe", name, seed)
     acc: dict[str, list[torch.Tensor]] = {}
@@ -83,7 +66,7 @@ def probe(name: str, n: int = 10_000, seed: int = 0) -> dict:
     while done < n:
         m = min(CHUNK, n - done)
         primary = torch.randint(0, pool_x.shape[0], (m,), generator=g)
-        p = distort.sample_params(name, primary, pool_x.shape[0], g)
+        p = distort.sample_params(name, primary, pool_x.shape[0], g, options)
         digits = torch.nan_to_num(distort.render_digits(name, p, pool_x), nan=0.0).clamp(0, 1)
         src_idx = torch.stack([p["index"], p["index2"]], 1).reshape(-1) if name == "addition" else p["index"]
         src = pool_x[src_idx].to(torch.float64) / 255.0
@@ -95,14 +78,14 @@ def probe(name: str, n: int = 10_000, seed: int = 0) -> dict:
         add("width_ratio", wr)
         add("squashed_below_quarter", wr < 0.25)
         if name == "P":
-            add("mirrored", mirrored(p["theta"]))
-            add("horizon_crosses", horizon_crosses(p["theta"]))
+            add("mirrored", distort.mirrored(p["theta"]))
+            add("horizon_crosses", distort.horizon_crosses(p["theta"]))
         if name == "E":
             add("control_point_noise_px", control_point_noise_px(p["points"]))
         if distort.spec(name).clutter:
             full = digits.clone()  # the clutter pasted onto the digits already rendered, as render() does
-            distort._paste_clutter(full, pool_x, p)
-            add("clutter_ink", (full - digits).to(torch.float64).sum((1, 2, 3)))
+            distort._paste_clutter(full, pool_x, p, options["combine"])
+            add("clutter_ink", (full.clamp(0, 1) - digits).to(torch.float64).sum((1, 2, 3)))
         done += m
     stats = {k: round(float(torch.cat(v).mean()), 4) for k, v in acc.items()}
-    return {"set": name, "data_version": VERSION, "draws": n, "seed": seed, "stats": stats}
+    return {"data": record, "draws": n, "seed": seed, "stats": stats}

@@ -6,10 +6,16 @@ is digit i and the second a seeded random digit of the same split. All random nu
 a CPU generator seeded by (name, split, seed), so a set does not depend on the device it was
 rendered on beyond float rounding. Images are stored (on disk and in memory) as uint8
 round(255·x) and exposed as float32 / 255 in ``.images``; the cache is
-``$STN_DATA_DIR/sets/{name}_{split}_seed{seed}_v{VERSION}.npz`` (no pickle), written atomically
-with the sha256 of its arrays and of what it is (name / split / seed / version); a file whose
+``$STN_DATA_DIR/sets/{name}[-{options tag}]_{split}_seed{seed}_v{version}.npz`` (no pickle; the tag,
+a hash of the generator options, only where they are not the defaults), written atomically with
+the sha256 of its arrays and of what it is (name / options / split / seed / version); a file whose
 content does not match (edited, truncated, another set's file, no hash) is rebuilt with a
 one-line message.
+
+Generator options (:mod:`repro.data.options`): every entry point takes ``options`` (a mapping or
+``key=value`` strings; None: the defaults), resolves it once and carries the full dict;
+:func:`data_record` is what a result records.
+
 
 Online streams: ``OnlineStream(name, batch_size, seed, device, rank, world_size).batch(step)``
 is a pure function of (name, seed, rank, world_size, step): the batch of rank r at step t is
@@ -30,10 +36,25 @@ import numpy as np
 import torch
 
 from . import distort
+from . import options as data_options
 from .mnist import data_dir, load_hashed_npz, load_mnist, save_hashed_npz
 
-VERSION = 2  # 2: exact rendering (repro.data.exact_render), the same bits on every machine; 1: per-machine bits
+# Data versions, per set: a set's version changes whenever its default bits do, so that an old cache
+# file is rebuilt, never reused. 1: per-machine bits; 2: exact rendering (repro.data.exact_render), the
+# same bits on every machine; 3 (TC, coloc-TC): DeepMind's clutter (patches from anywhere in the digit,
+# added then clipped) by default.
+VERSIONS = {"R": 2, "RTS": 2, "P": 2, "E": 2, "TC": 3, "addition": 2, "coloc-T": 2, "coloc-TC": 3}
 CHUNK = 4096
+
+
+def version(name: str) -> int:
+    distort.spec(name)
+    return VERSIONS[name]
+
+
+def data_record(name: str, options=None) -> dict:
+    """What a result records about its data: ``{"set", "version", "options"}`` (options in full)."""
+    return {"set": name, "version": version(name), "options": data_options.resolve(name, options)}
 
 
 @dataclass
@@ -69,8 +90,9 @@ def _resolve_device(device):
 class FixedSet:
     """A fixed data set: uint8 storage, float32 ``.images`` on access."""
 
-    def __init__(self, name, split, seed, images_u8, labels, digit_labels=None, boxes=None):
+    def __init__(self, name, split, seed, images_u8, labels, digit_labels=None, boxes=None, options=None):
         self.name, self.split, self.seed = name, split, seed
+        self.options = data_options.resolve(name, options)
         sp = distort.spec(name)
         self.channels, self.size, self.num_classes = sp.channels, sp.size, sp.num_classes
         self.images_u8 = images_u8  # uint8 (N, C, H, W)
@@ -100,23 +122,26 @@ class FixedSet:
                 f"shape={tuple(self.images_u8.shape[1:])})")
 
 
-def cache_path(name: str, split: str, seed: int, cache_dir=None) -> Path:
-    return data_dir(cache_dir) / "sets" / f"{name}_{split}_seed{seed}_v{VERSION}.npz"
+def cache_path(name: str, split: str, seed: int, cache_dir=None, options=None) -> Path:
+    tag = data_options.tag(name, data_options.resolve(name, options))
+    stem = f"{name}-{tag}" if tag else name
+    return data_dir(cache_dir) / "sets" / f"{stem}_{split}_seed{seed}_v{version(name)}.npz"
 
 
 def build(name: str, split: str, seed: int = 0, device=None, chunk: int = CHUNK, n: int | None = None,
-          select: torch.Tensor | None = None) -> FixedSet:
+          select: torch.Tensor | None = None, options=None) -> FixedSet:
     """Generate a fixed set (no cache). ``n`` limits it to the first n images; ``select`` (indices)
     to those images. Either gives exactly the corresponding images of the full set (every image's
     random numbers are drawn up front for the whole split)."""
     sp = distort.spec(name)
+    options = data_options.resolve(name, options)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     device = _resolve_device(device)
     pool_x, pool_y = digit_pool(split, device)
     total = pool_x.shape[0]
     g = distort.generator(name, split, int(seed))
-    params = distort.sample_params(name, torch.arange(total), total, g)
+    params = distort.sample_params(name, torch.arange(total), total, g, options)
     if select is None:
         select = torch.arange(total if n is None else min(int(n), total))
     params = distort.take(params, select.to(torch.int64).cpu())
@@ -128,14 +153,14 @@ def build(name: str, split: str, seed: int = 0, device=None, chunk: int = CHUNK,
     with torch.no_grad():
         for s in range(0, count, chunk):
             sl = slice(s, min(s + chunk, count))
-            r = distort.render(name, distort.take(params, sl), pool_x, pool_y)
+            r = distort.render(name, distort.take(params, sl), pool_x, pool_y, options)
             imgs[sl] = r.images.mul_(255.0).round_().to(torch.uint8).cpu()
             labels[sl] = r.labels.cpu()
             if digit_labels is not None:
                 digit_labels[sl] = r.digit_labels.cpu()
             if boxes is not None:
                 boxes[sl] = r.boxes.cpu()
-    return FixedSet(name, split, int(seed), imgs, labels, digit_labels, boxes)
+    return FixedSet(name, split, int(seed), imgs, labels, digit_labels, boxes, options)
 
 
 def _save(path: Path, ds: FixedSet) -> None:
@@ -144,30 +169,32 @@ def _save(path: Path, ds: FixedSet) -> None:
         arrays["digit_labels"] = ds.digit_labels.numpy()
     if ds.boxes is not None:
         arrays["boxes"] = ds.boxes.numpy()
-    save_hashed_npz(path, arrays, _meta(ds.name, ds.split, ds.seed))
+    save_hashed_npz(path, arrays, _meta(ds.name, ds.split, ds.seed, ds.options))
 
 
-def _meta(name, split, seed) -> str:
+def _meta(name, split, seed, options) -> str:
     """What a cache file is of, hashed with its arrays (a file copied to another name fails)."""
-    return f"{name}/{split}/seed{int(seed)}/v{VERSION}"
+    opts = data_options.describe(options)
+    return f"{name}/{split}/seed{int(seed)}/v{version(name)}" + (f"/{opts}" if opts else "")
 
 
-def _load(path: Path, name, split, seed) -> FixedSet:
-    arrays = load_hashed_npz(path, _meta(name, split, seed))
+def _load(path: Path, name, split, seed, options) -> FixedSet:
+    arrays = load_hashed_npz(path, _meta(name, split, seed, options))
     t = {k: torch.from_numpy(v) for k, v in arrays.items()}
     sp = distort.spec(name)
     if t["images"].dim() != 4 or tuple(t["images"].shape[1:]) != (sp.channels, *sp.size):
         raise ValueError(f"holds images of shape {tuple(t['images'].shape)}, expected (N, {sp.channels}, "
                          f"{sp.size[0]}, {sp.size[1]})")
-    return FixedSet(name, split, seed, t["images"], t["labels"], t.get("digit_labels"), t.get("boxes"))
+    return FixedSet(name, split, seed, t["images"], t["labels"], t.get("digit_labels"), t.get("boxes"), options)
 
 
 _MEMO: dict[tuple, FixedSet] = {}
 
 
 def make(name: str, split: str, seed: int = 0, *, device=None, cache: bool = True, cache_dir=None,
-         verbose: bool = False) -> FixedSet:
-    """The fixed data set ``name`` / ``split`` / ``seed`` (built on ``device`` once, then cached on disk).
+         verbose: bool = False, options=None) -> FixedSet:
+    """The fixed data set ``name`` / ``split`` / ``seed`` with generator ``options`` (built on ``device``
+    once, then cached on disk).
 
     Returns an object with ``.images`` float32 (N, C, H, W) in [0, 1], ``.labels`` int64 (N,),
     ``.digit_labels`` (addition: int64 (N, 2), else None), ``.boxes`` (co-localisation: float32
@@ -175,19 +202,20 @@ def make(name: str, split: str, seed: int = 0, *, device=None, cache: bool = Tru
     Memoised per process.
     """
     distort.spec(name)
-    key = (name, split, int(seed), str(data_dir(cache_dir)), cache)
+    options = data_options.resolve(name, options)
+    key = (name, data_options.describe(options), split, int(seed), str(data_dir(cache_dir)), cache)
     if key in _MEMO:
         return _MEMO[key]
-    path = cache_path(name, split, seed, cache_dir)
+    path = cache_path(name, split, seed, cache_dir, options)
     ds = None
     if cache and path.is_file():
         try:
-            ds = _load(path, name, split, int(seed))
+            ds = _load(path, name, split, int(seed), options)
         except Exception as e:  # corrupt / partial / altered cache: rebuild
             print(f"[repro.data] rebuilding cache {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     if ds is None:
         t0 = time.perf_counter()
-        ds = build(name, split, seed, device)
+        ds = build(name, split, seed, device, options=options)
         if verbose:
             print(f"[repro.data] built {name}/{split}/seed{seed}: {len(ds)} images in {time.perf_counter() - t0:.1f} s")
         if cache:
@@ -196,27 +224,30 @@ def make(name: str, split: str, seed: int = 0, *, device=None, cache: bool = Tru
     return ds
 
 
-def colocalisation_set(variant: str, digit: int, seed: int = 0, split: str = "test", n: int = 100, **kw) -> FixedSet:
+def colocalisation_set(variant: str, digit: int, seed: int = 0, split: str = "test", n: int = 100, *,
+                       options=None, **kw) -> FixedSet:
     """The paper's co-localisation data set: the first ``n`` images of class ``digit`` in
-    ``make(variant, split, seed)`` (``variant``: 'T' / 'TC' or 'coloc-T' / 'coloc-TC')."""
+    ``make(variant, split, seed, options=options)`` (``variant``: 'T' / 'TC' or 'coloc-T' / 'coloc-TC')."""
     name = variant if variant.startswith("coloc-") else f"coloc-{variant}"
     if name not in ("coloc-T", "coloc-TC"):
         raise ValueError(f"variant must be 'T' or 'TC', got {variant!r}")
     if not 0 <= int(digit) <= 9:
         raise ValueError(f"digit must be 0..9, got {digit}")
-    key = (name, split, int(seed), str(data_dir(kw.get("cache_dir"))), kw.get("cache", True))
-    if key in _MEMO or (kw.get("cache", True) and cache_path(name, split, seed, kw.get("cache_dir")).is_file()):
-        ds = make(name, split, seed, **kw)
+    options = data_options.resolve(name, options)
+    key = (name, data_options.describe(options), split, int(seed), str(data_dir(kw.get("cache_dir"))),
+           kw.get("cache", True))
+    if key in _MEMO or (kw.get("cache", True) and cache_path(name, split, seed, kw.get("cache_dir"), options).is_file()):
+        ds = make(name, split, seed, options=options, **kw)
         sel = torch.nonzero(ds.labels == int(digit)).flatten()[:n]
         if sel.numel() < n:
             raise ValueError(f"only {sel.numel()} images of digit {digit} in {name}/{split}")
-        return FixedSet(name, split, seed, ds.images_u8[sel], ds.labels[sel], None, ds.boxes[sel])
+        return FixedSet(name, split, seed, ds.images_u8[sel], ds.labels[sel], None, ds.boxes[sel], options)
     # not built yet: render just these n images (identical to the full set's, see build())
     _, pool_y = digit_pool(split, "cpu")
     sel = torch.nonzero(pool_y == int(digit)).flatten()[:n]
     if sel.numel() < n:
         raise ValueError(f"only {sel.numel()} images of digit {digit} in {name}/{split}")
-    return build(name, split, seed, kw.get("device"), select=sel)
+    return build(name, split, seed, kw.get("device"), select=sel, options=options)
 
 
 class OnlineStream:
@@ -226,8 +257,9 @@ class OnlineStream:
     thread_prefetch = True  # the harness may render the next batch on a background thread (own generator)
 
     def __init__(self, name: str, batch_size: int, seed: int = 0, device="cpu", rank: int = 0,
-                 world_size: int = 1, split: str = "train"):
+                 world_size: int = 1, split: str = "train", options=None):
         sp = distort.spec(name)
+        self.options = data_options.resolve(name, options)
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if batch_size < 1:
@@ -243,13 +275,13 @@ class OnlineStream:
         g = distort.generator(self.name, "online", self.split, self.seed, g_index)
         pool = self._pool_x.shape[0]
         primary = torch.randint(0, pool, (self.batch_size,), generator=g)
-        return distort.sample_params(self.name, primary, pool, g)
+        return distort.sample_params(self.name, primary, pool, g, self.options)
 
     def batch(self, step: int) -> Batch:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         with torch.no_grad():
-            r = distort.render(self.name, self.params(step), self._pool_x, self._pool_y)
+            r = distort.render(self.name, self.params(step), self._pool_x, self._pool_y, self.options)
         return Batch(r.images, r.labels, r.digit_labels, r.boxes)
 
     def __iter__(self):
@@ -275,10 +307,11 @@ class FixedStream:
     thread_prefetch = True
 
     def __init__(self, name: str, batch_size: int, seed: int = 0, device="cpu", rank: int = 0,
-                 world_size: int = 1, split: str = "train", order_seed: int | None = None):
+                 world_size: int = 1, split: str = "train", order_seed: int | None = None, options=None):
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        ds = make(name, split, seed)
+        ds = make(name, split, seed, options=options)
+        self.options = ds.options
         self.name, self.batch_size, self.seed = name, int(batch_size), int(seed)
         self.order_seed = self.seed if order_seed is None else int(order_seed)
         self.device = torch.device(device)
@@ -321,10 +354,11 @@ class FixedStream:
         return self._n / (self.batch_size * self.world_size)
 
 
-def stream(name: str, mode: str, batch_size: int, seed: int = 0, device="cpu", rank: int = 0, world_size: int = 1):
+def stream(name: str, mode: str, batch_size: int, seed: int = 0, device="cpu", rank: int = 0, world_size: int = 1,
+           options=None):
     """Training batches for a recipe: ``mode`` 'online' (:class:`OnlineStream`) or 'fixed' (:class:`FixedStream`)."""
     if mode == "online":
-        return OnlineStream(name, batch_size, seed, device, rank, world_size)
+        return OnlineStream(name, batch_size, seed, device, rank, world_size, options=options)
     if mode == "fixed":
-        return FixedStream(name, batch_size, seed, device, rank, world_size)
+        return FixedStream(name, batch_size, seed, device, rank, world_size, options=options)
     raise ValueError(f"mode must be 'online' or 'fixed', got {mode!r}")

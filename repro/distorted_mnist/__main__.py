@@ -43,6 +43,9 @@ def main(argv=None) -> int:
                     help="with --all: walk the grid backwards (a second process can then share a grid: "
                          "finished runs are skipped)")
     ap.add_argument("--data", choices=DATA_MODES, default="online", help="training data mode")
+    ap.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a generator option of the data set (repeatable; repro/data/options.py), e.g. "
+                         "--data-option corners=source for P; recorded in every result.json")
     ap.add_argument("--table", action="store_true", help="only rebuild table.md and the figure")
     ap.add_argument("--no-figure", action="store_true")
     ap.add_argument("-h", "--help", action="store_true")
@@ -63,6 +66,13 @@ def main(argv=None) -> int:
             out, rest = x.split("=", 1)[1], rest[:i] + rest[i + 1:]
             break
     problem = out_problem(out)
+    if not problem and a.data_option:
+        try:
+            for ds in ([d.strip() for d in a.datasets.split(",") if d.strip()] if a.all else [a.dataset]):
+                if ds is not None:
+                    experiment(ds, a.data, a.data_option)
+        except ValueError as e:
+            problem = str(e)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -91,7 +101,8 @@ def main(argv=None) -> int:
         for ds, m in (reversed(jobs) if a.reverse else jobs):
             # one harness call per model: a failure (e.g. NaN) does not stop the grid
             t = time.perf_counter()
-            c = cli_main(experiment(ds, a.data), str(Path(out) / ds), rest + ["--model", m], notes=notes(a.data))
+            c = cli_main(experiment(ds, a.data, a.data_option), str(Path(out) / ds), rest + ["--model", m],
+                         notes=notes(a.data))
             print(f"[grid] {ds} {m}: exit {c} ({time.perf_counter() - t:.0f} s)", flush=True)
             code = code or c
             if c == 2:  # a bad command (e.g. a checkpoint in the way): the same for every job, so stop
@@ -103,7 +114,8 @@ def main(argv=None) -> int:
         if a.dataset is None:
             print("give --dataset R|RTS|P|E|TC, or --all", file=sys.stderr)
             return 2
-        code = cli_main(experiment(a.dataset, a.data), str(Path(out) / a.dataset), rest, notes=notes(a.data))
+        code = cli_main(experiment(a.dataset, a.data, a.data_option), str(Path(out) / a.dataset), rest,
+                        notes=notes(a.data))
         if code == 2:  # a bad command: nothing ran, no table to rewrite
             return code
     write_table(out, extra_notes(Path(out)))

@@ -161,35 +161,42 @@ def build_model(dataset: str, model: str, verbose: bool = False) -> torch.nn.Mod
                        verbose=verbose)
 
 
-def test_set(dataset: str):
+def test_set(dataset: str, options=None):
     from repro.data import make
 
-    return make(dataset, "test", seed=0)
+    return make(dataset, "test", seed=0, options=options)
 
 
 DATA_MODES = ("online", "fixed")  # --data: ours (default) | the fixed 60k set (published: paper_fixed, ablations)
 
 
-def experiment(dataset: str, data_mode: str = "online") -> Experiment:
+def experiment(dataset: str, data_mode: str = "online", data_options=None) -> Experiment:
+    """The experiment for ``dataset`` with generator ``data_options`` (``repro.data.options``; resolved
+    here, once, and recorded in every result)."""
+    from repro.data.sets import data_record
+
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if data_mode not in DATA_MODES:
         raise ValueError(f"data mode must be one of {DATA_MODES}, got {data_mode!r}")
     mode = data_mode
+    data = {**data_record(dataset, data_options), "mode": mode}
+    options = data["options"]
 
     def train_data(model_name, *, seed, rank, world_size, device, batch_size):
         from repro.data import stream
 
-        return stream(dataset, mode, batch_size, seed=seed, device=device, rank=rank, world_size=world_size)
+        return stream(dataset, mode, batch_size, seed=seed, device=device, rank=rank, world_size=world_size,
+                      options=options)
 
     def evaluate(model, device, limit=None):
-        ds = test_set(dataset)
+        ds = test_set(dataset, options)
         return classification_error(model, ds.images, ds.labels, device, batch_size=500, limit=limit)
 
     return Experiment(name=f"{NAME}_{dataset}", models=models_for(dataset),
                       build_model=lambda m: build_model(dataset, m), train_data=train_data, evaluate=evaluate,
                       profiles=PROFILES, paper=PAPER[dataset], model_overrides=quick_overrides(dataset),
-                      visualise=None)
+                      visualise=None, data=data)
 
 
 def notes(data_mode: str) -> list[str]:

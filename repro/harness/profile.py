@@ -77,6 +77,9 @@ class Experiment:
       field overrides (e.g. a cheaper CNN in the quick profile).
     * ``paper``: model -> the paper's number (percent error), for the table.
     * ``visualise(models, out_dir, device)``: optional figure of trained models.
+    * ``data``: what the training and test data are (``repro.data.sets.data_record``: set, version,
+      generator options), recorded in every result.json / checkpoint; a result or checkpoint of
+      other data is not resumed.
     """
 
     name: str
@@ -92,6 +95,7 @@ class Experiment:
     visualise: Callable | None = None
     paper_profile_note: str = ""
     metric_name: str = "error"
+    data: dict | None = None
 
     def profile(self, profile: str, model: str, **overrides) -> Profile:
         if profile not in self.profiles:

@@ -24,7 +24,7 @@ def versions() -> dict:
         except Exception:  # noqa: BLE001
             return ""
 
-    from repro.data.sets import VERSION as data_version
+    from repro.data.sets import VERSIONS as data_versions
 
     commit = git("rev-parse", "--short", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
@@ -33,7 +33,7 @@ def versions() -> dict:
             "git_clean": (status == "") if commit else None,
             "threads": torch.get_num_threads(), "host_cpus": os.cpu_count(), "machine": platform.machine(),
             "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "data_version": data_version}
+            "data_versions": dict(data_versions)}
 
 
 def cpu_model() -> str:

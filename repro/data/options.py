@@ -1,0 +1,128 @@
+"""Named generator options of the distorted-MNIST sets (issue #29): the readings of the supplement's
+text that it does not settle, each a knob with a stated default.
+
+A data set is its name plus a full option dict: :func:`resolve` fills in the defaults, checks names,
+types and choices, and returns a plain ``dict`` (sorted keys) that is carried from the command line
+to the generator, the cache file and every ``result.json`` (``"data": {"set", "version",
+"options"}``). Two option dicts that resolve to the same dict are the same data.
+
+=========  ===============  =============  =====================================================
+set        option           default        meaning
+=========  ===============  =============  =====================================================
+P          ``corners``      ``output``     which corners the N(0, sigma) noise moves: where the
+                                           (scaled) digit's corners land in the output canvas
+                                           (``output``: "stretching each corner of the digit"),
+                                           or the source points the canvas's corners sample
+                                           (``source``)
+P          ``sigma``        5.0            corner noise, pixels per axis (the text: 5)
+P          ``reject``       ``none``       degenerate draws redrawn: ``none``, or a ``+``-joined
+                                           subset of ``mirrored`` (orientation reversed at the
+                                           canvas centre), ``horizon`` (w = 0 on the canvas),
+                                           ``squashed`` (the digit frame's output quad narrower
+                                           than ``min_extent`` of the canvas along x or y)
+P          ``min_extent``   0.25           the ``squashed`` threshold (fraction of the canvas)
+E          ``sigma``        1.5            control-point noise, pixels per axis (the text: 1.5)
+E          ``grid``         4              control points per side (the text: 16 = 4 x 4)
+TC,        ``patch_from``   ``anywhere``   where a 6x6 clutter patch is cut from its digit:
+coloc-TC                                   ``anywhere`` in the 28x28 image (DeepMind's
+                                           ``mnist_cluttered.lua``) or ``centre20`` (the central
+                                           20x20, data version 2)
+TC,        ``combine``      ``add``        how clutter and digit combine: ``add`` then clip to 1
+coloc-TC                                   (``mnist_cluttered.lua``) or ``max`` (version 2)
+=========  ===============  =============  =====================================================
+
+The other sets (R, RTS, addition, coloc-T) have no options: the text fixes them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Option:
+    default: object
+    choices: tuple = ()  # for str options; empty: any value of the default's type
+    lo: float | None = None  # bounds of a numeric option (inclusive)
+    hi: float | None = None
+
+
+P_REJECT = ("mirrored", "horizon", "squashed")
+_CLUTTER = {"patch_from": Option("anywhere", ("anywhere", "centre20")), "combine": Option("add", ("add", "max"))}
+OPTIONS: dict[str, dict[str, Option]] = {
+    "P": {"corners": Option("output", ("output", "source")), "sigma": Option(5.0, lo=0.0, hi=14.0),
+          "reject": Option("none"), "min_extent": Option(0.25, lo=0.0, hi=1.0)},
+    "E": {"sigma": Option(1.5, lo=0.0, hi=6.0), "grid": Option(4, lo=2, hi=8)},
+    "TC": dict(_CLUTTER),
+    "coloc-TC": dict(_CLUTTER),
+}
+
+
+def _parse(name: str, key: str, opt: Option, value):
+    """``value`` (from Python or a command-line string) as the option's type, checked."""
+    kind = type(opt.default)
+    try:
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            v = int(value)
+        elif kind is float:
+            v = float(value)
+        else:
+            v = str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"data option {name}.{key} must be a {kind.__name__}, got {value!r}") from None
+    if opt.choices and v not in opt.choices:
+        raise ValueError(f"data option {name}.{key} must be one of {list(opt.choices)}, got {v!r}")
+    if (opt.lo is not None and v < opt.lo) or (opt.hi is not None and v > opt.hi):
+        raise ValueError(f"data option {name}.{key} must lie in [{opt.lo}, {opt.hi}], got {v!r}")
+    if name == "P" and key == "reject" and v != "none":
+        parts = v.split("+")
+        bad = [p for p in parts if p not in P_REJECT]
+        if bad or len(set(parts)) != len(parts):
+            raise ValueError(f"data option P.reject must be 'none' or a '+'-joined subset of {list(P_REJECT)}, "
+                             f"got {value!r}")
+        v = "+".join(p for p in P_REJECT if p in parts)  # canonical order
+    return v
+
+
+def resolve(name: str, given=None) -> dict:
+    """The full option dict of set ``name``: the defaults updated by ``given`` (a mapping, or an
+    iterable of ``"key=value"`` strings as the command line gives them), validated; keys sorted."""
+    known = OPTIONS.get(name, {})
+    if given is None:
+        given = {}
+    elif not hasattr(given, "items"):
+        pairs = {}
+        for item in given:
+            key, sep, value = str(item).partition("=")
+            if not sep:
+                raise ValueError(f"data option must look like key=value, got {item!r}")
+            pairs[key.strip()] = value.strip()
+        given = pairs
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        have = ", ".join(sorted(known)) or "none"
+        raise ValueError(f"unknown data option(s) {unknown} for set {name!r}; it has: {have}")
+    return {k: _parse(name, k, opt, given.get(k, opt.default)) for k, opt in sorted(known.items())}
+
+
+def defaults(name: str) -> dict:
+    return resolve(name)
+
+
+def is_default(name: str, options: dict) -> bool:
+    return options == defaults(name)
+
+
+def tag(name: str, options: dict) -> str:
+    """'' for the default options, else a short stable hash of the full option dict (cache names)."""
+    if is_default(name, options):
+        return ""
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def describe(options: dict) -> str:
+    """``key=value,...`` (sorted), '' for no options: how a table or a log line names a variant."""
+    return ",".join(f"{k}={v}" for k, v in sorted(options.items()))

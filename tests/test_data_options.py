@@ -1,0 +1,183 @@
+"""The distorted-MNIST generator options (repro.data.options, issue #29): resolution and errors,
+what each option does to the draws, the old readings reproducing data version 2 bit for bit, cache
+names, and the data record a result carries."""
+import math
+
+import pytest
+import torch
+
+from repro.data import distort, options, sets
+from testing.data_hashes import PINNED_CASES, batch_hash
+
+# data version 2's pinned hashes (tests/test_data_sets.py before version 3) of the sets whose default
+# changed: the old readings, given as options, must still give exactly those bits
+V2 = {
+    "TC": ['f9dfc17cebe8d4a8', '7a629bad8fd0207c', '4756f22a6b818d2d', 'd86340e5c900559f'],
+    "coloc-TC": ['a5f83a97f397be5d', 'e93f8d75e52c422a', 'f4914cac151f7b38', 'b2849ea8f2022e62'],
+}
+V2_OPTIONS = {"patch_from": "centre20", "combine": "max"}
+
+
+def _hashes(name, opts):
+    import hashlib
+
+    got = [batch_hash(sets.OnlineStream(name, bs, seed=seed, rank=rank, world_size=ws, options=opts).batch(step))
+           for bs, seed, step, rank, ws in PINNED_CASES]
+    fixed = sets.build(name, "test", seed=0, device="cpu", n=64, options=opts).images_u8.numpy().tobytes()
+    return got + [hashlib.sha256(fixed).hexdigest()[:16]]
+
+
+@pytest.mark.parametrize("name", sorted(V2))
+def test_version_2_clutter_reading_is_bit_identical(name):
+    assert _hashes(name, V2_OPTIONS) == V2[name]
+
+
+def test_resolve_defaults_types_and_errors():
+    assert options.resolve("R") == {}
+    assert options.resolve("P") == {"corners": "output", "min_extent": 0.25, "reject": "none", "sigma": 5.0}
+    assert options.resolve("P", ["sigma=3", "corners=source"])["sigma"] == 3.0
+    assert options.resolve("E", {"grid": "5"})["grid"] == 5
+    assert options.resolve("P", {"reject": "squashed+mirrored"})["reject"] == "mirrored+squashed"  # canonical
+    r = options.resolve("TC", {"combine": "max"})
+    assert options.resolve("TC", r) == r  # idempotent
+    for bad, match in [(("P", {"corner": "x"}), "unknown data option.*corners"),
+                       (("R", {"sigma": 1}), "it has: none"),
+                       (("P", {"corners": "middle"}), "one of"),
+                       (("P", {"sigma": "five"}), "must be a float"),
+                       (("P", {"sigma": -1}), r"\[0.0, 14.0\]"),
+                       (("E", {"grid": 2.5}), "must be a int"),
+                       (("P", {"reject": "mirrored+bogus"}), "subset"),
+                       (("P", ["sigma3"]), "key=value")]:
+        with pytest.raises(ValueError, match=match):
+            options.resolve(*bad)
+
+
+def test_tags_and_cache_names(tmp_path):
+    assert options.tag("P", options.resolve("P")) == ""
+    a = options.tag("P", options.resolve("P", {"sigma": 3}))
+    b = options.tag("P", options.resolve("P", {"sigma": "3.0"}))
+    assert a == b and len(a) == 10 and a != options.tag("P", options.resolve("P", {"sigma": 3.5}))
+    assert sets.cache_path("TC", "test", 0, tmp_path).name == "TC_test_seed0_v3.npz"
+    assert sets.cache_path("TC", "test", 0, tmp_path, V2_OPTIONS).name.startswith("TC-")
+    assert sets.cache_path("R", "test", 0, tmp_path).name == "R_test_seed0_v2.npz"
+
+
+def test_make_keeps_option_variants_apart(tmp_path):
+    a = sets.make("TC", "test", 0, cache_dir=tmp_path, device="cpu")
+    b = sets.make("TC", "test", 0, cache_dir=tmp_path, device="cpu", options=V2_OPTIONS)
+    assert a.options["combine"] == "add" and b.options["combine"] == "max"
+    assert not torch.equal(a.images_u8[:64], b.images_u8[:64])
+    assert len(list((tmp_path / "sets").glob("TC*.npz"))) == 2
+    sets._MEMO.clear()  # from disk again: each file is read back as its own variant
+    assert torch.equal(sets.make("TC", "test", 0, cache_dir=tmp_path, options=V2_OPTIONS).images_u8, b.images_u8)
+
+
+def test_data_record():
+    r = sets.data_record("TC")
+    assert r == {"set": "TC", "version": 3, "options": {"combine": "add", "patch_from": "anywhere"}}
+    assert sets.data_record("R") == {"set": "R", "version": 2, "options": {}}
+
+
+def _draw(name, n=2000, **opts):
+    g = distort.generator("options-test", name)
+    return distort.sample_params(name, torch.arange(n) % 1000, 1000, g, opts)
+
+
+def test_clutter_patch_region_and_combine():
+    p = _draw("TC", patch_from="anywhere")
+    crop = p["clutter_crop"]
+    assert int(crop.min()) == 0 and int(crop.max()) == 28 - 6  # anywhere in the 28×28 digit
+    p = _draw("TC", patch_from="centre20")
+    assert int(p["clutter_crop"].min()) == 4 and int(p["clutter_crop"].max()) == 4 + 20 - 6
+    # add: the sum of digit and patches, clipped to 1; max: their maximum
+    pool = torch.full((3, 28, 28), 200, dtype=torch.uint8)
+    q = {"clutter_src": torch.tensor([[1, 2]]), "clutter_crop": torch.zeros(1, 2, 2, dtype=torch.int64),
+         "clutter_dest": torch.tensor([[[0, 0], [3, 3]]])}
+    for combine, overlap in (("add", 1.0), ("max", 200 / 255)):
+        canvas = torch.full((1, 1, 10, 10), 100 / 255)
+        distort._paste_clutter(canvas, pool, q, combine)
+        canvas.clamp_(0, 1)
+        assert float(canvas[0, 0, 4, 4]) == pytest.approx(overlap)  # both patches and the background
+        single = (100 + 200) / 255 if combine == "add" else 200 / 255
+        assert float(canvas[0, 0, 0, 0]) == pytest.approx(min(single, 1.0))
+        assert float(canvas[0, 0, 9, 9]) == pytest.approx(100 / 255)
+
+
+def test_clutter_add_is_exact_in_any_order():
+    """The added clutter is an integer sum: the same bits whatever order the patches come in."""
+    p = _draw("coloc-TC", n=8)
+    pool, _ = sets.digit_pool("train")
+    a = torch.zeros(8, 1, 84, 84)
+    distort._paste_clutter(a, pool, p, "add")
+    perm = torch.arange(16).flip(0)
+    q = {k: (v[:, perm] if k.startswith("clutter") else v) for k, v in p.items()}
+    b = torch.zeros(8, 1, 84, 84)
+    distort._paste_clutter(b, pool, q, "add")
+    assert torch.equal(a, b)
+
+
+def _corner_output_positions(theta):
+    """Output positions of the source frame's corners under the output -> source homographies."""
+    c = torch.tensor(distort._CORNERS, dtype=theta.dtype)
+    return distort._apply(torch.linalg.inv(theta), c.expand(theta.shape[0], 4, 2))
+
+
+def test_p_corner_readings_and_sigma():
+    n = 4000
+    out = _draw("P", n, corners="output", sigma=5.0)["theta"]
+    src = _draw("P", n, corners="source", sigma=5.0)["theta"]
+    c = torch.tensor(distort._CORNERS, dtype=torch.float64)
+    # output: the source corners land at s·c + N(0, 5 px); source: the canvas corners sample c / s + N(0, 5 px)
+    landed = _corner_output_positions(out)
+    spread = math.sqrt(25 + (14 * 0.25 / math.sqrt(12)) ** 2)
+    assert abs(float(((landed - c * 0.875) * 14).std()) - spread) < 0.25
+    sampled = distort._apply(src, c.expand(n, 4, 2))
+    inv_s = 1 / torch.tensor([0.75, 1.0], dtype=torch.float64)
+    assert abs(float(((sampled - c * inv_s.mean()) * 14).std()) - math.sqrt(25 + (14 * 0.0)**2)) < 0.6
+    small = _draw("P", n, corners="output", sigma=2.5)["theta"]
+    assert abs(float(((_corner_output_positions(small) - c * 0.875) * 14).std())
+               - math.sqrt(6.25 + (14 * 0.25 / math.sqrt(12)) ** 2)) < 0.2
+
+
+def test_p_rejection_removes_degenerate_draws():
+    n = 4000
+    keep = _draw("P", n)["theta"]
+    assert float(distort.mirrored(keep).double().mean()) > 0.001
+    assert float(distort.horizon_crosses(keep).double().mean()) > 0.05
+    rej = _draw("P", n, reject="mirrored+horizon+squashed", min_extent=0.4)["theta"]
+    assert not bool(distort.mirrored(rej).any()) and not bool(distort.horizon_crosses(rej).any())
+    ext = distort.frame_extent(_corner_output_positions(rej))
+    assert float(ext.min()) >= 0.4
+    only_m = _draw("P", n, reject="mirrored")["theta"]
+    assert not bool(distort.mirrored(only_m).any()) and bool(distort.horizon_crosses(only_m).any())
+
+
+def test_mirrored_matches_the_jacobian_determinant():
+    th = _draw("P", 3000)["theta"]
+    a, p0, cc, w0 = th[:, :2, :2], th[:, :2, 2], th[:, 2, :2], th[:, 2, 2]
+    j = a * w0[:, None, None] - p0[:, :, None] * cc[:, None, :]
+    assert torch.equal(distort.mirrored(th), torch.linalg.det(j) < 0)
+
+
+def test_e_sigma_and_grid():
+    for sigma, grid in ((1.5, 4), (3.0, 4), (2.0, 5)):
+        pts = _draw("E", 3000, sigma=sigma, grid=grid)["points"]
+        k = grid * grid
+        assert pts.shape == (3000, k, 2)
+        cps = distort.control_points(k)
+        s_est = (cps[None] * pts).sum((1, 2)) / (cps[None] * cps[None]).sum((1, 2))
+        noise = (pts - cps[None] * s_est[:, None, None]) * 14
+        # the least-squares scale absorbs ~1 of the 2k degrees of freedom
+        assert abs(float(noise.std()) - sigma * math.sqrt(1 - 1 / (2 * k))) < 0.05 * sigma
+    img = sets.OnlineStream("E", 4, options={"sigma": 3.0, "grid": 5}).batch(0).images
+    assert img.shape == (4, 1, 28, 28) and float(img.sum()) > 0
+
+
+def test_recipe_records_and_checks_the_data(tmp_path):
+    from repro.distorted_mnist.recipe import experiment
+
+    exp = experiment("P", data_options=["corners=source"])
+    assert exp.data == {"set": "P", "version": 2, "mode": "online",
+                        "options": {"corners": "source", "min_extent": 0.25, "reject": "none", "sigma": 5.0}}
+    with pytest.raises(ValueError, match="unknown data option"):
+        experiment("P", data_options=["corner=source"])
