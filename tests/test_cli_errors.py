@@ -162,6 +162,10 @@ def test_corrupted_mnist_wheel_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("STN_MNIST_DIR", raising=False)
     monkeypatch.setattr(M, "installed_wheel_pkl", lambda: None)  # use the wheel in the data folder
     monkeypatch.setattr(M, "_MEMO", {})
+    from repro.data import sets
+
+    monkeypatch.setattr(sets, "_POOLS", {})  # digits an earlier test loaded in this process would hide the bad wheel
+    monkeypatch.setattr(sets, "_MEMO", {})
     (tmp_path / "data" / "mnist").mkdir(parents=True)
     with zipfile.ZipFile(tmp_path / "data" / "mnist" / M.WHEEL_FILE, "w") as z:
         z.writestr("mnist/data/mnist.pkl.gz", b"not the real bytes")

@@ -45,3 +45,27 @@ def test_profiles_match_the_paper():
         150_000, 256, 0.01, (50_000, 100_000), 0.1, "sgd", 3)
     assert p.lr_at(49_999) == 0.01 and p.lr_at(50_000) == pytest.approx(0.001) and p.lr_at(100_000) == pytest.approx(1e-4)
     assert set(rec.PROFILES) == {"paper", "quick", "smoke"}
+
+
+def test_width_floor_and_transformer_are_recorded_and_checked(tmp_path, capsys):
+    assert rec.build_model("fcn").width == 109 and rec.build_model("2xst-fcn").width == 90  # the 400k budget's
+    assert rec.build_model("fcn", min_width=128).width == 128
+    assert rec.build_model("2xst-fcn", min_width=128).width == 128
+    assert rec.build_model("cnn", min_width=128).width == rec.build_model("cnn").width  # filters: not an FCN width
+    code = main(["--profile", "smoke", "--model", "fcn", "--out", str(tmp_path), "--no-progress", "--steps", "4",
+                 "--min-width", "128"])
+    assert code == 0
+    r = json.loads((tmp_path / "fcn" / "seed0" / "result.json").read_text())
+    assert r["config"] == {"transform": "affine", "min_width": 128}
+    assert r["data"] == {"set": "addition", "version": 2, "options": {}, "mode": "online"}
+    assert json.loads((tmp_path / "results.json").read_text())["models"]["fcn"]["config"]["min_width"] == 128
+    # a result and checkpoint of another config are not resumed: a clear refusal, then --restart trains anew
+    code = main(["--profile", "smoke", "--model", "fcn", "--out", str(tmp_path), "--no-progress", "--steps", "4",
+                 "--resume"])
+    assert code == 4 and "min_width': 128" in capsys.readouterr().err
+    code = main(["--profile", "smoke", "--model", "fcn", "--out", str(tmp_path), "--no-progress", "--steps", "4",
+                 "--restart"])
+    assert code == 0
+    r = json.loads((tmp_path / "fcn" / "seed0" / "result.json").read_text())
+    assert r["config"] == {"transform": "affine", "min_width": None}
+    assert main(["--profile", "smoke", "--model", "fcn", "--out", str(tmp_path), "--min-width", "0"]) == 2

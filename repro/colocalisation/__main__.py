@@ -41,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
                     help="(variant, digit) pairs optimised side by side in worker processes, each with --threads "
                          "threads (default: one per CPU core up to 4, one thread each; 1 = in this process)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a generator option of the TC set (repeatable; repro/data/options.py: patch_from, combine; "
+                         "default DeepMind's clutter); recorded in every digit*.json")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
@@ -73,6 +76,12 @@ def main(argv=None) -> int:
     ov = {k: v for k, v in {"steps": a.steps, "batch": a.batch_size, "lr": a.lr, "descriptor": a.descriptor,
                             "optimizer": a.optimizer, "alpha": a.alpha, "tau": a.tau}.items() if v is not None}
     prof = replace(PROFILES[a.profile], **ov)
+    from repro.data.options import resolve
+
+    try:  # resolved once here; T has no options
+        a.data_options = {"T": {}, "TC": resolve("coloc-TC", a.data_option)}
+    except ValueError as e:
+        ap.error(str(e))
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         print(f"error: --out {out} is a file, not a folder", file=sys.stderr)

@@ -69,6 +69,7 @@ from torch import nn
 
 from repro.colocalisation.candidates import colocalise_candidates
 from repro.colocalisation.encoder import DESCRIPTORS, EncoderSpec, digit_encoder
+from repro.data.sets import data_record
 from repro.paths import default_out
 
 NAME = "colocalisation"
@@ -132,12 +133,13 @@ def run_pairs(a, prof, enc, enc_info, out, variants, digits) -> None:
             p = out / v / f"digit{d}.json"
             if a.resume and p.exists():
                 r = json.loads(p.read_text())
-                if r.get("profile") == a.profile and r.get("steps") == prof.steps:
+                if (r.get("profile") == a.profile and r.get("steps") == prof.steps
+                        and r.get("data") == data_record(f"coloc-{v}", a.data_options.get(v))):
                     print(f"[{v} digit {d}] done: {r['localised_pct']}% (resume)")
                     continue
             todo.append((v, d))
-    job = {"profile_name": a.profile, "prof": prof, "enc_info": enc_info, "seed": a.seed,
-           "out": str(out), "threads": torch.get_num_threads(), "progress": not a.no_progress}
+    job = {"profile_name": a.profile, "prof": prof, "enc_info": enc_info, "seed": a.seed, "out": str(out),
+           "threads": torch.get_num_threads(), "progress": not a.no_progress, "data_options": a.data_options}
     jobs = min(a.jobs, len(todo))
     if jobs <= 1:
         for v, d in todo:
@@ -163,12 +165,13 @@ def _run_pair(job: dict, v: str, d: int, enc: nn.Module | None = None) -> None:
     if enc is None:  # a worker process: its own thread count, the encoder from the cache the parent filled
         torch.set_num_threads(job["threads"])
         enc = encoder(prof, seed, progress=False)[0]
-    ds = colocalisation_set(v, d, seed=seed, n=prof.n_images)
+    data = data_record(f"coloc-{v}", job["data_options"].get(v))
+    ds = colocalisation_set(v, d, seed=seed, n=prof.n_images, options=data["options"])
     print(f"[{v} digit {d}] {prof.steps} {prof.optimizer} steps x {prof.batch} pairs", flush=True)
     r = colocalise_candidates(ds.images, ds.boxes, enc, prof, seed=seed, log=print if job["progress"] else None)
     r.update({"variant": v, "digit": d, "profile": job["profile_name"], "schedule": asdict(prof),
               "encoder": job["enc_info"], "track": [0, 1, 2], "seed": seed, "threads": torch.get_num_threads(),
-              "device": "cpu", "versions": versions()})
+              "device": "cpu", "versions": versions(), "data": data})
     p = Path(job["out"]) / v / f"digit{d}.json"
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(r, indent=1))

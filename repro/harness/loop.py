@@ -231,13 +231,14 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
         raise checkpoint_in_the_way(ckpt_path, model_name, seed)
     if resume and done_path.exists():
         res = json.loads(done_path.read_text())
-        if res.get("iterations") == profile.steps and res.get("data") == exp.data:
+        if res.get("iterations") == profile.steps and res.get("data") == exp.data and res.get("config") == exp.config:
             if rank == 0:
                 print(f"[{model_name} seed {seed}] already complete: error {res['error']:.2f}% (resume; {done_path})")
             return res
         if rank == 0:
-            print(f"[{model_name} seed {seed}] {done_path} is for {res.get('iterations')} iterations and data "
-                  f"{res.get('data')}, this run has {profile.steps} and {exp.data}: not reused")
+            print(f"[{model_name} seed {seed}] {done_path} is for {res.get('iterations')} iterations, data "
+                  f"{res.get('data')}, config {res.get('config')}; this run has {profile.steps}, {exp.data}, "
+                  f"{exp.config}: not reused")
 
     if profile.batch_size % world:
         raise ValueError(f"batch size {profile.batch_size} is not divisible by the {world} DDP processes")
@@ -248,9 +249,10 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     step0, wall0, history = 0, 0.0, []
     if resume and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, map_location=dev)
-        if ck.get("data") != exp.data:
-            raise CheckpointError(f"{ckpt_path} was trained on data {ck.get('data')}, this run asks for {exp.data}: "
-                                  "give another --out, or --restart to train from step 0")
+        if ck.get("data") != exp.data or ck.get("config") != exp.config:
+            raise CheckpointError(f"{ckpt_path} was trained on data {ck.get('data')} with config {ck.get('config')}, "
+                                  f"this run asks for {exp.data}, {exp.config}: give another --out, or --restart to "
+                                  "train from step 0")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step0, wall0, history = ck["step"], ck.get("wall_s", 0.0), list(ck.get("history", []))
@@ -283,7 +285,8 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
     def checkpoint(nxt):
         save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": nxt,
                       "wall_s": wall0 + time.perf_counter() - t_start, "history": history,
-                      "profile": dataclasses.asdict(profile), "seed": seed, "data": exp.data}, ckpt_path)
+                      "profile": dataclasses.asdict(profile), "seed": seed, "data": exp.data,
+                         "config": exp.config}, ckpt_path)
 
     if prefetch is None:  # sources opt in: their batch(step) must be safe to run beside the step on a thread
         prefetch = dev.type == "cpu" and bool(getattr(data, "thread_prefetch", False))
@@ -359,8 +362,7 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
            "images_per_s": round(train_steps_run * profile.batch_size / max(time.perf_counter() - t_start, 1e-9), 1)
            if train_steps_run else None,
            "final_train_loss": history[-1]["loss"] if history else None, "history": history}
-    if exp.data is not None:
-        res["data"] = exp.data
+    res.update({k: v for k, v in (("data", exp.data), ("config", exp.config)) if v is not None})
     if final_eval:
         if rank == 0:
             t = time.perf_counter()
@@ -410,7 +412,8 @@ def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | 
             summary = summarise_seeds([seed_record(s, r, v) for s, r in zip(prof.seeds, per)])
             results[m] = {**summary, "iterations": prof.steps, "params": per[0]["params"],
                           "schedule": dataclasses.asdict(prof), "world_size": world, "versions": v,
-                          "paper_error": exp.paper.get(m), **({"data": exp.data} if exp.data is not None else {})}
+                          "paper_error": exp.paper.get(m),
+                          **{k: v for k, v in (("data", exp.data), ("config", exp.config)) if v is not None}}
             print(f"[{m}] error {summary['error']:.2f}% over seeds {summary['seeds']} (paper {exp.paper.get(m)})")
             write_results(exp, profile, str(dev.type if world == 1 else f"{dev.type} x{world}"), results, out_dir,
                           profs, notes)

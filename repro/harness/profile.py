@@ -80,6 +80,7 @@ class Experiment:
     * ``data``: what the training and test data are (``repro.data.sets.data_record``: set, version,
       generator options), recorded in every result.json / checkpoint; a result or checkpoint of
       other data is not resumed.
+    * ``config``: recipe options that change the models (e.g. a width floor), recorded and checked alike.
     """
 
     name: str
@@ -96,6 +97,7 @@ class Experiment:
     paper_profile_note: str = ""
     metric_name: str = "error"
     data: dict | None = None
+    config: dict | None = None
 
     def profile(self, profile: str, model: str, **overrides) -> Profile:
         if profile not in self.profiles:
