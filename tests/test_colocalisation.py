@@ -131,6 +131,22 @@ def test_cli_smoke(tmp_path):
     assert "T ink reference" in t and "(ink reference: mean" in t  # the no-learning level beside eq. (1)
     assert r["encoder"]["steps"] == 3 and r["schedule"]["localiser"] == "candidates" and r["schedule"]["alpha"] == 2
     assert "final_encoder" not in r and "Final-phase encoder:" not in t
+    assert r["data"] == {"set": "coloc-TC", "version": 3, "options": {"combine": "add", "patch_from": "anywhere"}}
+    assert json.loads((tmp_path / "T" / "digit3.json").read_text())["data"]["options"] == {}
+
+
+def test_cli_data_options(tmp_path, capsys):
+    args = ["--profile", "smoke", "--variant", "TC", "--digits", "3", "--no-progress", "--figure-digit", "3",
+            "--out", str(tmp_path)]
+    assert main(args + ["--data-option", "combine=max", "--data-option", "patch_from=centre20"]) == 0
+    r = json.loads((tmp_path / "TC" / "digit3.json").read_text())
+    assert r["data"]["options"] == {"combine": "max", "patch_from": "centre20"}
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0  # other data: not skipped, localised again on the default clutter
+    assert "(resume)" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "TC" / "digit3.json").read_text())["data"]["options"]["combine"] == "add"
+    with pytest.raises(SystemExit):
+        main(args + ["--data-option", "combine=min"])
 
 
 def test_cli_jobs_match_one_process(tmp_path):
