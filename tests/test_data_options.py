@@ -12,10 +12,14 @@ from testing.data_hashes import PINNED_CASES, batch_hash
 # data version 2's pinned hashes (tests/test_data_sets.py before version 3) of the sets whose default
 # changed: the old readings, given as options, must still give exactly those bits
 V2 = {
+    "P": ['825014940066bb9d', '17ffb8efd319bc5c', 'b54938785f7a91b7', '0ab1f0162a801397'],
+    "E": ['410ef96c257903a0', '415f7d2e942dcc6f', '48cae4fe2093deef', 'ecb31aa9e75e14b1'],
     "TC": ['f9dfc17cebe8d4a8', '7a629bad8fd0207c', '4756f22a6b818d2d', 'd86340e5c900559f'],
     "coloc-TC": ['a5f83a97f397be5d', 'e93f8d75e52c422a', 'f4914cac151f7b38', 'b2849ea8f2022e62'],
 }
-V2_OPTIONS = {"patch_from": "centre20", "combine": "max"}
+V2_CLUTTER = {"patch_from": "centre20", "combine": "max"}
+V2_OPTIONS = {"P": {"corners": "output", "sigma": 5.0}, "E": {"sigma": 1.5}, "TC": V2_CLUTTER,
+              "coloc-TC": V2_CLUTTER}
 
 
 def _hashes(name, opts):
@@ -28,13 +32,14 @@ def _hashes(name, opts):
 
 
 @pytest.mark.parametrize("name", sorted(V2))
-def test_version_2_clutter_reading_is_bit_identical(name):
-    assert _hashes(name, V2_OPTIONS) == V2[name]
+def test_version_2_readings_are_bit_identical(name):
+    assert _hashes(name, V2_OPTIONS[name]) == V2[name]
 
 
 def test_resolve_defaults_types_and_errors():
     assert options.resolve("R") == {}
-    assert options.resolve("P") == {"corners": "output", "min_extent": 0.25, "reject": "none", "sigma": 5.0}
+    assert options.resolve("P") == {"corners": "source", "min_extent": 0.25, "reject": "none", "sigma": 3.75}
+    assert options.resolve("E") == {"grid": 4, "sigma": 2.0}
     assert options.resolve("P", ["sigma=3", "corners=source"])["sigma"] == 3.0
     assert options.resolve("E", {"grid": "5"})["grid"] == 5
     assert options.resolve("P", {"reject": "squashed+mirrored"})["reject"] == "mirrored+squashed"  # canonical
@@ -58,18 +63,18 @@ def test_tags_and_cache_names(tmp_path):
     b = options.tag("P", options.resolve("P", {"sigma": "3.0"}))
     assert a == b and len(a) == 10 and a != options.tag("P", options.resolve("P", {"sigma": 3.5}))
     assert sets.cache_path("TC", "test", 0, tmp_path).name == "TC_test_seed0_v3.npz"
-    assert sets.cache_path("TC", "test", 0, tmp_path, V2_OPTIONS).name.startswith("TC-")
+    assert sets.cache_path("TC", "test", 0, tmp_path, V2_CLUTTER).name.startswith("TC-")
     assert sets.cache_path("R", "test", 0, tmp_path).name == "R_test_seed0_v2.npz"
 
 
 def test_make_keeps_option_variants_apart(tmp_path):
     a = sets.make("TC", "test", 0, cache_dir=tmp_path, device="cpu")
-    b = sets.make("TC", "test", 0, cache_dir=tmp_path, device="cpu", options=V2_OPTIONS)
+    b = sets.make("TC", "test", 0, cache_dir=tmp_path, device="cpu", options=V2_CLUTTER)
     assert a.options["combine"] == "add" and b.options["combine"] == "max"
     assert not torch.equal(a.images_u8[:64], b.images_u8[:64])
     assert len(list((tmp_path / "sets").glob("TC*.npz"))) == 2
     sets._MEMO.clear()  # from disk again: each file is read back as its own variant
-    assert torch.equal(sets.make("TC", "test", 0, cache_dir=tmp_path, options=V2_OPTIONS).images_u8, b.images_u8)
+    assert torch.equal(sets.make("TC", "test", 0, cache_dir=tmp_path, options=V2_CLUTTER).images_u8, b.images_u8)
 
 
 def test_data_record():
@@ -141,14 +146,14 @@ def test_p_corner_readings_and_sigma():
 
 def test_p_rejection_removes_degenerate_draws():
     n = 4000
-    keep = _draw("P", n)["theta"]
+    keep = _draw("P", n, corners="output", sigma=5.0)["theta"]
     assert float(distort.mirrored(keep).double().mean()) > 0.001
     assert float(distort.horizon_crosses(keep).double().mean()) > 0.05
-    rej = _draw("P", n, reject="mirrored+horizon+squashed", min_extent=0.4)["theta"]
+    rej = _draw("P", n, corners="output", sigma=5.0, reject="mirrored+horizon+squashed", min_extent=0.4)["theta"]
     assert not bool(distort.mirrored(rej).any()) and not bool(distort.horizon_crosses(rej).any())
     ext = distort.frame_extent(_corner_output_positions(rej))
     assert float(ext.min()) >= 0.4
-    only_m = _draw("P", n, reject="mirrored")["theta"]
+    only_m = _draw("P", n, corners="output", sigma=5.0, reject="mirrored")["theta"]
     assert not bool(distort.mirrored(only_m).any()) and bool(distort.horizon_crosses(only_m).any())
 
 
@@ -176,8 +181,8 @@ def test_e_sigma_and_grid():
 def test_recipe_records_and_checks_the_data(tmp_path):
     from repro.distorted_mnist.recipe import experiment
 
-    exp = experiment("P", data_options=["corners=source"])
-    assert exp.data == {"set": "P", "version": 2, "mode": "online",
-                        "options": {"corners": "source", "min_extent": 0.25, "reject": "none", "sigma": 5.0}}
+    exp = experiment("P", data_options=["corners=output"])
+    assert exp.data == {"set": "P", "version": 3, "mode": "online",
+                        "options": {"corners": "output", "min_extent": 0.25, "reject": "none", "sigma": 3.75}}
     with pytest.raises(ValueError, match="unknown data option"):
         experiment("P", data_options=["corner=source"])

@@ -9,19 +9,21 @@ to the generator, the cache file and every ``result.json`` (``"data": {"set", "v
 =========  ===============  =============  =====================================================
 set        option           default        meaning
 =========  ===============  =============  =====================================================
-P          ``corners``      ``output``     which corners the N(0, sigma) noise moves: where the
+P          ``corners``      ``source``     which corners the N(0, sigma) noise moves: where the
                                            (scaled) digit's corners land in the output canvas
-                                           (``output``: "stretching each corner of the digit"),
-                                           or the source points the canvas's corners sample
-                                           (``source``)
-P          ``sigma``        5.0            corner noise, pixels per axis (the text: 5)
+                                           (``output``: "stretching each corner of the digit",
+                                           data version 2), or the source points the canvas's
+                                           corners sample (``source``)
+P          ``sigma``        3.75           corner noise, pixels per axis (the text: 5;
+                                           calibrated, see below)
 P          ``reject``       ``none``       degenerate draws redrawn: ``none``, or a ``+``-joined
                                            subset of ``mirrored`` (orientation reversed at the
                                            canvas centre), ``horizon`` (w = 0 on the canvas),
                                            ``squashed`` (the digit frame's output quad narrower
                                            than ``min_extent`` of the canvas along x or y)
 P          ``min_extent``   0.25           the ``squashed`` threshold (fraction of the canvas)
-E          ``sigma``        1.5            control-point noise, pixels per axis (the text: 1.5)
+E          ``sigma``        2.0            control-point noise, pixels per axis (the text: 1.5;
+                                           calibrated, see below)
 E          ``grid``         4              control points per side (the text: 16 = 4 x 4)
 TC,        ``patch_from``   ``anywhere``   where a 6x6 clutter patch is cut from its digit:
 coloc-TC                                   ``anywhere`` in the 28x28 image (DeepMind's
@@ -31,7 +33,20 @@ TC,        ``combine``      ``add``        how clutter and digit combine: ``add`
 coloc-TC                                   (``mnist_cluttered.lua``) or ``max`` (version 2)
 =========  ===============  =============  =====================================================
 
-The other sets (R, RTS, addition, coloc-T) have no options: the text fixes them.
+The other sets (R, RTS, addition, coloc-T) have no options: the text fixes them. Not built: E's
+"which side is perturbed" (the output-side reading needs per-image spline tables, which the exact
+renderer does not have); the source side is the only one.
+
+How the defaults were chosen (``repro/results/data_fidelity.md``, every number there): TC's is
+DeepMind's published generator. P and E keep the text's construction; their free knobs were
+calibrated on one yardstick only, the FCN's error as a ratio to R's under one short budget (4,000
+Adam steps of 128, three seeds), against the paper's FCN ratios P/R = 3.1 / 2.1 = 1.48 and
+E/R = 3.2 / 2.1 = 1.52. The literal P (``corners=output``, sigma 5) gives 5.32; of the two
+readings, ``source`` is the one that needs less departure from the text's 5 px (sigma 3.75: 1.43;
+``output`` would need about 3 px). E's literal sigma 1.5 gives 0.99 (no harder than R); sigma 2.0
+gives 1.59. The ST-FCN and CNN rows were not used: they validate the calibration. The literal
+readings stay available as options (``corners=output,sigma=5`` / ``sigma=1.5``): they reproduce data
+version 2 bit for bit.
 """
 from __future__ import annotations
 
@@ -51,9 +66,9 @@ class Option:
 P_REJECT = ("mirrored", "horizon", "squashed")
 _CLUTTER = {"patch_from": Option("anywhere", ("anywhere", "centre20")), "combine": Option("add", ("add", "max"))}
 OPTIONS: dict[str, dict[str, Option]] = {
-    "P": {"corners": Option("output", ("output", "source")), "sigma": Option(5.0, lo=0.0, hi=14.0),
+    "P": {"corners": Option("source", ("output", "source")), "sigma": Option(3.75, lo=0.0, hi=14.0),
           "reject": Option("none"), "min_extent": Option(0.25, lo=0.0, hi=1.0)},
-    "E": {"sigma": Option(1.5, lo=0.0, hi=6.0), "grid": Option(4, lo=2, hi=8)},
+    "E": {"sigma": Option(2.0, lo=0.0, hi=6.0), "grid": Option(4, lo=2, hi=8)},
     "TC": dict(_CLUTTER),
     "coloc-TC": dict(_CLUTTER),
 }
