@@ -17,9 +17,8 @@ V2 = {
     "TC": ['f9dfc17cebe8d4a8', '7a629bad8fd0207c', '4756f22a6b818d2d', 'd86340e5c900559f'],
     "coloc-TC": ['a5f83a97f397be5d', 'e93f8d75e52c422a', 'f4914cac151f7b38', 'b2849ea8f2022e62'],
 }
-V2_CLUTTER = {"patch_from": "centre20", "combine": "max"}
-V2_OPTIONS = {"P": {"corners": "output", "sigma": 5.0}, "E": {"sigma": 1.5}, "TC": V2_CLUTTER,
-              "coloc-TC": V2_CLUTTER}
+V2_OPTIONS = options.VERSION2
+V2_CLUTTER = V2_OPTIONS["TC"]
 
 
 def _hashes(name, opts):
@@ -75,6 +74,12 @@ def test_make_keeps_option_variants_apart(tmp_path):
     assert len(list((tmp_path / "sets").glob("TC*.npz"))) == 2
     sets._MEMO.clear()  # from disk again: each file is read back as its own variant
     assert torch.equal(sets.make("TC", "test", 0, cache_dir=tmp_path, options=V2_CLUTTER).images_u8, b.images_u8)
+
+
+def test_options_of_a_result():
+    assert options.of_result("TC", {"data": sets.data_record("TC")}) == options.resolve("TC")
+    assert options.of_result("TC", {}) == options.resolve("TC", V2_CLUTTER)  # before records: version 2
+    assert options.of_result("R", {}) == {}
 
 
 def test_data_record():
@@ -186,3 +191,14 @@ def test_recipe_records_and_checks_the_data(tmp_path):
                         "options": {"corners": "output", "min_extent": 0.25, "reject": "none", "sigma": 3.75}}
     with pytest.raises(ValueError, match="unknown data option"):
         experiment("P", data_options=["corner=source"])
+
+
+def test_recipe_table_shows_each_runs_data(tmp_path):
+    from repro.distorted_mnist.__main__ import main
+
+    assert main(["--dataset", "P", "--model", "fcn", "--profile", "smoke", "--no-progress", "--no-figure",
+                 "--out", str(tmp_path), "--data-option", "corners=output"]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| P | FCN | 0 |" in table and "v3 (corners=output, min_extent=0.25, reject=none, sigma=3.75)" in table
+    assert main(["--dataset", "P", "--model", "fcn", "--profile", "smoke", "--out", str(tmp_path),
+                 "--data-option", "sigma=99"]) == 2  # a bad option stops before anything runs

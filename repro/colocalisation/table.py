@@ -27,9 +27,10 @@ def figure(out: Path, variant: str, digit: int, seed: int = 0, n_cols: int = 6) 
     from matplotlib.patches import Rectangle
 
     from repro.data import colocalisation_set
+    from repro.data.options import of_result
 
     r = json.loads(p.read_text())
-    ds = colocalisation_set(variant, digit, seed=seed)
+    ds = colocalisation_set(variant, digit, seed=seed, options=of_result(f"coloc-{variant}", r))
     snaps = r["snapshots"]
     pick = [snaps[round(k * (len(snaps) - 1) / (n_cols - 1))] for k in range(n_cols)] if len(snaps) >= n_cols else snaps
     track = r.get("track", [0, 1, 2])
@@ -58,8 +59,10 @@ def ink_reference_pct(variant: str, result: dict) -> float:
     """% of a run's images (the same ones: its variant, digit, seed and count) that
     :func:`ink_centroid_boxes` localises (IoU > 0.5)."""
     from repro.data import colocalisation_set
+    from repro.data.options import of_result
 
-    ds = colocalisation_set(variant, result["digit"], seed=result.get("seed", 0), n=len(result["final_boxes"]))
+    ds = colocalisation_set(variant, result["digit"], seed=result.get("seed", 0), n=len(result["final_boxes"]),
+                            options=of_result(f"coloc-{variant}", result))
     return 100.0 * (iou(ink_centroid_boxes(ds.images), ds.boxes) > 0.5).float().mean().item()
 
 

@@ -74,6 +74,19 @@ OPTIONS: dict[str, dict[str, Option]] = {
 }
 
 
+# The options that reproduce data version 2's bits, for the sets whose defaults changed in version 3: what a
+# result that records no data options (it predates them) was trained or evaluated on.
+VERSION2 = {"P": {"corners": "output", "sigma": 5.0}, "E": {"sigma": 1.5},
+            "TC": {"patch_from": "centre20", "combine": "max"}, "coloc-TC": {"patch_from": "centre20", "combine": "max"}}
+
+
+def of_result(name: str, result: dict) -> dict:
+    """The full options a result was made with: its ``data`` record, or (a result from before the records)
+    the version-2 reading."""
+    data = result.get("data")
+    return resolve(name, data["options"] if data else VERSION2.get(name))
+
+
 def _parse(name: str, key: str, opt: Option, value):
     """``value`` (from Python or a command-line string) as the option's type, checked."""
     kind = type(opt.default)

@@ -155,9 +155,10 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
     lines += ["", f"Total training wall time: {total / 60:.1f} min.", ""]
     runs = [(ds, m, r) for ds in DATASETS for m, r in res[ds].get("models", {}).items()]
     if runs:  # provenance of every cell: where it ran, from which revision, how fast
-        lines += ["Provenance per run (seed, error, commit, clean tree, device, threads, steps/s, wall time):", "",
-                  "| data set | model | seed | error % | commit | tree | device | threads | steps/s | minutes |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["Provenance per run (seed, error, data version and generator options, commit, clean tree, device, "
+                  "threads, steps/s, wall time):", "",
+                  "| data set | model | seed | error % | data | commit | tree | device | threads | steps/s | minutes |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for ds, m, r in runs:
             batch = r.get("schedule", {}).get("batch_size")
             for s in seed_records(r):
@@ -166,7 +167,8 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
                 steps_s = (s["images_per_s"] / batch) if s.get("images_per_s") and batch else None
                 wall = s.get("wall_time_s")
                 older = " ‡" if predates_recipe(v.get("git")) else ""
-                lines.append(f"| {ds} | {LABEL[m]} | {s['seed']} | {s['error']:.2f} | {v.get('git') or '?'}{older} | {clean} | "
+                lines.append(f"| {ds} | {LABEL[m]} | {s['seed']} | {s['error']:.2f} | {_data_cell(r.get('data'))} | "
+                             f"{v.get('git') or '?'}{older} | {clean} | "
                              f"{res[ds].get('device', '?')} | {v.get('threads', 'not recorded')} | "
                              f"{'–' if steps_s is None else f'{steps_s:.1f}'} | {'–' if wall is None else f'{wall / 60:.1f}'} |")
         lines.append("")
@@ -176,6 +178,14 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def _data_cell(data: dict | None) -> str:
+    """A result's data record as a table cell: version and options (results before records: 'not recorded')."""
+    if not data:
+        return "not recorded"
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(data.get("options", {}).items()))
+    return f"v{data.get('version')}" + (f" ({opts})" if opts else "")
 
 
 def _n_test(out: Path, ds: str, m: str):
