@@ -1,0 +1,258 @@
+"""Sampling at a given grid (``F.grid_sample`` for any grid): one kernel each way, images and volumes.
+
+Where the warp kernels (``kernels/warp.py``, ``kernels/warp3d.py``) *compute* each output pixel's
+source coordinate from theta, these read it from the grid tensor the caller built (optical-flow
+backward warping, deformable registration, deformable attention): the rest is the same shared
+sampling core (``kernels/sampling.py``), so modes, padding (fill included), the non-finite rule,
+int64 offsets and the deterministic grad_x are the warps'.
+
+Forward, one program per (image n, block of BLOCK_P output pixels, row-major / x fastest):
+
+    output pixel p = (i, j)  ->  grid[n, i, j, :] = (x_s, y_s)  read in place, any strides and float
+                                 dtype, converted to ACC (fp32, fp64 for fp64 data) in registers
+                             ->  sampling.sample_at (taps shared by every channel, channels in
+                                 blocks of BLOCK_C) -> out[n, :, i, j]
+
+The grid's element offset is ``n*ssn + i*ssh + j*ssw (+ ssc for y)``, the output's
+``n*son + c*soc + i*soh + j*sow``: the same flat pixel index p addresses both.
+
+Backward, same tiling: grad_x is scattered as in the warps (fp32 / fp64 atomics, or int64 fixed
+point when deterministic); the gradient w.r.t. the grid is per output pixel, so each program
+stores its own rows of grad_grid (N, H_out, W_out, 2) directly: no atomics, no reduction, the same
+bits every run. Nearest sampling is piecewise constant: its grad_grid is zero, as in PyTorch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .device import on_tensor_device
+from .fixed_point import grad_x_buffer, grad_x_from_buffer
+from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
+from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
+from .policy import (MODE_CODES, PADDING_CODES, compute_dtype, launch_config, launch_config_3d, needs_int64,
+                     triton_dtype)
+from .sampling import (MODE_BILINEAR, _voxel_offset, backprop_at, backprop_at_3d, program_pixels, program_voxels,
+                       sample_at, sample_at_3d)
+from .warp import fill_values
+
+
+@triton.jit
+def _grid_xy(grid_ptr, n, p, p_mask, W_OUT, stride_sn, stride_sh, stride_sw, stride_sc, ACC: tl.constexpr):
+    """(x_s, y_s) of output pixels p of image n, read from the grid in ACC (masked pixels: 0)."""
+    ho = p // W_OUT
+    g = grid_ptr + n * stride_sn + ho * stride_sh + (p - ho * W_OUT) * stride_sw
+    return (tl.load(g, mask=p_mask, other=0.0).to(ACC),
+            tl.load(g + stride_sc, mask=p_mask, other=0.0).to(ACC))
+
+
+@triton.jit
+def _grid_sample_fwd_kernel(
+    # pointers
+    x_ptr, grid_ptr, out_ptr, fill_ptr,
+    # sizes
+    C, H, W, H_OUT, W_OUT, NUM_PBLOCKS,
+    # strides (elements)
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_on, stride_oc, stride_oh, stride_ow,
+    stride_sn, stride_sh, stride_sw, stride_sc,
+    # meta-parameters
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid, n, p, p_mask, _x_t, _y_t = program_pixels(NUM_PBLOCKS, H_OUT, W_OUT, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_P)
+    x_s, y_s = _grid_xy(grid_ptr, n, p, p_mask, W_OUT, stride_sn, stride_sh, stride_sw, stride_sc, ACC)
+    sample_at(
+        x_ptr, out_ptr, fill_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        stride_xn, stride_xc, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
+        MODE, PADDING, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_C,
+    )
+
+
+@triton.jit
+def _grid_sample_bwd_kernel(
+    # pointers
+    grad_out_ptr, x_ptr, grid_ptr, grad_x_ptr, grad_grid_ptr, dx_exp_ptr, fill_ptr,
+    # sizes
+    C, H, W, H_OUT, W_OUT, NUM_PBLOCKS,
+    # strides (elements)
+    stride_gn, stride_gc, stride_gh, stride_gw,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_dn, stride_dc, stride_dh, stride_dw,
+    stride_sn, stride_sh, stride_sw, stride_sc,
+    # meta-parameters
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_GRID: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid, n, p, p_mask, _x_t, _y_t = program_pixels(NUM_PBLOCKS, H_OUT, W_OUT, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_P)
+    x_s, y_s = _grid_xy(grid_ptr, n, p, p_mask, W_OUT, stride_sn, stride_sh, stride_sw, stride_sc, ACC)
+    g_xs, g_ys = backprop_at(
+        grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, fill_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
+        stride_gn, stride_gc, stride_gh, stride_gw, stride_xn, stride_xc, stride_xh, stride_xw,
+        stride_dn, stride_dc, stride_dh, stride_dw,
+        MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_GRID, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+    )
+    if NEED_GRID:  # bilinear only (the launcher zero-fills for nearest): grad_grid is contiguous (N, H_OUT, W_OUT, 2)
+        row = grad_grid_ptr + (n * (H_OUT * W_OUT) + p) * 2
+        ty = grad_grid_ptr.dtype.element_ty
+        tl.store(row, g_xs.to(ty), mask=p_mask)
+        tl.store(row + 1, g_ys.to(ty), mask=p_mask)
+
+
+@triton.jit
+def _grid_xyz(grid_ptr, n, p, p_mask, H_OUT, W_OUT, stride_sn, stride_sd, stride_sh, stride_sw, stride_sc,
+              ACC: tl.constexpr):
+    """(x_s, y_s, z_s) of output voxels p of volume n, read from the grid in ACC (masked voxels: 0)."""
+    g = grid_ptr + _voxel_offset(n, p, H_OUT, W_OUT, stride_sn, stride_sd, stride_sh, stride_sw)
+    return (tl.load(g, mask=p_mask, other=0.0).to(ACC),
+            tl.load(g + stride_sc, mask=p_mask, other=0.0).to(ACC),
+            tl.load(g + 2 * stride_sc, mask=p_mask, other=0.0).to(ACC))
+
+
+@triton.jit
+def _grid_sample3d_fwd_kernel(
+    # pointers
+    x_ptr, grid_ptr, out_ptr, fill_ptr,
+    # sizes
+    C, D, H, W, D_OUT, H_OUT, W_OUT, NUM_PBLOCKS,
+    # strides (elements)
+    stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,
+    stride_on, stride_oc, stride_od, stride_oh, stride_ow,
+    stride_sn, stride_sd, stride_sh, stride_sw, stride_sc,
+    # meta-parameters
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid, n, p, p_mask, _x_t, _y_t, _z_t = program_voxels(NUM_PBLOCKS, D_OUT, H_OUT, W_OUT, ALIGN_CORNERS, ACC,
+                                                         INDEX_64, BLOCK_P)
+    x_s, y_s, z_s = _grid_xyz(grid_ptr, n, p, p_mask, H_OUT, W_OUT, stride_sn, stride_sd, stride_sh, stride_sw,
+                              stride_sc, ACC)
+    sample_at_3d(
+        x_ptr, out_ptr, fill_ptr, n, p, p_mask, x_s, y_s, z_s, C, D, H, W, H_OUT, W_OUT,
+        stride_xn, stride_xc, stride_xd, stride_xh, stride_xw, stride_on, stride_oc, stride_od, stride_oh, stride_ow,
+        MODE, PADDING, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_C,
+    )
+
+
+@triton.jit
+def _grid_sample3d_bwd_kernel(
+    # pointers
+    grad_out_ptr, x_ptr, grid_ptr, grad_x_ptr, grad_grid_ptr, dx_exp_ptr, fill_ptr,
+    # sizes
+    C, D, H, W, D_OUT, H_OUT, W_OUT, NUM_PBLOCKS,
+    # strides (elements)
+    stride_gn, stride_gc, stride_gd, stride_gh, stride_gw,
+    stride_xn, stride_xc, stride_xd, stride_xh, stride_xw,
+    stride_dn, stride_dc, stride_dd, stride_dh, stride_dw,
+    stride_sn, stride_sd, stride_sh, stride_sw, stride_sc,
+    # meta-parameters
+    MODE: tl.constexpr, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr,
+    NEED_X: tl.constexpr, NEED_GRID: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid, n, p, p_mask, _x_t, _y_t, _z_t = program_voxels(NUM_PBLOCKS, D_OUT, H_OUT, W_OUT, ALIGN_CORNERS, ACC,
+                                                         INDEX_64, BLOCK_P)
+    x_s, y_s, z_s = _grid_xyz(grid_ptr, n, p, p_mask, H_OUT, W_OUT, stride_sn, stride_sd, stride_sh, stride_sw,
+                              stride_sc, ACC)
+    g_xs, g_ys, g_zs = backprop_at_3d(
+        grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, fill_ptr, n, p, p_mask, x_s, y_s, z_s, C, D, H, W, H_OUT, W_OUT,
+        stride_gn, stride_gc, stride_gd, stride_gh, stride_gw, stride_xn, stride_xc, stride_xd, stride_xh,
+        stride_xw, stride_dn, stride_dc, stride_dd, stride_dh, stride_dw,
+        MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_GRID, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+    )
+    if NEED_GRID:  # trilinear only; grad_grid is contiguous (N, D_OUT, H_OUT, W_OUT, 3)
+        row = grad_grid_ptr + (n * (D_OUT * H_OUT * W_OUT) + p) * 3
+        ty = grad_grid_ptr.dtype.element_ty
+        tl.store(row, g_xs.to(ty), mask=p_mask)
+        tl.store(row + 1, g_ys.to(ty), mask=p_mask)
+        tl.store(row + 2, g_zs.to(ty), mask=p_mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+def _grid_strides(grid: torch.Tensor) -> tuple:
+    """The grid's strides in the kernels' order: batch, spatial (outer to inner), coordinate."""
+    s = grid.stride()
+    return (s[0], *s[1:-1], s[-1])
+
+
+@plan_cache
+def _fwd_plan(x_key, grid_key, mode, padding_mode, align_corners, config):
+    """(launch grid or None, out shape, out memory format, integer args, constexpr args) of a forward."""
+    x, g = meta_tensor(x_key), meta_tensor(grid_key)
+    volume = x.dim() == 5
+    size = tuple(g.shape[1:-1])
+    out = empty_output(x, *size)
+    cfg = launch_config_3d if volume else launch_config
+    block_p, block_c, num_warps = cfg(x.shape[1], is_channels_last(x), config)
+    num_pblocks = triton.cdiv(math.prod(size), block_p)
+    ints = (*x.shape[1:], *size, num_pblocks, *x.stride(), *out.stride(), *_grid_strides(g))
+    meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
+                ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, g),
+                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+    launch = None if nothing_to_sample(x, *size) else (x.shape[0] * num_pblocks,)
+    return launch, tuple(out.shape), memory_format_of(x), ints, meta
+
+
+@on_tensor_device
+def grid_sample_fwd(x, grid, mode, padding_mode, align_corners, config=None, fill=None):
+    """Sample ``x`` (N, C, H, W) at ``grid`` (N, H_out, W_out, 2), or a volume (N, C, D, H, W) at
+    (N, D_out, H_out, W_out, 3); output in x's dtype and memory format. ``fill``: the (C,) values of
+    ``padding_mode="fill"``. ``config``: (BLOCK_P, BLOCK_C[, num_warps]) tiling override."""
+    launch, out_shape, memory_format, ints, meta = _fwd_plan(
+        tensor_key(x), tensor_key(grid), mode, padding_mode, align_corners, config_key(config))
+    out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+    if launch is None:
+        return out
+    kernel = _grid_sample3d_fwd_kernel if x.dim() == 5 else _grid_sample_fwd_kernel
+    kernel[launch](x, grid, out, fill_values(fill, x, padding_mode), *ints, **meta)
+    return out
+
+
+@plan_cache
+def _bwd_plan(grad_out_key, x_key, grid_key, mode, padding_mode, align_corners, need_x, need_grid, deterministic,
+              config):
+    """(launch grid or None, whether the kernel writes grad_grid, integer args, constexpr args) of a backward."""
+    grad_out, x, g = meta_tensor(grad_out_key), meta_tensor(x_key), meta_tensor(grid_key)
+    volume = x.dim() == 5
+    size = tuple(g.shape[1:-1])
+    grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
+    cfg = launch_config_3d if volume else launch_config
+    block_p, block_c, num_warps = cfg(x.shape[1], is_channels_last(x), config)
+    num_pblocks = triton.cdiv(math.prod(size), block_p)
+    empty = nothing_to_sample(x, *size)
+    grid_in_kernel = need_grid and mode == "bilinear" and not empty
+    ints = (*x.shape[1:], *size, num_pblocks, *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *_grid_strides(g))
+    meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
+                NEED_X=need_x, NEED_GRID=grid_in_kernel, DETERMINISTIC=bool(deterministic and need_x),
+                ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, grad_out, g),
+                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+    launch = (x.shape[0] * num_pblocks,) if (need_x or grid_in_kernel) and not empty else None
+    return launch, grid_in_kernel, ints, meta
+
+
+@on_tensor_device
+def grid_sample_bwd(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_grid, deterministic=False,
+                    config=None, fill=None):
+    """Backward of :func:`grid_sample_fwd`: (grad_x or None, grad_grid or None) in the inputs' dtypes.
+
+    ``deterministic``: grad_x in int64 fixed point (bit-identical run to run); grad_grid is always
+    deterministic (one writer per element). ``grad_grid`` is contiguous whatever the grid's strides."""
+    launch, grid_in_kernel, ints, meta = _bwd_plan(
+        tensor_key(grad_out), tensor_key(x), tensor_key(grid), mode, padding_mode, align_corners, need_x, need_grid,
+        deterministic, config_key(config))
+    acc = compute_dtype(x.dtype)
+    grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
+    # every element of grad_grid is written by the kernel when it computes it; zeros otherwise (nearest)
+    grad_grid = (torch.empty if grid_in_kernel else torch.zeros)(grid.shape, dtype=grid.dtype, device=grid.device) \
+        if need_grid else None
+    if launch is not None:
+        kernel = _grid_sample3d_bwd_kernel if x.dim() == 5 else _grid_sample_bwd_kernel
+        kernel[launch](grad_out, x, grid, grad_x if grad_x is not None else x,
+                       grad_grid if grad_grid is not None else x, exponents if exponents is not None else x,
+                       fill_values(fill, x, padding_mode), *ints, **meta)
+    gx = grad_x_from_buffer(grad_x, exponents, x.dtype, acc) if need_x else None
+    return gx, grad_grid
