@@ -13,7 +13,7 @@ import dataclasses
 import triton.language as tl
 
 from bench.aot import KernelConfig
-from stn_triton.kernels import fixed_point, tps, warp, warp3d
+from stn_triton.kernels import fixed_point, grid_sample, tps, warp, warp3d
 from stn_triton.kernels.policy import MODE_CODES, PADDING_CODES, block_sizes, block_sizes_3d
 
 
@@ -191,6 +191,78 @@ def warp3d_configs() -> list[KernelConfig]:
     return configs
 
 
+def _grid_strides(size: tuple, prefix: str = "s") -> dict:
+    """A contiguous (N, *size, dims) sampling grid's strides (batch, spatial outer to inner, coordinate)."""
+    dims = len(size)
+    names = ("d", "h", "w")[-dims:]
+    strides, acc = {}, dims
+    for name, extent in zip(reversed(names), reversed(size)):
+        strides[f"stride_{prefix}{name}"] = acc
+        acc *= extent
+    return {**strides, f"stride_{prefix}n": acc, f"stride_{prefix}c": 1}
+
+
+def grid_sample_configs() -> list[KernelConfig]:
+    """Sampling at a given grid (``kernels/grid_sample.py``), images and volumes: fp32 NCHW, bf16 NHWC
+    and fp16 NCHW (fp64 once for volumes), each mode / padding pair (fill included) both ways, the
+    grid-only and deterministic backward, and int64 specialisations of each direction."""
+    configs = []
+    for storage, layout_cl in (("fp32", False), ("bf16", True), ("fp16", False)):
+        channels = 64 if layout_cl else 3
+        block_p, block_c = block_sizes(channels, layout_cl)
+        layout = "nhwc" if layout_cl else "nchw"
+        pairs = (("bilinear", "zeros"), ("bilinear", "reflection"), ("nearest", "border"))
+        if storage != "fp16":
+            pairs += (("bilinear", "fill"), ("nearest", "fill"))
+        for mode, padding in pairs:
+            common = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding], ALIGN_CORNERS=False,
+                          ACC=tl.float32, INDEX_64=False, BLOCK_P=block_p, BLOCK_C=block_c)
+            tail = f"{mode}/{padding}/{storage}/{layout}"
+            configs.append(KernelConfig(
+                f"grid_sample_fwd/{tail}", grid_sample._grid_sample_fwd_kernel,
+                {"x_ptr": storage, "grid_ptr": "fp32", "out_ptr": storage, "fill_ptr": "fp32"}, common,
+                {**layout_strides("xo", layout_cl, channels), **_grid_strides((32, 32))}))
+            configs.append(KernelConfig(
+                f"grid_sample_bwd/{tail}", grid_sample._grid_sample_bwd_kernel,
+                {"grad_out_ptr": storage, "x_ptr": storage, "grid_ptr": "fp32", "grad_x_ptr": "fp32",
+                 "grad_grid_ptr": "fp32", "dx_exp_ptr": "i32", "fill_ptr": "fp32"},
+                dict(common, NEED_X=True, NEED_GRID=mode == "bilinear", DETERMINISTIC=False),
+                {**layout_strides("gxd", layout_cl, channels), **_grid_strides((32, 32))}))
+    for storage, layout_cl, acc in (("fp32", False, "fp32"), ("bf16", True, "fp32"), ("fp64", False, "fp64")):
+        channels = 64 if layout_cl else 3
+        block_p, block_c = block_sizes_3d(channels, layout_cl)
+        layout = "ndhwc" if layout_cl else "ncdhw"
+        pairs = (("bilinear", "zeros"),) if storage == "fp64" else \
+            (("bilinear", "zeros"), ("nearest", "border"), ("bilinear", "fill"))
+        for mode, padding in pairs:
+            common = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding], ALIGN_CORNERS=False,
+                          ACC=tl.float64 if acc == "fp64" else tl.float32, INDEX_64=False,
+                          BLOCK_P=block_p, BLOCK_C=block_c)
+            tail = f"{mode}/{padding}/{storage}/{layout}"
+            configs.append(KernelConfig(
+                f"grid_sample3d_fwd/{tail}", grid_sample._grid_sample3d_fwd_kernel,
+                {"x_ptr": storage, "grid_ptr": acc, "out_ptr": storage, "fill_ptr": acc}, common,
+                {**volume_strides("xo", layout_cl, channels), **_grid_strides((16, 32, 32))}))
+            configs.append(KernelConfig(
+                f"grid_sample3d_bwd/{tail}", grid_sample._grid_sample3d_bwd_kernel,
+                {"grad_out_ptr": storage, "x_ptr": storage, "grid_ptr": acc, "grad_x_ptr": acc,
+                 "grad_grid_ptr": acc, "dx_exp_ptr": "i32", "fill_ptr": acc},
+                dict(common, NEED_X=True, NEED_GRID=mode == "bilinear", DETERMINISTIC=False),
+                {**volume_strides("gxd", layout_cl, channels), **_grid_strides((16, 32, 32))}))
+    by_label = {c.label: c for c in configs}
+    bwd = by_label["grid_sample_bwd/bilinear/zeros/fp32/nchw"]
+    configs.append(dataclasses.replace(bwd, label=bwd.label + "/grid-only", constexprs=dict(bwd.constexprs, NEED_X=False)))
+    for label in ("grid_sample_bwd/bilinear/zeros/fp32/nchw", "grid_sample3d_bwd/bilinear/zeros/fp32/ncdhw"):
+        b = by_label[label]
+        configs.append(dataclasses.replace(b, label=b.label + "/deterministic", pointers=dict(b.pointers, grad_x_ptr="i64"),
+                                           constexprs=dict(b.constexprs, DETERMINISTIC=True)))
+    for label in ("grid_sample_fwd/bilinear/zeros/fp32/nchw", "grid_sample_bwd/bilinear/reflection/bf16/nhwc",
+                  "grid_sample_fwd/bilinear/fill/bf16/nhwc", "grid_sample_bwd/bilinear/fill/fp32/nchw",
+                  "grid_sample3d_fwd/nearest/border/bf16/ndhwc", "grid_sample3d_bwd/bilinear/zeros/fp32/ncdhw"):
+        configs.append(_int64(by_label[label]))
+    return configs
+
+
 def fixed_point_configs() -> list[KernelConfig]:
     """Both fixed-point kernels always index in int64 (no INDEX_64 constexpr)."""
     configs = []
@@ -210,4 +282,4 @@ def fixed_point_configs() -> list[KernelConfig]:
 
 def all_configs() -> list[KernelConfig]:
     """Every kernel's AOT specialisations."""
-    return [*warp_configs(), *warp3d_configs(), *tps_configs(), *fixed_point_configs()]
+    return [*warp_configs(), *warp3d_configs(), *tps_configs(), *grid_sample_configs(), *fixed_point_configs()]
