@@ -43,13 +43,15 @@ if not torch.cuda.is_available():  # the Triton path on CPU tensors needs the in
 
 import stn_triton  # noqa: E402
 from stn_triton import torch_path  # noqa: E402
-from stn_triton.kernels import fixed_point, tps as kt, warp as kw, warp3d as kw3  # noqa: E402
+from stn_triton.kernels import fixed_point, grid_sample as kg, tps as kt, warp as kw, warp3d as kw3  # noqa: E402
 
 from bench.train_step import plain_warp  # noqa: E402  (the projective composition lives there)
 
 # every Triton kernel the public ops launch (module, attribute): the stub replaces each
 KERNELS = [(kw, "_warp_fwd_kernel"), (kw, "_warp_bwd_kernel"), (kt, "_tps_fwd_kernel"), (kt, "_tps_bwd_kernel"),
            (kw3, "_warp3d_fwd_kernel"), (kw3, "_warp3d_bwd_kernel"),
+           (kg, "_grid_sample_fwd_kernel"), (kg, "_grid_sample_bwd_kernel"),
+           (kg, "_grid_sample3d_fwd_kernel"), (kg, "_grid_sample3d_bwd_kernel"),
            (fixed_point, "_exponent_kernel"), (fixed_point, "_fixed_to_float_kernel")]
 
 
@@ -105,6 +107,20 @@ def _tps_inputs(device):
     return (x, points), (0, 1)
 
 
+def _grid_inputs(device, volume=False):
+    x = torch.rand(2, 3, *((4, 4, 4) if volume else (8, 8)), device=device)
+    grid = torch.rand(2, *x.shape[2:], 3 if volume else 2, device=device) * 2 - 1
+    return (x, grid), (0, 1)
+
+
+def _grid_sample(x, grid):
+    return stn_triton.grid_sample(x, grid)
+
+
+def _grid_sample_eager(x, grid):
+    return F.grid_sample(x, grid, align_corners=False)
+
+
 def _affine_eager(x, theta):
     return F.grid_sample(x, F.affine_grid(theta, x.shape, align_corners=False), align_corners=False)
 
@@ -131,6 +147,9 @@ OP_CASES = [
            "2 x affine_grid, / w, grid_sample"),
     OpCase("warp 3-D", _volume_inputs, stn_triton.warp, _affine_eager, "affine_grid + grid_sample (5-D)"),
     OpCase("tps_warp K=16", _tps_inputs, stn_triton.tps_warp, _tps_eager, "M @ pts, Phi @ coef, grid_sample"),
+    OpCase("grid_sample", _grid_inputs, _grid_sample, _grid_sample_eager, "grid_sample"),
+    OpCase("grid_sample 3-D", lambda d: _grid_inputs(d, volume=True), _grid_sample, _grid_sample_eager,
+           "grid_sample (5-D)"),
 ]
 PASSES = ("infer", "train fwd", "fwd+bwd")
 
