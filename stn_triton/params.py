@@ -119,3 +119,96 @@ def to_transform(transform: str, v: torch.Tensor, k: int = 16) -> torch.Tensor:
         return tps(v, k)
     n_params(transform)  # validates the name
     return globals()[transform](v)
+
+
+# ----------------------------------------------------------------------------- pixel-space matrices
+def _pixel_to_norm(size, align_corners: bool, dtype, device) -> torch.Tensor:
+    """(3, 3): pixel coordinates (x = column, y = row, pixel centres at integers) of an (H, W)
+    image -> its normalised coordinates, as ``F.grid_sample`` reads them: ``2 x / (W - 1) - 1``
+    with ``align_corners=True`` (a single pixel: x itself, so it sits at 0), ``(2 x + 1) / W - 1``
+    with False."""
+    h, w = (int(s) for s in size)
+    rows = []
+    for i, extent in enumerate((w, h)):
+        if align_corners:
+            scale, shift = (1.0, 0.0) if extent == 1 else (2.0 / (extent - 1), -1.0)
+        else:
+            scale, shift = 2.0 / extent, 1.0 / extent - 1.0
+        row = [0.0, 0.0, shift]
+        row[i] = scale
+        rows.append(row)
+    rows.append([0.0, 0.0, 1.0])
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def _pixel_matrix_args(m, in_size, out_size, align_corners, name):
+    if not isinstance(m, torch.Tensor) or not m.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor of shape (N, 2, 3) or (N, 3, 3), "
+                        f"got {type(m).__name__ if not isinstance(m, torch.Tensor) else m.dtype}")
+    if m.dim() not in (2, 3) or tuple(m.shape[-2:]) not in ((2, 3), (3, 3)):
+        raise ValueError(f"{name} must have shape (N, 2, 3) (affine) or (N, 3, 3) (projective), "
+                         f"or (2, 3) / (3, 3) for one matrix, got {tuple(m.shape)}")
+    for size, what in ((in_size, "in_size"), (out_size, "out_size")):
+        if len(tuple(size)) != 2 or any(int(s) < 1 for s in size):
+            raise ValueError(f"{what} must be (H, W) with H, W >= 1, got {tuple(size)}")
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"align_corners must be a bool, got {align_corners!r}")
+
+
+def _homogeneous(m: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) float64 from (N, 2, 3) / (N, 3, 3) (a (2, 3) / (3, 3) matrix is a batch of one)."""
+    m = m.to(torch.float64)
+    if m.dim() == 2:
+        m = m[None]
+    if m.shape[-2] == 2:
+        last = torch.tensor([0.0, 0.0, 1.0], dtype=m.dtype, device=m.device).expand(m.shape[0], 1, 3)
+        m = torch.cat([m, last], 1)
+    return m
+
+
+def from_pixels(m: torch.Tensor, in_size, out_size, align_corners: bool = False) -> torch.Tensor:
+    """The ``theta`` of :func:`stn_triton.warp` for a pixel-space matrix ``m``, as OpenCV's
+    ``cv2.warpAffine`` / ``warpPerspective`` and kornia's ``warp_affine`` / ``warp_perspective``
+    take it.
+
+    Convention:
+        * ``m``: (N, 2, 3) affine or (N, 3, 3) projective (or one (2, 3) / (3, 3) matrix), mapping
+          *source pixels* to *destination pixels*: ``[u, v, w]^T = m [x, y, 1]^T``, destination
+          (u / w, v / w); (x, y) = (column, row), pixel centres at integers (0 .. W - 1).
+        * ``in_size``: the source's (H, W); ``out_size``: the destination's (H_out, W_out) (kornia's
+          ``dsize``). ``align_corners``: the sampling convention the warp will use (as kornia's).
+        * Returns (N, 2, 3) for an affine ``m``, (N, 3, 3) for a projective one, in m's dtype: the map
+          from normalised output to normalised source coordinates, ``theta = P_in m^-1 P_out^-1``
+          (P: pixel -> normalised), so that ``warp(src, from_pixels(m, src.shape[-2:], dsize), dsize)``
+          equals kornia's ``warp_affine(src, m, dsize)`` / ``warp_perspective`` (both ``align_corners``).
+          Computed in float64; a singular ``m`` is a ValueError.
+    """
+    _pixel_matrix_args(m, in_size, out_size, align_corners, "m")
+    h = _homogeneous(m)
+    if bool((torch.linalg.det(h).abs() < 1e-12).any()):
+        raise ValueError("m is singular (|det| < 1e-12): no inverse map from destination to source pixels")
+    p_in = _pixel_to_norm(in_size, align_corners, torch.float64, m.device)
+    p_out_inv = torch.linalg.inv(_pixel_to_norm(out_size, align_corners, torch.float64, m.device))
+    theta = p_in @ torch.linalg.inv(h) @ p_out_inv
+    if m.shape[-2] == 2:
+        theta = theta[:, :2]
+    else:
+        theta = theta / theta[:, 2:, 2:]
+    return theta.to(m.dtype)
+
+
+def to_pixels(theta: torch.Tensor, in_size, out_size, align_corners: bool = False) -> torch.Tensor:
+    """The inverse of :func:`from_pixels`: the source-pixel -> destination-pixel matrix of ``theta``
+    ((N, 2, 3) -> (N, 2, 3), (N, 3, 3) -> (N, 3, 3) with ``[2, 2] = 1``), ``m = P_out^-1 theta^-1 P_in``."""
+    _pixel_matrix_args(theta, in_size, out_size, align_corners, "theta")
+    h = _homogeneous(theta)
+    if bool((torch.linalg.det(h).abs() < 1e-12).any()):
+        raise ValueError("theta is singular (|det| < 1e-12): it has no pixel-space inverse")
+    p_in = _pixel_to_norm(in_size, align_corners, torch.float64, theta.device)
+    p_out_inv = torch.linalg.inv(_pixel_to_norm(out_size, align_corners, torch.float64, theta.device))
+    m = p_out_inv @ torch.linalg.inv(h) @ p_in
+    if theta.shape[-2] == 2:
+        m = m[:, :2]
+    else:
+        m = m / m[:, 2:, 2:]
+    return m.to(theta.dtype)
