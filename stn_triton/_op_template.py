@@ -73,6 +73,14 @@ class TransformSpec:
     kernel_backward: Callable     # (grad_out, x, param, aux, mode, padding_mode, align_corners,
                                   #  need_x, need_param, deterministic) -> (grad_x | None, grad_param | None)
     supports_fill: bool = False   # padding_mode="fill": both kernel callables then take fill= (the (C,) values)
+    needs_input_size: bool = False  # grid and param_grad also take in_size= (x's spatial size): a displacement
+                                    # field in input pixels needs it to reach normalised coordinates
+
+
+def _grid_of(spec, x, param, aux, size, align_corners):
+    """``spec.grid`` in x's compute dtype (with x's spatial size where the spec needs it)."""
+    extra = {"in_size": tuple(x.shape[2:])} if spec.needs_input_size else {}
+    return spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype), **extra)
 
 
 @torch.compiler.assume_constant_result
@@ -241,7 +249,7 @@ def register(spec: TransformSpec) -> RegisteredTransform:
         size = tuple(grad_out.shape[2:])
 
         def forward(x_, param_, fill_=None):
-            grid = spec.grid(param_, tuple(aux), size, align_corners, compute_dtype(x_.dtype))
+            grid = _grid_of(spec, x_, param_, tuple(aux), size, align_corners)
             return grid_sample_composed(x_, grid, mode, padding_mode, align_corners, fill=fill_)
 
         with_fill = padding_mode == "fill"
@@ -274,7 +282,7 @@ def _forward_keeping_grid(spec, backend, x, param, aux, size, mode, padding_mode
     if nothing_to_sample(x, *size):
         return empty_output(x, *size), None
     if backend == "torch":
-        grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
+        grid = _grid_of(spec, x, param, aux, size, align_corners)
         return torch_path.sample(x, grid, mode, padding_mode, align_corners, fill), grid
     extra = {"fill": fill} if padding_mode == "fill" else {}
     return spec.kernel_forward(x, param, aux, size, mode, padding_mode, align_corners, **extra), None
@@ -304,8 +312,9 @@ def _torch_backward(spec, grad_out, x, param, aux, mode, padding_mode, align_cor
     """Backward of the PyTorch path: aten's grid-sampler backward, then ``spec.param_grad``."""
     size = tuple(grad_out.shape[2:])
     if grid is None:
-        grid = spec.grid(param, aux, size, align_corners, compute_dtype(x.dtype))
+        grid = _grid_of(spec, x, param, aux, size, align_corners)
     gx, ggrid = torch_path.sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x, need_param,
                                            fill)
-    gp = spec.param_grad(ggrid, grid, param, aux, size, align_corners).contiguous() if need_param else None
+    extra = {"in_size": tuple(x.shape[2:])} if spec.needs_input_size else {}
+    gp = spec.param_grad(ggrid, grid, param, aux, size, align_corners, **extra).contiguous() if need_param else None
     return gx, gp
