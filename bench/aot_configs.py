@@ -13,7 +13,7 @@ import dataclasses
 import triton.language as tl
 
 from bench.aot import KernelConfig
-from stn_triton.kernels import fixed_point, grid_sample, tps, warp, warp3d
+from stn_triton.kernels import fixed_point, grid_sample, tps, warp, warp3d, warp_flow
 from stn_triton.kernels.policy import MODE_CODES, PADDING_CODES, block_sizes, block_sizes_3d
 
 
@@ -263,6 +263,38 @@ def grid_sample_configs() -> list[KernelConfig]:
     return configs
 
 
+def warp_flow_configs() -> list[KernelConfig]:
+    """Displacement-field warping (``kernels/warp_flow.py``): the grid_sample matrix with a
+    channel-first flow (contiguous (N, 2|3, *size)) in place of the grid."""
+    configs = []
+    for cfg in grid_sample_configs():
+        if "/int64" in cfg.label or "/deterministic" in cfg.label or "/grid-only" in cfg.label:
+            continue
+        volume = cfg.label.startswith("grid_sample3d")
+        fwd = "_fwd" in cfg.label
+        fn = {(False, True): warp_flow._warp_flow_fwd_kernel, (False, False): warp_flow._warp_flow_bwd_kernel,
+              (True, True): warp_flow._warp_flow3d_fwd_kernel, (True, False): warp_flow._warp_flow3d_bwd_kernel}[
+            (volume, fwd)]
+        size = (16, 32, 32) if volume else (32, 32)
+        flow_strides = {"stride_fn": 3 * 16 * 32 * 32 if volume else 2 * 32 * 32,
+                        "stride_fc": 16 * 32 * 32 if volume else 32 * 32,
+                        **({"stride_fd": 32 * 32} if volume else {}), "stride_fh": 32, "stride_fw": 1}
+        specs = {k: v for k, v in cfg.specialize.items() if not k.startswith("stride_s")}
+        pointers = {("flow_ptr" if k == "grid_ptr" else "grad_flow_ptr" if k == "grad_grid_ptr" else k): v
+                    for k, v in cfg.pointers.items()}
+        constexprs = {("NEED_FLOW" if k == "NEED_GRID" else k): v for k, v in cfg.constexprs.items()}
+        label = cfg.label.replace("grid_sample3d", "warp_flow3d").replace("grid_sample", "warp_flow")
+        configs.append(KernelConfig(label, fn, pointers, constexprs, {**specs, **flow_strides}))
+    by_label = {c.label: c for c in configs}
+    for label in ("warp_flow_fwd/bilinear/zeros/fp32/nchw", "warp_flow_bwd/bilinear/fill/fp32/nchw",
+                  "warp_flow3d_fwd/bilinear/zeros/fp32/ncdhw", "warp_flow3d_bwd/bilinear/zeros/fp32/ncdhw"):
+        configs.append(_int64(by_label[label]))
+    b = by_label["warp_flow_bwd/bilinear/zeros/fp32/nchw"]
+    configs.append(dataclasses.replace(b, label=b.label + "/deterministic", pointers=dict(b.pointers, grad_x_ptr="i64"),
+                                       constexprs=dict(b.constexprs, DETERMINISTIC=True)))
+    return configs
+
+
 def fixed_point_configs() -> list[KernelConfig]:
     """Both fixed-point kernels always index in int64 (no INDEX_64 constexpr)."""
     configs = []
@@ -282,4 +314,5 @@ def fixed_point_configs() -> list[KernelConfig]:
 
 def all_configs() -> list[KernelConfig]:
     """Every kernel's AOT specialisations."""
-    return [*warp_configs(), *warp3d_configs(), *tps_configs(), *grid_sample_configs(), *fixed_point_configs()]
+    return [*warp_configs(), *warp3d_configs(), *tps_configs(), *grid_sample_configs(), *warp_flow_configs(),
+            *fixed_point_configs()]

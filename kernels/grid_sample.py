@@ -35,7 +35,7 @@ from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
 from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
 from .policy import (MODE_CODES, PADDING_CODES, compute_dtype, launch_config, launch_config_3d, needs_int64,
                      triton_dtype)
-from .sampling import (MODE_BILINEAR, _voxel_offset, backprop_at, backprop_at_3d, program_pixels, program_voxels,
+from .sampling import (_voxel_offset, backprop_at, backprop_at_3d, out_plane, program_pixels, program_voxels,
                        sample_at, sample_at_3d)
 from .warp import fill_values
 
@@ -97,7 +97,7 @@ def _grid_sample_bwd_kernel(
         MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_GRID, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
     if NEED_GRID:  # bilinear only (the launcher zero-fills for nearest): grad_grid is contiguous (N, H_OUT, W_OUT, 2)
-        row = grad_grid_ptr + (n * (H_OUT * W_OUT) + p) * 2
+        row = grad_grid_ptr + (n * out_plane(H_OUT, W_OUT, INDEX_64) + p) * 2
         ty = grad_grid_ptr.dtype.element_ty
         tl.store(row, g_xs.to(ty), mask=p_mask)
         tl.store(row + 1, g_ys.to(ty), mask=p_mask)
@@ -110,7 +110,7 @@ def _grid_xyz(grid_ptr, n, p, p_mask, H_OUT, W_OUT, stride_sn, stride_sd, stride
     g = grid_ptr + _voxel_offset(n, p, H_OUT, W_OUT, stride_sn, stride_sd, stride_sh, stride_sw)
     return (tl.load(g, mask=p_mask, other=0.0).to(ACC),
             tl.load(g + stride_sc, mask=p_mask, other=0.0).to(ACC),
-            tl.load(g + 2 * stride_sc, mask=p_mask, other=0.0).to(ACC))
+            tl.load(g + stride_sc + stride_sc, mask=p_mask, other=0.0).to(ACC))  # not 2 * stride_sc: an int32 product
 
 
 @triton.jit
@@ -165,7 +165,7 @@ def _grid_sample3d_bwd_kernel(
         MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_GRID, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
     if NEED_GRID:  # trilinear only; grad_grid is contiguous (N, D_OUT, H_OUT, W_OUT, 3)
-        row = grad_grid_ptr + (n * (D_OUT * H_OUT * W_OUT) + p) * 3
+        row = grad_grid_ptr + (n * (out_plane(H_OUT, W_OUT, INDEX_64) * D_OUT) + p) * 3
         ty = grad_grid_ptr.dtype.element_ty
         tl.store(row, g_xs.to(ty), mask=p_mask)
         tl.store(row + 1, g_ys.to(ty), mask=p_mask)

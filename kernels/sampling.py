@@ -46,6 +46,15 @@ def program_pixels(NUM_PBLOCKS, H_OUT, W_OUT, ALIGN_CORNERS: tl.constexpr, ACC: 
 
 
 @triton.jit
+def out_plane(H_OUT, W_OUT, INDEX_64: tl.constexpr):
+    """Output pixels per image, H_OUT * W_OUT, in int64 with INDEX_64 (the product can pass 2**31)."""
+    h = H_OUT
+    if INDEX_64:
+        h = h.to(tl.int64)
+    return h * W_OUT
+
+
+@triton.jit
 def channel_block(c0, c_range, INDEX_64: tl.constexpr):
     """Channel indices c0 + [0, BLOCK_C), int64 with INDEX_64 (``c * stride_c`` can pass 2**31)."""
     c = c0 + c_range

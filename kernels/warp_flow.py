@@ -32,8 +32,8 @@ from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
 from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
 from .policy import (MODE_CODES, PADDING_CODES, compute_dtype, launch_config, launch_config_3d, needs_int64,
                      triton_dtype)
-from .sampling import (_voxel_offset, backprop_at, backprop_at_3d, program_pixels, program_voxels, sample_at,
-                       sample_at_3d)
+from .sampling import (_voxel_offset, backprop_at, backprop_at_3d, out_plane, program_pixels, program_voxels,
+                       sample_at, sample_at_3d)
 from .warp import fill_values
 
 
@@ -108,11 +108,11 @@ def _warp_flow_bwd_kernel(
         MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_FLOW, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
     if NEED_FLOW:  # bilinear only (the launcher zero-fills for nearest); grad_flow contiguous (N, 2, H_OUT, W_OUT)
-        hw = H_OUT * W_OUT
-        row = grad_flow_ptr + n * (2 * hw) + p
+        hw = out_plane(H_OUT, W_OUT, INDEX_64)
+        off = n * (2 * hw) + p  # int64 with INDEX_64: n, p and hw are
         ty = grad_flow_ptr.dtype.element_ty
-        tl.store(row, (g_xs * sx).to(ty), mask=p_mask)
-        tl.store(row + hw, (g_ys * sy).to(ty), mask=p_mask)
+        tl.store(grad_flow_ptr + off, (g_xs * sx).to(ty), mask=p_mask)
+        tl.store(grad_flow_ptr + (off + hw), (g_ys * sy).to(ty), mask=p_mask)
 
 
 @triton.jit
@@ -125,7 +125,7 @@ def _flow_coords_3d(flow_ptr, n, p, p_mask, x_t, y_t, z_t, D, H, W, H_OUT, W_OUT
     sz = _pixel_scale(D, ALIGN_CORNERS, ACC)
     u = tl.load(f, mask=p_mask, other=0.0).to(ACC)
     v = tl.load(f + stride_fc, mask=p_mask, other=0.0).to(ACC)
-    w = tl.load(f + 2 * stride_fc, mask=p_mask, other=0.0).to(ACC)
+    w = tl.load(f + stride_fc + stride_fc, mask=p_mask, other=0.0).to(ACC)  # not 2 * stride_fc: an int32 product
     return x_t + u * sx, y_t + v * sy, z_t + w * sz, sx, sy, sz
 
 
@@ -183,12 +183,12 @@ def _warp_flow3d_bwd_kernel(
         MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_FLOW, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
     if NEED_FLOW:  # trilinear only; grad_flow contiguous (N, 3, D_OUT, H_OUT, W_OUT)
-        dhw = D_OUT * H_OUT * W_OUT
-        row = grad_flow_ptr + n * (3 * dhw) + p
+        dhw = out_plane(H_OUT, W_OUT, INDEX_64) * D_OUT
+        off = n * (3 * dhw) + p
         ty = grad_flow_ptr.dtype.element_ty
-        tl.store(row, (g_xs * sx).to(ty), mask=p_mask)
-        tl.store(row + dhw, (g_ys * sy).to(ty), mask=p_mask)
-        tl.store(row + 2 * dhw, (g_zs * sz).to(ty), mask=p_mask)
+        tl.store(grad_flow_ptr + off, (g_xs * sx).to(ty), mask=p_mask)
+        tl.store(grad_flow_ptr + (off + dhw), (g_ys * sy).to(ty), mask=p_mask)
+        tl.store(grad_flow_ptr + (off + 2 * dhw), (g_zs * sz).to(ty), mask=p_mask)
 
 
 # ----------------------------------------------------------------------------- launchers

@@ -17,7 +17,8 @@ def test_every_kernel_compiles_for_sm80_sm90_without_spills():
     kernels = {r["kernel"] for r in rows}
     assert {"_warp_fwd_kernel", "_warp_bwd_kernel", "_warp3d_fwd_kernel", "_warp3d_bwd_kernel",
             "_grid_sample_fwd_kernel", "_grid_sample_bwd_kernel", "_grid_sample3d_fwd_kernel",
-            "_grid_sample3d_bwd_kernel"} <= kernels
+            "_grid_sample3d_bwd_kernel", "_warp_flow_fwd_kernel", "_warp_flow_bwd_kernel", "_warp_flow3d_fwd_kernel",
+            "_warp_flow3d_bwd_kernel"} <= kernels
     assert {r["arch"] for r in rows} == {80, 90}
 
 
@@ -28,8 +29,9 @@ def test_int64_specialisations_compute_every_offset_in_int64():
     kernels = {r["kernel"] for r in rows}
     assert kernels == {"_warp_fwd_kernel", "_warp_bwd_kernel", "_warp3d_fwd_kernel", "_warp3d_bwd_kernel",
                        "_tps_fwd_kernel", "_tps_bwd_kernel", "_grid_sample_fwd_kernel", "_grid_sample_bwd_kernel",
-                       "_grid_sample3d_fwd_kernel", "_grid_sample3d_bwd_kernel", "_fixed_to_float_kernel",
-                       "_exponent_kernel"}, kernels
+                       "_grid_sample3d_fwd_kernel", "_grid_sample3d_bwd_kernel", "_warp_flow_fwd_kernel",
+                       "_warp_flow_bwd_kernel", "_warp_flow3d_fwd_kernel", "_warp_flow3d_bwd_kernel",
+                       "_fixed_to_float_kernel", "_exponent_kernel"}, kernels
     for r in rows:
         assert r["int32_offsets"] == [], f"{r['label']}: " + "\n".join(r["int32_offsets"])
 
