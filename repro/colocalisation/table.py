@@ -66,6 +66,22 @@ def ink_reference_pct(variant: str, result: dict) -> float:
     return 100.0 * (iou(ink_centroid_boxes(ds.images), ds.boxes) > 0.5).float().mean().item()
 
 
+def _provenance(res: dict) -> str:
+    """Where each variant's results come from (they may be from different runs): commit, tree, data
+    set version and options, the encoder's test error."""
+    parts = []
+    for v in VARIANTS:
+        if not res[v]:
+            continue
+        r = next(iter(res[v].values()))
+        ver, data, enc = r.get("versions", {}), r.get("data"), r.get("encoder") or {}
+        data_txt = (f"data v{data['version']}" + (f" ({', '.join(f'{k}={x}' for k, x in sorted(data['options'].items()))})"
+                                                   if data["options"] else "")) if data else "data not recorded (version 2)"
+        parts.append(f"{v}: commit {ver.get('git', '?')} ({'clean' if ver.get('git_clean') else 'dirty or unknown'} "
+                     f"tree), {data_txt}, encoder test error {enc.get('test_error_pct', '?')} %")
+    return "; ".join(parts) or "no results"
+
+
 def write_table(out: Path) -> Path:
     res = {v: {} for v in VARIANTS}
     meta = {}
@@ -85,8 +101,7 @@ def write_table(out: Path) -> Path:
     opts = ", ".join(f"{k} {sched[k]}" for k in keys if k in sched)
     lines = ["# Co-localisation (supplement Table 2): % of the 100 images whose box has IoU > 0.5", "",
              f"Profile `{meta.get('profile')}` ({opts}); device `cpu`, "
-             f"{prov.get('threads', 1)} thread, commit {prov.get('git', '?')} "
-             f"({'clean' if prov.get('git_clean') else 'dirty or unknown'} tree); one optimisation per digit "
+             f"{prov.get('threads', 1)} thread; {_provenance(res)}; one optimisation per digit "
              "class on its first 100 test images, seed 0. Paper: T 100 % for every class, TC 75–93 % "
              "depending on the class (per-class values not in our copy of the supplement). The options that "
              "depart from the supplement are listed in `python -m repro.colocalisation --help` and the module "
