@@ -14,7 +14,7 @@ import triton.language as tl
 
 from bench.aot import KernelConfig
 from stn_triton.kernels import fixed_point, grid_sample, tps, warp, warp3d, warp_flow
-from stn_triton.kernels.policy import MODE_CODES, PADDING_CODES, block_sizes, block_sizes_3d
+from stn_triton.kernels.policy import MODE_CODES, PADDING_CODES, block_sizes, block_sizes_3d, block_sizes_bicubic
 
 
 def layout_strides(prefixes, channels_last: bool, c: int = 64, h: int = 32, w: int = 32) -> dict:
@@ -295,6 +295,29 @@ def warp_flow_configs() -> list[KernelConfig]:
     return configs
 
 
+def bicubic_configs() -> list[KernelConfig]:
+    """mode="bicubic" (images: 4x4 taps) in every 2-D kernel that offers it -- the affine and projective
+    warp, grid_sample and warp_flow -- fp32 NCHW and bf16 NHWC, zeros / reflection / fill, both ways,
+    plus the deterministic and int64 backward of grid_sample."""
+    configs = []
+    sources = [c for c in (*warp_configs(), *grid_sample_configs(), *warp_flow_configs())
+               if c.label.split("/")[0] in ("warp_fwd", "warp_bwd", "grid_sample_fwd", "grid_sample_bwd",
+                                            "warp_flow_fwd", "warp_flow_bwd")
+               and "/bilinear/" in c.label and c.label.split("/")[-1] in ("nchw", "nhwc")
+               and any(f"/{pad}/" in c.label for pad in ("zeros", "reflection", "fill"))]
+    for cfg in sources:
+        channels_last = cfg.label.endswith("nhwc")
+        block_p, block_c = block_sizes_bicubic(64 if channels_last else 3, channels_last)
+        constexprs = dict(cfg.constexprs, MODE=MODE_CODES["bicubic"], BLOCK_P=block_p, BLOCK_C=block_c)
+        configs.append(dataclasses.replace(cfg, label=cfg.label.replace("/bilinear/", "/bicubic/"), constexprs=constexprs))
+    by_label = {c.label: c for c in configs}
+    b = by_label["grid_sample_bwd/bicubic/zeros/fp32/nchw"]
+    det = dataclasses.replace(b, label=b.label + "/deterministic", pointers=dict(b.pointers, grad_x_ptr="i64"),
+                              constexprs=dict(b.constexprs, DETERMINISTIC=True))
+    configs += [det, _int64(det), _int64(by_label["warp_fwd/proj/bicubic/reflection/bf16/nhwc"])]
+    return configs
+
+
 def fixed_point_configs() -> list[KernelConfig]:
     """Both fixed-point kernels always index in int64 (no INDEX_64 constexpr)."""
     configs = []
@@ -315,4 +338,4 @@ def fixed_point_configs() -> list[KernelConfig]:
 def all_configs() -> list[KernelConfig]:
     """Every kernel's AOT specialisations."""
     return [*warp_configs(), *warp3d_configs(), *tps_configs(), *grid_sample_configs(), *warp_flow_configs(),
-            *fixed_point_configs()]
+            *bicubic_configs(), *fixed_point_configs()]

@@ -186,8 +186,8 @@ def _fwd_plan(x_key, grid_key, mode, padding_mode, align_corners, config):
     volume = x.dim() == 5
     size = tuple(g.shape[1:-1])
     out = empty_output(x, *size)
-    cfg = launch_config_3d if volume else launch_config
-    block_p, block_c, num_warps = cfg(x.shape[1], is_channels_last(x), config)
+    block_p, block_c, num_warps = (launch_config_3d(x.shape[1], is_channels_last(x), config) if x.dim() == 5
+                                   else launch_config(x.shape[1], is_channels_last(x), config, mode))
     num_pblocks = triton.cdiv(math.prod(size), block_p)
     ints = (*x.shape[1:], *size, num_pblocks, *x.stride(), *out.stride(), *_grid_strides(g))
     meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
@@ -220,11 +220,11 @@ def _bwd_plan(grad_out_key, x_key, grid_key, mode, padding_mode, align_corners, 
     volume = x.dim() == 5
     size = tuple(g.shape[1:-1])
     grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
-    cfg = launch_config_3d if volume else launch_config
-    block_p, block_c, num_warps = cfg(x.shape[1], is_channels_last(x), config)
+    block_p, block_c, num_warps = (launch_config_3d(x.shape[1], is_channels_last(x), config) if x.dim() == 5
+                                   else launch_config(x.shape[1], is_channels_last(x), config, mode))
     num_pblocks = triton.cdiv(math.prod(size), block_p)
     empty = nothing_to_sample(x, *size)
-    grid_in_kernel = need_grid and mode == "bilinear" and not empty
+    grid_in_kernel = need_grid and mode != "nearest" and not empty
     ints = (*x.shape[1:], *size, num_pblocks, *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *_grid_strides(g))
     meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
                 NEED_X=need_x, NEED_GRID=grid_in_kernel, DETERMINISTIC=bool(deterministic and need_x),

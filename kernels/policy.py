@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-MODE_CODES = {"bilinear": 0, "nearest": 1}
+MODE_CODES = {"bilinear": 0, "nearest": 1, "bicubic": 2}  # bicubic: images only
 PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2, "fill": 3}
 
 
@@ -41,12 +41,23 @@ def block_sizes(channels: int, channels_last: bool) -> tuple[int, int]:
     return 256, min(c2, 4)
 
 
-def launch_config(channels: int, channels_last: bool, config=None) -> tuple[int, int, int]:
+def block_sizes_bicubic(channels: int, channels_last: bool) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_C) of bicubic sampling: 16 taps, four times the bilinear's, so a quarter of its
+    tile (BLOCK_P * BLOCK_C near 256: fewer pixels, and for channels_last a narrower channel block):
+    with the bilinear tile every bicubic NCHW kernel compiled to 255 registers (no spills, but few
+    warps per SM); with this one 80-170 (``python -m bench.static --match bicubic``)."""
+    block_p, block_c = block_sizes(channels, channels_last)
+    block_p = max(16, block_p // 4)
+    return block_p, min(block_c, max(1, 256 // block_p))  # channels_last tiles are already at 16 pixels
+
+
+def launch_config(channels: int, channels_last: bool, config=None, mode: str = "bilinear") -> tuple[int, int, int]:
     """(BLOCK_P, BLOCK_C, num_warps) of a launch: ``config`` when given, as (BLOCK_P, BLOCK_C) or
     (BLOCK_P, BLOCK_C, num_warps) (tests vary the tiling; ``python -m bench.tune`` sweeps it on a
-    GPU), else ``block_sizes`` with 4 warps."""
+    GPU), else ``block_sizes`` (``block_sizes_bicubic`` for ``mode="bicubic"``) with 4 warps."""
     if config is None:
-        return (*block_sizes(channels, channels_last), 4)
+        sizes = block_sizes_bicubic if mode == "bicubic" else block_sizes
+        return (*sizes(channels, channels_last), 4)
     block_p, block_c, *rest = config
     num_warps = rest[0] if rest else 4
     for name, v in (("BLOCK_P", block_p), ("BLOCK_C", block_c), ("num_warps", num_warps)):

@@ -11,7 +11,10 @@ Conventions (identical to ``F.affine_grid`` + ``F.grid_sample``):
 * padding ``zeros`` (0) reads 0 outside, ``border`` (1) clips the coordinate, ``reflection`` (2)
   reflects it about the border (then clips), each with its sub-gradient, as PyTorch defines it;
   ``fill`` (3) is ``zeros`` whose out-of-range taps read the channel's fill value (``fill_ptr``,
-  (C,) in ACC) instead of 0, so the image is sampled as if surrounded by that constant.
+  (C,) in ACC) instead of 0, so the image is sampled as if surrounded by that constant;
+* modes: ``bilinear`` (2x2 taps; 2x2x2 for volumes), ``nearest`` (round half to even) and, for
+  images, ``bicubic`` (4x4 taps, PyTorch's rules: see the bicubic section below), selected in
+  :func:`sample_at` / :func:`backprop_at`.
 
 Every helper also returns d(pixel coordinate)/d(normalised coordinate) so the backward kernels
 can chain the sampling gradient back to the coordinates without a grid tensor.
@@ -26,6 +29,8 @@ PAD_BORDER = tl.constexpr(PADDING_CODES["border"])
 PAD_REFLECTION = tl.constexpr(PADDING_CODES["reflection"])
 PAD_FILL = tl.constexpr(PADDING_CODES["fill"])  # zeros' coordinates; out-of-range taps read the fill value instead of 0
 MODE_BILINEAR = tl.constexpr(MODE_CODES["bilinear"])
+MODE_NEAREST = tl.constexpr(MODE_CODES["nearest"])
+MODE_BICUBIC = tl.constexpr(MODE_CODES["bicubic"])  # images only: 4x4 taps, PyTorch's A = -0.75 and tap rules
 
 
 @triton.jit
@@ -417,6 +422,239 @@ def backprop_channels(
     return d_ix, d_iy
 
 
+
+# ----------------------------------------------------------------------------- bicubic (images)
+# PyTorch's bicubic grid_sample, rule for rule: the coordinate is unnormalised but *not* padded;
+# the 4x4 taps floor(ix) - 1 .. floor(ix) + 2 are each mapped through the padding (border clips,
+# reflection reflects then clips the integer tap; zeros / fill leave it, and a tap outside reads 0 /
+# the fill value), weighted by the cubic convolution kernel with A = -0.75. The gradient w.r.t. the
+# coordinate is the weights' slope times the tap values (no padding factor: the taps are integers);
+# grad_x goes to each tap where padding put it. A non-finite coordinate reads nothing in every
+# padding mode (all 16 taps masked: 0, or the fill value) and has zero gradient.
+CUBIC_A = tl.constexpr(-0.75)
+
+
+@triton.jit
+def unnormalize(coord, size, ALIGN_CORNERS: tl.constexpr):
+    """(pixel coordinate without padding, d pixel / d coord, finite) of normalised ``coord``;
+    finite coordinates clamped to +-COORD_LIMIT first (as :func:`source_pixel`)."""
+    finite = tl.abs(coord) < float("inf")
+    coord = tl.minimum(tl.maximum(tl.where(finite, coord, 0.0), -COORD_LIMIT), COORD_LIMIT)
+    if ALIGN_CORNERS:
+        scale = (size - 1).to(coord.dtype) * 0.5
+        pix = (coord + 1.0) * scale
+    else:
+        scale = size.to(coord.dtype) * 0.5
+        pix = ((coord + 1.0) * size.to(coord.dtype) - 1.0) * 0.5
+    return pix, tl.where(finite & (tl.abs(coord) < COORD_LIMIT), scale, 0.0), finite
+
+
+@triton.jit
+def cubic_weights(t):
+    """The four cubic-convolution weights of taps -1, 0, 1, 2 at fraction t (PyTorch's
+    get_cubic_upsample_coefficients)."""
+    x = t + 1.0
+    w0 = ((CUBIC_A * x - 5.0 * CUBIC_A) * x + 8.0 * CUBIC_A) * x - 4.0 * CUBIC_A
+    w1 = ((CUBIC_A + 2.0) * t - (CUBIC_A + 3.0)) * t * t + 1.0
+    s = 1.0 - t
+    w2 = ((CUBIC_A + 2.0) * s - (CUBIC_A + 3.0)) * s * s + 1.0
+    x = 2.0 - t
+    w3 = ((CUBIC_A * x - 5.0 * CUBIC_A) * x + 8.0 * CUBIC_A) * x - 4.0 * CUBIC_A
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def cubic_slopes(t):
+    """d(weight)/dt of :func:`cubic_weights`."""
+    x = t + 1.0
+    d0 = (3.0 * CUBIC_A * x - 10.0 * CUBIC_A) * x + 8.0 * CUBIC_A
+    d1 = (3.0 * (CUBIC_A + 2.0) * t - 2.0 * (CUBIC_A + 3.0)) * t
+    s = 1.0 - t
+    d2 = -((3.0 * (CUBIC_A + 2.0) * s - 2.0 * (CUBIC_A + 3.0)) * s)
+    x = 2.0 - t
+    d3 = -((3.0 * CUBIC_A * x - 10.0 * CUBIC_A) * x + 8.0 * CUBIC_A)
+    return d0, d1, d2, d3
+
+
+@triton.jit
+def cubic_tap(f, size, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr, INDEX_64: tl.constexpr):
+    """(index, in-bounds) of the integer-valued float tap ``f`` after the padding's tap rule."""
+    if PADDING == PAD_BORDER:
+        f, _g = _clip(f, size)
+    elif PADDING == PAD_REFLECTION:
+        if ALIGN_CORNERS:
+            f, _g = _reflect(f, 0, 2 * (size - 1))
+        else:
+            f, _g = _reflect(f, -1, 2 * size - 1)
+        f, _g = _clip(f, size)
+    else:  # zeros / fill: a tap outside stays outside; bounded so that the integer cast cannot overflow
+        f = tl.minimum(tl.maximum(f, -1.0), size.to(f.dtype))
+    i = f.to(tl.int32)
+    if INDEX_64:
+        i = i.to(tl.int64)
+    return i, (i >= 0) & (i < size)
+
+
+@triton.jit
+def cubic_taps(pix, size, PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr, INDEX_64: tl.constexpr):
+    """The fraction and the four (index, in-bounds) taps of one axis around pixel coordinate ``pix``."""
+    f0 = tl.floor(pix)
+    i0, m0 = cubic_tap(f0 - 1.0, size, PADDING, ALIGN_CORNERS, INDEX_64)
+    i1, m1 = cubic_tap(f0, size, PADDING, ALIGN_CORNERS, INDEX_64)
+    i2, m2 = cubic_tap(f0 + 1.0, size, PADDING, ALIGN_CORNERS, INDEX_64)
+    i3, m3 = cubic_tap(f0 + 2.0, size, PADDING, ALIGN_CORNERS, INDEX_64)
+    return pix - f0, i0, i1, i2, i3, m0, m1, m2, m3
+
+
+@triton.jit
+def _cubic_load(ptr, m, c_mask, fill, ACC: tl.constexpr, FILL: tl.constexpr):
+    v = tl.load(ptr, mask=m & c_mask, other=0.0).to(ACC)
+    if FILL:
+        v = tl.where(m & c_mask, v, fill)
+    return v
+
+
+@triton.jit
+def cubic_row(row, o0, o1, o2, o3, m0, m1, m2, m3, w0, w1, w2, w3, c_mask, fill, ACC: tl.constexpr,
+              FILL: tl.constexpr):
+    """Sum over the four taps of one row (column offsets o*, masks m* [BLOCK_P, 1]) of weight * value."""
+    acc = w0 * _cubic_load(row + o0, m0, c_mask, fill, ACC, FILL)
+    acc += w1 * _cubic_load(row + o1, m1, c_mask, fill, ACC, FILL)
+    acc += w2 * _cubic_load(row + o2, m2, c_mask, fill, ACC, FILL)
+    acc += w3 * _cubic_load(row + o3, m3, c_mask, fill, ACC, FILL)
+    return acc
+
+
+@triton.jit
+def cubic_scatter_row(row, o0, o1, o2, o3, m0, m1, m2, m3, g, w0, w1, w2, w3, c_mask, nonfinite, s1, s2,
+                      DETERMINISTIC: tl.constexpr):
+    scatter_add(row + o0, g * w0, m0 & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+    scatter_add(row + o1, g * w1, m1 & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+    scatter_add(row + o2, g * w2, m2 & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+    scatter_add(row + o3, g * w3, m3 & c_mask, nonfinite, s1, s2, DETERMINISTIC)
+
+
+@triton.jit
+def sample_bicubic(
+    x_img, out_ptr, out_off, p_mask, x_s, y_s, fill_ptr,
+    C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
+    PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """:func:`sample_channels` for bicubic: the 16 taps are computed once, the channels walked in blocks."""
+    ix, _dx, fin_x = unnormalize(x_s, W, ALIGN_CORNERS)
+    iy, _dy, fin_y = unnormalize(y_s, H, ALIGN_CORNERS)
+    tx, xi0, xi1, xi2, xi3, mx0, mx1, mx2, mx3 = cubic_taps(ix, W, PADDING, ALIGN_CORNERS, INDEX_64)
+    ty, yi0, yi1, yi2, yi3, my0, my1, my2, my3 = cubic_taps(iy, H, PADDING, ALIGN_CORNERS, INDEX_64)
+    ok = p_mask & fin_x & fin_y
+    wx0, wx1, wx2, wx3 = cubic_weights(tx[:, None])
+    wy0, wy1, wy2, wy3 = cubic_weights(ty[:, None])
+    o0, o1, o2, o3 = ((xi0 * stride_xw)[:, None], (xi1 * stride_xw)[:, None], (xi2 * stride_xw)[:, None],
+                      (xi3 * stride_xw)[:, None])
+    n0, n1, n2, n3 = (ok & mx0)[:, None], (ok & mx1)[:, None], (ok & mx2)[:, None], (ok & mx3)[:, None]
+    r0, r1, r2, r3 = ((yi0 * stride_xh)[:, None], (yi1 * stride_xh)[:, None], (yi2 * stride_xh)[:, None],
+                      (yi3 * stride_xh)[:, None])
+    FILL: tl.constexpr = PADDING == PAD_FILL
+    c_range = tl.arange(0, BLOCK_C)
+    for c0 in range(0, C, BLOCK_C):
+        c = channel_block(c0, c_range, INDEX_64)
+        c_mask = (c < C)[None, :]
+        fill = fill_block(fill_ptr, c, C, ACC, FILL)
+        base = x_img + (c * stride_xc)[None, :]
+        acc = wy0 * cubic_row(base + r0, o0, o1, o2, o3, n0 & my0[:, None], n1 & my0[:, None], n2 & my0[:, None],
+                              n3 & my0[:, None], wx0, wx1, wx2, wx3, c_mask, fill, ACC, FILL)
+        acc += wy1 * cubic_row(base + r1, o0, o1, o2, o3, n0 & my1[:, None], n1 & my1[:, None], n2 & my1[:, None],
+                               n3 & my1[:, None], wx0, wx1, wx2, wx3, c_mask, fill, ACC, FILL)
+        acc += wy2 * cubic_row(base + r2, o0, o1, o2, o3, n0 & my2[:, None], n1 & my2[:, None], n2 & my2[:, None],
+                               n3 & my2[:, None], wx0, wx1, wx2, wx3, c_mask, fill, ACC, FILL)
+        acc += wy3 * cubic_row(base + r3, o0, o1, o2, o3, n0 & my3[:, None], n1 & my3[:, None], n2 & my3[:, None],
+                               n3 & my3[:, None], wx0, wx1, wx2, wx3, c_mask, fill, ACC, FILL)
+        o_ptrs = out_ptr + out_off[:, None] + (c * stride_oc)[None, :]
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask)
+
+
+@triton.jit
+def backprop_bicubic(
+    grad_out_ptr, g_off, x_img, dx_img, p_mask, x_s, y_s, nonfinite, s1, s2, fill_ptr,
+    C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
+    PADDING: tl.constexpr, ALIGN_CORNERS: tl.constexpr, NEED_X: tl.constexpr, NEED_COORDS: tl.constexpr,
+    DETERMINISTIC: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Backward of :func:`sample_bicubic`: scatters into grad_x (NEED_X) and returns the gradient
+    w.r.t. the *normalised* coordinates (NEED_COORDS), reduced over channels, 0 on masked pixels."""
+    ix, dx, fin_x = unnormalize(x_s, W, ALIGN_CORNERS)
+    iy, dy, fin_y = unnormalize(y_s, H, ALIGN_CORNERS)
+    tx, xi0, xi1, xi2, xi3, mx0, mx1, mx2, mx3 = cubic_taps(ix, W, PADDING, ALIGN_CORNERS, INDEX_64)
+    ty, yi0, yi1, yi2, yi3, my0, my1, my2, my3 = cubic_taps(iy, H, PADDING, ALIGN_CORNERS, INDEX_64)
+    ok = p_mask & fin_x & fin_y
+    wx0, wx1, wx2, wx3 = cubic_weights(tx[:, None])
+    wy0, wy1, wy2, wy3 = cubic_weights(ty[:, None])
+    ex0, ex1, ex2, ex3 = cubic_slopes(tx[:, None])
+    ey0, ey1, ey2, ey3 = cubic_slopes(ty[:, None])
+    n0, n1, n2, n3 = (ok & mx0)[:, None], (ok & mx1)[:, None], (ok & mx2)[:, None], (ok & mx3)[:, None]
+    k0, k1, k2, k3 = my0[:, None], my1[:, None], my2[:, None], my3[:, None]
+    FILL: tl.constexpr = PADDING == PAD_FILL
+    d_ix = tl.zeros([BLOCK_P], dtype=ACC)
+    d_iy = tl.zeros([BLOCK_P], dtype=ACC)
+    c_range = tl.arange(0, BLOCK_C)
+    for c0 in range(0, C, BLOCK_C):
+        c = channel_block(c0, c_range, INDEX_64)
+        c_mask = (c < C)[None, :]
+        fill = fill_block(fill_ptr, c, C, ACC, FILL)
+        g = tl.load(grad_out_ptr + g_off + (c * stride_gc)[None, :], mask=p_mask[:, None] & c_mask,
+                    other=0.0).to(ACC)
+        g = tl.where(ok[:, None], g, 0.0)
+        if NEED_X:
+            d = dx_img + (c * stride_dc)[None, :]
+            q0, q1, q2, q3 = ((xi0 * stride_dw)[:, None], (xi1 * stride_dw)[:, None], (xi2 * stride_dw)[:, None],
+                              (xi3 * stride_dw)[:, None])
+            cubic_scatter_row(d + (yi0 * stride_dh)[:, None], q0, q1, q2, q3, n0 & k0, n1 & k0, n2 & k0, n3 & k0,
+                              g * wy0, wx0, wx1, wx2, wx3, c_mask, nonfinite, s1, s2, DETERMINISTIC)
+            cubic_scatter_row(d + (yi1 * stride_dh)[:, None], q0, q1, q2, q3, n0 & k1, n1 & k1, n2 & k1, n3 & k1,
+                              g * wy1, wx0, wx1, wx2, wx3, c_mask, nonfinite, s1, s2, DETERMINISTIC)
+            cubic_scatter_row(d + (yi2 * stride_dh)[:, None], q0, q1, q2, q3, n0 & k2, n1 & k2, n2 & k2, n3 & k2,
+                              g * wy2, wx0, wx1, wx2, wx3, c_mask, nonfinite, s1, s2, DETERMINISTIC)
+            cubic_scatter_row(d + (yi3 * stride_dh)[:, None], q0, q1, q2, q3, n0 & k3, n1 & k3, n2 & k3, n3 & k3,
+                              g * wy3, wx0, wx1, wx2, wx3, c_mask, nonfinite, s1, s2, DETERMINISTIC)
+        if NEED_COORDS:
+            base = x_img + (c * stride_xc)[None, :]
+            o0, o1, o2, o3 = ((xi0 * stride_xw)[:, None], (xi1 * stride_xw)[:, None], (xi2 * stride_xw)[:, None],
+                              (xi3 * stride_xw)[:, None])
+            # per row j: r_j = sum_i wx_i v_ij, e_j = sum_i ex_i v_ij; out = sum_j wy_j r_j
+            row = base + (yi0 * stride_xh)[:, None]
+            r = cubic_row(row, o0, o1, o2, o3, n0 & k0, n1 & k0, n2 & k0, n3 & k0, wx0, wx1, wx2, wx3, c_mask, fill,
+                          ACC, FILL)
+            e = cubic_row(row, o0, o1, o2, o3, n0 & k0, n1 & k0, n2 & k0, n3 & k0, ex0, ex1, ex2, ex3, c_mask, fill,
+                          ACC, FILL)
+            sx = wy0 * e
+            sy = ey0 * r
+            row = base + (yi1 * stride_xh)[:, None]
+            r = cubic_row(row, o0, o1, o2, o3, n0 & k1, n1 & k1, n2 & k1, n3 & k1, wx0, wx1, wx2, wx3, c_mask, fill,
+                          ACC, FILL)
+            e = cubic_row(row, o0, o1, o2, o3, n0 & k1, n1 & k1, n2 & k1, n3 & k1, ex0, ex1, ex2, ex3, c_mask, fill,
+                          ACC, FILL)
+            sx += wy1 * e
+            sy += ey1 * r
+            row = base + (yi2 * stride_xh)[:, None]
+            r = cubic_row(row, o0, o1, o2, o3, n0 & k2, n1 & k2, n2 & k2, n3 & k2, wx0, wx1, wx2, wx3, c_mask, fill,
+                          ACC, FILL)
+            e = cubic_row(row, o0, o1, o2, o3, n0 & k2, n1 & k2, n2 & k2, n3 & k2, ex0, ex1, ex2, ex3, c_mask, fill,
+                          ACC, FILL)
+            sx += wy2 * e
+            sy += ey2 * r
+            row = base + (yi3 * stride_xh)[:, None]
+            r = cubic_row(row, o0, o1, o2, o3, n0 & k3, n1 & k3, n2 & k3, n3 & k3, wx0, wx1, wx2, wx3, c_mask, fill,
+                          ACC, FILL)
+            e = cubic_row(row, o0, o1, o2, o3, n0 & k3, n1 & k3, n2 & k3, n3 & k3, ex0, ex1, ex2, ex3, c_mask, fill,
+                          ACC, FILL)
+            sx += wy3 * e
+            sy += ey3 * r
+            d_ix += tl.sum(g * sx, axis=1)
+            d_iy += tl.sum(g * sy, axis=1)
+    return tl.where(ok, d_ix * dx, 0.0), tl.where(ok, d_iy * dy, 0.0)
+
+
 @triton.jit
 def sample_at(
     x_ptr, out_ptr, fill_ptr, n, p, p_mask, x_s, y_s,
@@ -427,15 +665,22 @@ def sample_at(
 ):
     """Forward epilogue of every warp kernel: sample image ``n`` at the normalised source
     coordinates (x_s, y_s) of output pixels ``p`` (flat, row-major) and store all channels."""
-    ix, _ = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
-    iy, _ = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
     ho = p // W_OUT  # n and p are int64 with INDEX_64 (program_pixels): so is every offset
     out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
-    sample_channels(
-        x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy, fill_ptr,
-        C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
-        MODE, PADDING == PAD_FILL, ACC, INDEX_64, BLOCK_C,
-    )
+    if MODE == MODE_BICUBIC:
+        sample_bicubic(
+            x_ptr + n * stride_xn, out_ptr, out_off, p_mask, x_s, y_s, fill_ptr,
+            C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
+            PADDING, ALIGN_CORNERS, ACC, INDEX_64, BLOCK_C,
+        )
+    else:
+        ix, _ = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+        iy, _ = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
+        sample_channels(
+            x_ptr + n * stride_xn, out_ptr, out_off, p_mask, ix, iy, fill_ptr,
+            C, H, W, stride_xc, stride_xh, stride_xw, stride_oc,
+            MODE, PADDING == PAD_FILL, ACC, INDEX_64, BLOCK_C,
+        )
 
 
 @triton.jit
@@ -456,13 +701,19 @@ def backprop_at(
     *normalised* source coordinates, reduced over channels, 0 on masked pixels (and everywhere
     unless NEED_COORDS); the caller chains it to its transform's parameters.
     """
-    ix, dix = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
-    iy, diy = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
     nonfinite, s1, s2 = False, 1.0, 1.0
     if DETERMINISTIC:
         nonfinite, s1, s2 = fixed_point_factors(dx_exp_ptr, n, ACC)
     ho = p // W_OUT
     g_off = (n * stride_gn + ho * stride_gh + (p - ho * W_OUT) * stride_gw)[:, None]
+    if MODE == MODE_BICUBIC:
+        return backprop_bicubic(
+            grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, x_s, y_s, nonfinite,
+            s1, s2, fill_ptr, C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,
+            PADDING, ALIGN_CORNERS, NEED_X, NEED_COORDS, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
+        )
+    ix, dix = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
+    iy, diy = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
     d_ix, d_iy = backprop_channels(
         grad_out_ptr, g_off, x_ptr + n * stride_xn, grad_x_ptr + n * stride_dn, p_mask, ix, iy, nonfinite, s1, s2,
         fill_ptr, C, H, W, stride_gc, stride_xc, stride_xh, stride_xw, stride_dc, stride_dh, stride_dw,

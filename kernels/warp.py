@@ -34,7 +34,7 @@ from .fixed_point import grad_x_buffer, grad_x_from_buffer
 from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
 from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
 from .policy import MODE_CODES, PADDING_CODES, compute_dtype, launch_config, needs_int64, triton_dtype
-from .sampling import MODE_BILINEAR, backprop_at, program_pixels, sample_at
+from .sampling import MODE_NEAREST, backprop_at, program_pixels, sample_at
 
 
 @triton.jit
@@ -115,10 +115,10 @@ def _warp_bwd_kernel(
         grad_out_ptr, x_ptr, grad_x_ptr, dx_exp_ptr, fill_ptr, n, p, p_mask, x_s, y_s, C, H, W, W_OUT,
         stride_gn, stride_gc, stride_gh, stride_gw, stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dn, stride_dc, stride_dh, stride_dw,
-        MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_THETA and MODE == MODE_BILINEAR, DETERMINISTIC,
+        MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_THETA and MODE != MODE_NEAREST, DETERMINISTIC,
         ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
-    if NEED_THETA:  # bilinear only: the launcher returns zeros for nearest
+    if NEED_THETA:  # bilinear / bicubic only: the launcher returns zeros for nearest
         # chain: normalised source coord -> (u, v, w) -> theta rows; one partial row per program.
         # A non-finite coordinate has zero gradient (sampling.source_pixel), and must stay zero
         # through 1 / w (inf where w == 0).
@@ -159,7 +159,7 @@ def _fwd_plan(x_key, theta_key, h_out, w_out, mode, padding_mode, align_corners,
     x, theta = meta_tensor(x_key), meta_tensor(theta_key)
     n, c, h, w = x.shape
     out = empty_output(x, h_out, w_out)
-    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
+    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config, mode)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     ints = (c, h, w, h_out, w_out, num_pblocks, *x.stride(), *out.stride(), *theta.stride())
     meta = dict(PROJECTIVE=theta.shape[1] == 3, MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode],
@@ -196,11 +196,11 @@ def _bwd_plan(grad_out_key, x_key, theta_key, mode, padding_mode, align_corners,
     h_out, w_out = grad_out.shape[2], grad_out.shape[3]
     # the scatter buffer has x's shape and memory format; x stands in for it when grad_x is not needed
     grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
-    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config)
+    block_p, block_c, num_warps = launch_config(c, is_channels_last(x), config, mode)
     num_pblocks = triton.cdiv(h_out * w_out, block_p)
     rows = theta.shape[1]
     # bilinear: every program writes its whole partial row, so no zero-fill; nearest: grad theta is 0
-    theta_in_kernel = need_theta and mode == "bilinear" and not nothing_to_sample(x, h_out, w_out)
+    theta_in_kernel = need_theta and mode != "nearest" and not nothing_to_sample(x, h_out, w_out)
     partial_shape = (n * num_pblocks, rows * 3) if theta_in_kernel else None  # viewed as (n, blocks, rows, 3)
     ints = (c, h, w, h_out, w_out, num_pblocks,
             *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *theta.stride())

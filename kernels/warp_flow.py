@@ -202,8 +202,8 @@ def _fwd_plan(x_key, flow_key, mode, padding_mode, align_corners, config):
     x, f = meta_tensor(x_key), meta_tensor(flow_key)
     size = tuple(f.shape[2:])
     out = empty_output(x, *size)
-    cfg = launch_config_3d if x.dim() == 5 else launch_config
-    block_p, block_c, num_warps = cfg(x.shape[1], is_channels_last(x), config)
+    block_p, block_c, num_warps = (launch_config_3d(x.shape[1], is_channels_last(x), config) if x.dim() == 5
+                                   else launch_config(x.shape[1], is_channels_last(x), config, mode))
     num_pblocks = triton.cdiv(math.prod(size), block_p)
     ints = (*x.shape[1:], *size, num_pblocks, *x.stride(), *out.stride(), *_flow_strides(f))
     meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
@@ -233,11 +233,11 @@ def _bwd_plan(grad_out_key, x_key, flow_key, mode, padding_mode, align_corners, 
     grad_out, x, f = meta_tensor(grad_out_key), meta_tensor(x_key), meta_tensor(flow_key)
     size = tuple(f.shape[2:])
     grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
-    cfg = launch_config_3d if x.dim() == 5 else launch_config
-    block_p, block_c, num_warps = cfg(x.shape[1], is_channels_last(x), config)
+    block_p, block_c, num_warps = (launch_config_3d(x.shape[1], is_channels_last(x), config) if x.dim() == 5
+                                   else launch_config(x.shape[1], is_channels_last(x), config, mode))
     num_pblocks = triton.cdiv(math.prod(size), block_p)
     empty = nothing_to_sample(x, *size)
-    flow_in_kernel = need_flow and mode == "bilinear" and not empty
+    flow_in_kernel = need_flow and mode != "nearest" and not empty
     ints = (*x.shape[1:], *size, num_pblocks, *grad_out.stride(), *x.stride(), *grad_x_arg.stride(),
             *_flow_strides(f))
     meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,

@@ -28,9 +28,12 @@ def check_image(x, name: str = "x", volumes: bool = False) -> None:
                          f"got shape {tuple(x.shape)}")
 
 
-def check_modes(mode: str, padding_mode: str, allow_fill: bool = False) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+def check_modes(mode: str, padding_mode: str, allow_fill: bool = False, bicubic: bool | str = "by this op") -> None:
+    """``bicubic``: True where ``mode="bicubic"`` is supported, else why not (said in the error)."""
+    if mode == "bicubic" and bicubic is not True:
+        raise ValueError(f'mode="bicubic" is not supported {bicubic}; use "bilinear" or "nearest"')
+    if mode not in MODES + ("bicubic",):
+        raise ValueError(f"mode must be one of {MODES + ('bicubic',)}, got {mode!r}")
     allowed = PADDING_MODES + (("fill",) if allow_fill else ())
     if padding_mode not in allowed:
         raise ValueError(f"padding_mode must be one of {allowed}, got {padding_mode!r}")

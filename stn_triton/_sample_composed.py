@@ -49,6 +49,31 @@ def _source_coord(coord: torch.Tensor, size: int, padding_mode: str, align_corne
     return coord
 
 
+CUBIC_A = -0.75  # PyTorch's bicubic kernel (kernels/sampling.py: CUBIC_A)
+
+
+def _cubic_weights(t: torch.Tensor) -> list:
+    """The weights of taps -1, 0, 1, 2 at fraction t (PyTorch's get_cubic_upsample_coefficients)."""
+    a = CUBIC_A
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def _bicubic_tap(f: torch.Tensor, size: int, padding_mode: str, align_corners: bool) -> torch.Tensor:
+    """An integer-valued tap coordinate after PyTorch's per-tap padding rule (zeros: unchanged)."""
+    if padding_mode == "reflection":
+        f = _reflect(f, 0, 2 * (size - 1)) if align_corners else _reflect(f, -1, 2 * size - 1)
+    if padding_mode in ("border", "reflection"):
+        f = f.clamp(0, size - 1)
+    return f
+
+
 def _tap(flat: torch.Tensor, idx: list, sizes: list) -> torch.Tensor:
     """x[n, :, (zi,) yi, xi] for integer-valued float coordinates (N, P), ``idx`` = [xi, yi(, zi)],
     ``sizes`` = [W, H(, D)]; 0 outside the image."""
@@ -82,9 +107,21 @@ def grid_sample_composed(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilin
     grid, finite = sanitize_grid(grid.to(cdt), traceable=True)  # the kernels' rule for non-finite coordinates
     g = grid.reshape(n, p, len(sizes))
     pad = "zeros" if padding_mode == "fill" else padding_mode
-    coords = [_source_coord(g[..., k], s, pad, align_corners) for k, s in enumerate(sizes)]
+    if mode == "bicubic":  # the coordinate is not padded: each of the 4x4 taps is (kernels/sampling.py)
+        coords = [_unnormalize(g[..., k], s, align_corners) for k, s in enumerate(sizes)]
+    else:
+        coords = [_source_coord(g[..., k], s, pad, align_corners) for k, s in enumerate(sizes)]
 
     def interpolate(values):
+        if mode == "bicubic":
+            lows = [torch.floor(i).detach() for i in coords]
+            weights = [_cubic_weights((i - lo)[:, None, :]) for i, lo in zip(coords, lows)]
+            total = 0
+            for a, b in itertools.product(range(4), repeat=2):
+                taps = [_bicubic_tap(lows[0] + (a - 1), sizes[0], pad, align_corners),
+                        _bicubic_tap(lows[1] + (b - 1), sizes[1], pad, align_corners)]
+                total = total + weights[0][a] * weights[1][b] * _tap(values, taps, sizes)
+            return total
         if mode == "nearest":
             return _tap(values, [torch.round(i).detach() for i in coords], sizes)
         lows = [torch.floor(i).detach() for i in coords]

@@ -23,7 +23,8 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
           ``False`` (PyTorch's default): their outer edges. Coordinates are read in fp32 (fp64 for
           fp64 input) whatever the grid's dtype.
         * ``mode``: ``"bilinear"`` (trilinear for volumes, PyTorch's name) | ``"nearest"`` (round half
-          to even, as PyTorch). ``"bicubic"`` is not built yet.
+          to even, as PyTorch) | ``"bicubic"`` (images only; PyTorch's A = -0.75, the coordinate
+          unnormalised but not padded, each of the 4x4 taps padded by its own rule).
         * ``padding_mode``: ``"zeros"`` | ``"border"`` | ``"reflection"`` | ``"fill"`` with
           ``fill_value`` (a float, C floats, or a tensor of shape () or (C,), which may require grad):
           the input sampled as if surrounded by that constant (see :func:`stn_triton.warp`).
@@ -46,7 +47,8 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
     """
     _checks.check_image(input, "input", volumes=True)
     check_grid(input, grid)
-    _checks.check_modes(mode, padding_mode, allow_fill=True)
+    _checks.check_modes(mode, padding_mode, allow_fill=True,
+                        bicubic=f"for volumes (input of shape {tuple(input.shape)}): PyTorch has no 3-D bicubic" if input.dim() == 5 else True)
     align_corners = _checks.check_align_corners(align_corners)
     fill = _checks.fill_tensor(input, padding_mode, fill_value)
     size = list(grid.shape[1:-1])

@@ -129,7 +129,7 @@ def coverage(x: torch.Tensor, grid: torch.Tensor, mode: str, align_corners: bool
     return F.grid_sample(ones, grid, mode=mode, padding_mode="zeros", align_corners=align_corners)
 
 
-_ATEN_MODES = {"bilinear": 0, "nearest": 1}  # at::native::GridSamplerInterpolation
+_ATEN_MODES = {"bilinear": 0, "nearest": 1, "bicubic": 2}  # at::native::GridSamplerInterpolation
 _ATEN_PADDINGS = {"zeros": 0, "border": 1, "reflection": 2}  # at::native::GridSamplerPadding
 
 

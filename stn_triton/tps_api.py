@@ -86,7 +86,7 @@ def tps_warp(x: torch.Tensor, points: torch.Tensor, size=None, *, control_points
     """
     _checks.check_image(x, "x")
     cps = check_points(x.shape[0], points, control_points)
-    _checks.check_modes(mode, padding_mode)
+    _checks.check_modes(mode, padding_mode, bicubic="by tps_warp (bilinear and nearest only)")
     _checks.check_same_device(x, points, "points")
     align_corners = _checks.check_align_corners(align_corners)
     h_out, w_out = _checks.resolve_size(x, size)

@@ -33,7 +33,8 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
           ``align_corners=True``: -1 and 1 are the centres of the corner pixels;
           ``False``: the outer edges of the corner pixels (PyTorch's default).
         * ``size``: (H_out, W_out), ints, numpy integers or 0-d integer tensors; default (H, W).
-        * ``mode``: ``"bilinear"`` | ``"nearest"`` (round half to even, as PyTorch);
+        * ``mode``: ``"bilinear"`` | ``"nearest"`` (round half to even, as PyTorch) | ``"bicubic"``
+          (images only, as PyTorch's: A = -0.75, each of the 4x4 taps padded by its own rule);
           ``padding_mode``: ``"zeros"`` | ``"border"`` | ``"reflection"`` | ``"fill"``.
         * ``padding_mode="fill"`` with ``fill_value`` (a float, C floats, or a tensor of shape () or
           (C,), which may require grad; default 0): x is sampled as if surrounded on every side by
@@ -65,7 +66,8 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
     """
     _checks.check_image(x, "x", volumes=True)
     check_theta(x, theta)
-    _checks.check_modes(mode, padding_mode, allow_fill=True)
+    _checks.check_modes(mode, padding_mode, allow_fill=True,
+                        bicubic=f"for volumes (x of shape {tuple(x.shape)}): PyTorch has no 3-D bicubic" if x.dim() == 5 else True)
     align_corners = _checks.check_align_corners(align_corners)
     fill = _checks.fill_tensor(x, padding_mode, fill_value)
     if x.dim() == 5:

@@ -26,8 +26,8 @@ def warp_flow(x: torch.Tensor, flow: torch.Tensor, theta: torch.Tensor | None = 
           half-precision grid (pytorch#36108). With ``theta`` given, the affine part is folded into the
           flow first (one flow-sized tensor, differentiable in theta); without it nothing grid-sized is
           built.
-        * ``mode``, ``padding_mode`` (``"fill"`` with ``fill_value``), non-finite coordinates, empty
-          outputs: as :func:`warp` / :func:`grid_sample`.
+        * ``mode`` (``"bicubic"`` for images), ``padding_mode`` (``"fill"`` with ``fill_value``),
+          non-finite coordinates, empty outputs: as :func:`warp` / :func:`grid_sample`.
 
     Gradients flow to ``x``, ``flow`` (zero for nearest), ``theta`` and ``fill_value``; the flow's
     gradient has one writer per element and ``torch.use_deterministic_algorithms(True)`` makes x's
@@ -43,7 +43,8 @@ def warp_flow(x: torch.Tensor, flow: torch.Tensor, theta: torch.Tensor | None = 
     """
     _checks.check_image(x, "x", volumes=True)
     check_flow(x, flow)
-    _checks.check_modes(mode, padding_mode, allow_fill=True)
+    _checks.check_modes(mode, padding_mode, allow_fill=True,
+                        bicubic=f"for volumes (x of shape {tuple(x.shape)}): PyTorch has no 3-D bicubic" if x.dim() == 5 else True)
     align_corners = _checks.check_align_corners(align_corners)
     fill = _checks.fill_tensor(x, padding_mode, fill_value)
     size = list(flow.shape[2:])

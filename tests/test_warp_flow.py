@@ -214,4 +214,4 @@ def test_bad_input():
         with pytest.raises(err, match=match):
             stn_triton.warp_flow(*args)
     with pytest.raises(ValueError, match="mode must be one of"):
-        stn_triton.warp_flow(x, torch.zeros(2, 2, 4, 5), mode="bicubic")
+        stn_triton.warp_flow(x, torch.zeros(2, 2, 4, 5), mode="area")
