@@ -167,7 +167,7 @@ def test_distorted_table_shows_the_seed_spread_and_each_seed(tmp_path):
     (tmp_path / "R" / "results.json").write_text(json.dumps({"profile": "paper", "device": "cpu", "models": {"fcn": entry}}))
     table = distorted_table.write_table(tmp_path).read_text()
     assert "**1.50** ± 0.71 (2 seeds)" in table
-    assert "| R | FCN | 0 | 1.00 | abc1234 | clean | cpu | 1 | 10.0 | 1.0 |" in table
+    assert "| R | FCN | 0 | 1.00 | not recorded | abc1234 | clean | cpu | 1 | 10.0 | 1.0 |" in table
     assert "| R | FCN | 1 | 2.00 |" in table
 
 
