@@ -2,8 +2,9 @@
 
     python tests/fuzz_backends.py --examples 2000 --per-process 50 [--seed 0] [--json out.json]
 
-Each example draws a random case -- transform (affine, projective, TPS with K = 4 or 9), dtype
-(fp32, fp64, bf16, fp16), layout (NCHW, channels_last, strided), mode, padding, align_corners, odd
+Each example draws a random case -- transform (affine, projective, TPS with K = 4 or 9, a sampling
+grid for ``grid_sample``, a displacement field for ``warp_flow``), dtype (fp32, fp64, bf16, fp16),
+layout (NCHW, channels_last, strided), mode (bicubic too, except for TPS), padding, align_corners, odd
 sizes, and parameters that are fine, huge, or NaN / +-inf in some entries -- and runs forward and
 backward on the Triton kernels (interpreter) and on the PyTorch path. Counted: crashes (a child
 killed by a signal), exceptions, non-finite outputs or gradients (never allowed: the documented
@@ -44,9 +45,10 @@ def run_batch(seed: int, count: int, only: int | None = None) -> dict:
         if only is not None and i != only:  # replaying one example of a crashed batch
             continue
         g.manual_seed(seed * 10_000 + i)  # each example replays alone from its own seed
-        transform = pick(["affine", "projective", "tps"])
+        transform = pick(["affine", "projective", "tps", "grid", "flow"])
         dtype = pick([torch.float32, torch.float64, torch.bfloat16, torch.float16])
-        layout, mode = pick(["nchw", "nhwc", "strided"]), pick(["bilinear", "nearest"])
+        layout = pick(["nchw", "nhwc", "strided"])
+        mode = pick(["bilinear", "nearest"] + ([] if transform == "tps" else ["bicubic"]))
         padding, ac = pick(["zeros", "border", "reflection"]), bool(pick([False, True]))
         n, c = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(1, 6, (1,), generator=g))
         h, w, ho, wo = (int(v) for v in torch.randint(1, 10, (4,), generator=g))
@@ -55,7 +57,11 @@ def run_batch(seed: int, count: int, only: int | None = None) -> dict:
             x = x.to(memory_format=torch.channels_last)
         elif layout == "strided":
             x = torch.rand(n, c, h, 2 * w, generator=g, dtype=torch.float64).to(dtype)[..., ::2]
-        if transform == "tps":
+        if transform == "grid":
+            p = 1.5 * (2 * torch.rand(n, ho, wo, 2, generator=g, dtype=torch.float64) - 1)
+        elif transform == "flow":
+            p = 3.0 * torch.randn(n, 2, ho, wo, generator=g, dtype=torch.float64)
+        elif transform == "tps":
             k = pick([4, 9])
             p = torch_path.default_control_points(k, torch.float64)[None] + 0.3 * torch.randn(n, k, 2, generator=g,
                                                                                                 dtype=torch.float64)
@@ -78,7 +84,11 @@ def run_batch(seed: int, count: int, only: int | None = None) -> dict:
             for backend in ("triton", "torch"):
                 xi, pi = x.detach().clone().requires_grad_(), p.detach().clone().requires_grad_()
                 with stn_triton.use_backend(backend):
-                    if transform == "tps":
+                    if transform == "grid":
+                        out = stn_triton.grid_sample(xi, pi, mode, padding, ac)
+                    elif transform == "flow":
+                        out = stn_triton.warp_flow(xi, pi, mode=mode, padding_mode=padding, align_corners=ac)
+                    elif transform == "tps":
                         out = stn_triton.tps_warp(xi, pi, (ho, wo), mode=mode, padding_mode=padding, align_corners=ac)
                     else:
                         out = stn_triton.warp(xi, pi, (ho, wo), mode=mode, padding_mode=padding, align_corners=ac)
