@@ -23,21 +23,15 @@ bits every run. Nearest sampling is piecewise constant: its grad_grid is zero, a
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
+from . import pixel_field
 from .device import on_tensor_device
-from .fixed_point import grad_x_buffer, grad_x_from_buffer
-from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
-from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
-from .policy import (MODE_CODES, PADDING_CODES, compute_dtype, launch_config, launch_config_3d, needs_int64,
-                     triton_dtype)
+from .launch_plan import config_key, tensor_key
 from .sampling import (_voxel_offset, backprop_at, backprop_at_3d, out_plane, program_pixels, program_voxels,
                        sample_at, sample_at_3d)
-from .warp import fill_values
 
 
 @triton.jit
@@ -179,22 +173,9 @@ def _grid_strides(grid: torch.Tensor) -> tuple:
     return (s[0], *s[1:-1], s[-1])
 
 
-@plan_cache
-def _fwd_plan(x_key, grid_key, mode, padding_mode, align_corners, config):
-    """(launch grid or None, out shape, out memory format, integer args, constexpr args) of a forward."""
-    x, g = meta_tensor(x_key), meta_tensor(grid_key)
-    volume = x.dim() == 5
-    size = tuple(g.shape[1:-1])
-    out = empty_output(x, *size)
-    block_p, block_c, num_warps = (launch_config_3d(x.shape[1], is_channels_last(x), config) if x.dim() == 5
-                                   else launch_config(x.shape[1], is_channels_last(x), config, mode))
-    num_pblocks = triton.cdiv(math.prod(size), block_p)
-    ints = (*x.shape[1:], *size, num_pblocks, *x.stride(), *out.stride(), *_grid_strides(g))
-    meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
-                ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, g),
-                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
-    launch = None if nothing_to_sample(x, *size) else (x.shape[0] * num_pblocks,)
-    return launch, tuple(out.shape), memory_format_of(x), ints, meta
+def _kernels(x):
+    return (_grid_sample3d_fwd_kernel, _grid_sample3d_bwd_kernel) if x.dim() == 5 else \
+        (_grid_sample_fwd_kernel, _grid_sample_bwd_kernel)
 
 
 @on_tensor_device
@@ -202,36 +183,9 @@ def grid_sample_fwd(x, grid, mode, padding_mode, align_corners, config=None, fil
     """Sample ``x`` (N, C, H, W) at ``grid`` (N, H_out, W_out, 2), or a volume (N, C, D, H, W) at
     (N, D_out, H_out, W_out, 3); output in x's dtype and memory format. ``fill``: the (C,) values of
     ``padding_mode="fill"``. ``config``: (BLOCK_P, BLOCK_C[, num_warps]) tiling override."""
-    launch, out_shape, memory_format, ints, meta = _fwd_plan(
-        tensor_key(x), tensor_key(grid), mode, padding_mode, align_corners, config_key(config))
-    out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    if launch is None:
-        return out
-    kernel = _grid_sample3d_fwd_kernel if x.dim() == 5 else _grid_sample_fwd_kernel
-    kernel[launch](x, grid, out, fill_values(fill, x, padding_mode), *ints, **meta)
-    return out
-
-
-@plan_cache
-def _bwd_plan(grad_out_key, x_key, grid_key, mode, padding_mode, align_corners, need_x, need_grid, deterministic,
-              config):
-    """(launch grid or None, whether the kernel writes grad_grid, integer args, constexpr args) of a backward."""
-    grad_out, x, g = meta_tensor(grad_out_key), meta_tensor(x_key), meta_tensor(grid_key)
-    volume = x.dim() == 5
-    size = tuple(g.shape[1:-1])
-    grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
-    block_p, block_c, num_warps = (launch_config_3d(x.shape[1], is_channels_last(x), config) if x.dim() == 5
-                                   else launch_config(x.shape[1], is_channels_last(x), config, mode))
-    num_pblocks = triton.cdiv(math.prod(size), block_p)
-    empty = nothing_to_sample(x, *size)
-    grid_in_kernel = need_grid and mode != "nearest" and not empty
-    ints = (*x.shape[1:], *size, num_pblocks, *grad_out.stride(), *x.stride(), *grad_x_arg.stride(), *_grid_strides(g))
-    meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
-                NEED_X=need_x, NEED_GRID=grid_in_kernel, DETERMINISTIC=bool(deterministic and need_x),
-                ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, grad_out, g),
-                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
-    launch = (x.shape[0] * num_pblocks,) if (need_x or grid_in_kernel) and not empty else None
-    return launch, grid_in_kernel, ints, meta
+    plan = pixel_field.fwd_plan(tensor_key(x), tensor_key(grid), tuple(grid.shape[1:-1]), _grid_strides(grid), mode,
+                                padding_mode, align_corners, config_key(config))
+    return pixel_field.launch_fwd(_kernels(x)[0], plan, x, grid, padding_mode, fill)
 
 
 @on_tensor_device
@@ -241,18 +195,8 @@ def grid_sample_bwd(grad_out, x, grid, mode, padding_mode, align_corners, need_x
 
     ``deterministic``: grad_x in int64 fixed point (bit-identical run to run); grad_grid is always
     deterministic (one writer per element). ``grad_grid`` is contiguous whatever the grid's strides."""
-    launch, grid_in_kernel, ints, meta = _bwd_plan(
-        tensor_key(grad_out), tensor_key(x), tensor_key(grid), mode, padding_mode, align_corners, need_x, need_grid,
-        deterministic, config_key(config))
-    acc = compute_dtype(x.dtype)
-    grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
-    # every element of grad_grid is written by the kernel when it computes it; zeros otherwise (nearest)
-    grad_grid = (torch.empty if grid_in_kernel else torch.zeros)(grid.shape, dtype=grid.dtype, device=grid.device) \
-        if need_grid else None
-    if launch is not None:
-        kernel = _grid_sample3d_bwd_kernel if x.dim() == 5 else _grid_sample_bwd_kernel
-        kernel[launch](grad_out, x, grid, grad_x if grad_x is not None else x,
-                       grad_grid if grad_grid is not None else x, exponents if exponents is not None else x,
-                       fill_values(fill, x, padding_mode), *ints, **meta)
-    gx = grad_x_from_buffer(grad_x, exponents, x.dtype, acc) if need_x else None
-    return gx, grad_grid
+    plan = pixel_field.bwd_plan(tensor_key(grad_out), tensor_key(x), tensor_key(grid), tuple(grid.shape[1:-1]),
+                                _grid_strides(grid), "NEED_GRID", mode, padding_mode, align_corners, need_x, need_grid,
+                                deterministic, config_key(config))
+    return pixel_field.launch_bwd(_kernels(x)[1], plan, grad_out, x, grid, padding_mode, need_x, need_grid,
+                                  deterministic, fill)

@@ -20,21 +20,15 @@ stored by the one program that owns the pixel into a contiguous (N, 2, H_out, W_
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
+from . import pixel_field
 from .device import on_tensor_device
-from .fixed_point import grad_x_buffer, grad_x_from_buffer
-from .launch_plan import config_key, meta_tensor, plan_cache, tensor_key
-from .layout import empty_output, is_channels_last, memory_format_of, nothing_to_sample
-from .policy import (MODE_CODES, PADDING_CODES, compute_dtype, launch_config, launch_config_3d, needs_int64,
-                     triton_dtype)
+from .launch_plan import config_key, tensor_key
 from .sampling import (_voxel_offset, backprop_at, backprop_at_3d, out_plane, program_pixels, program_voxels,
                        sample_at, sample_at_3d)
-from .warp import fill_values
 
 
 @triton.jit
@@ -192,60 +186,18 @@ def _warp_flow3d_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
-def _flow_strides(flow: torch.Tensor) -> tuple:
-    """The flow's strides in the kernels' order: batch, channel (coordinate), spatial outer to inner."""
-    return tuple(flow.stride())
-
-
-@plan_cache
-def _fwd_plan(x_key, flow_key, mode, padding_mode, align_corners, config):
-    x, f = meta_tensor(x_key), meta_tensor(flow_key)
-    size = tuple(f.shape[2:])
-    out = empty_output(x, *size)
-    block_p, block_c, num_warps = (launch_config_3d(x.shape[1], is_channels_last(x), config) if x.dim() == 5
-                                   else launch_config(x.shape[1], is_channels_last(x), config, mode))
-    num_pblocks = triton.cdiv(math.prod(size), block_p)
-    ints = (*x.shape[1:], *size, num_pblocks, *x.stride(), *out.stride(), *_flow_strides(f))
-    meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
-                ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, out, f),
-                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
-    launch = None if nothing_to_sample(x, *size) else (x.shape[0] * num_pblocks,)
-    return launch, tuple(out.shape), memory_format_of(x), ints, meta
+def _kernels(x):
+    return (_warp_flow3d_fwd_kernel, _warp_flow3d_bwd_kernel) if x.dim() == 5 else \
+        (_warp_flow_fwd_kernel, _warp_flow_bwd_kernel)
 
 
 @on_tensor_device
 def warp_flow_fwd(x, flow, mode, padding_mode, align_corners, config=None, fill=None):
     """Warp ``x`` (N, C, H, W) by ``flow`` (N, 2, H_out, W_out) in input pixels, or a volume
     (N, C, D, H, W) by (N, 3, D_out, H_out, W_out); output in x's dtype and memory format."""
-    launch, out_shape, memory_format, ints, meta = _fwd_plan(
-        tensor_key(x), tensor_key(flow), mode, padding_mode, align_corners, config_key(config))
-    out = torch.empty(out_shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    if launch is None:
-        return out
-    kernel = _warp_flow3d_fwd_kernel if x.dim() == 5 else _warp_flow_fwd_kernel
-    kernel[launch](x, flow, out, fill_values(fill, x, padding_mode), *ints, **meta)
-    return out
-
-
-@plan_cache
-def _bwd_plan(grad_out_key, x_key, flow_key, mode, padding_mode, align_corners, need_x, need_flow, deterministic,
-              config):
-    grad_out, x, f = meta_tensor(grad_out_key), meta_tensor(x_key), meta_tensor(flow_key)
-    size = tuple(f.shape[2:])
-    grad_x_arg = torch.empty(x.shape, device="meta", memory_format=memory_format_of(x)) if need_x else x
-    block_p, block_c, num_warps = (launch_config_3d(x.shape[1], is_channels_last(x), config) if x.dim() == 5
-                                   else launch_config(x.shape[1], is_channels_last(x), config, mode))
-    num_pblocks = triton.cdiv(math.prod(size), block_p)
-    empty = nothing_to_sample(x, *size)
-    flow_in_kernel = need_flow and mode != "nearest" and not empty
-    ints = (*x.shape[1:], *size, num_pblocks, *grad_out.stride(), *x.stride(), *grad_x_arg.stride(),
-            *_flow_strides(f))
-    meta = dict(MODE=MODE_CODES[mode], PADDING=PADDING_CODES[padding_mode], ALIGN_CORNERS=align_corners,
-                NEED_X=need_x, NEED_FLOW=flow_in_kernel, DETERMINISTIC=bool(deterministic and need_x),
-                ACC=triton_dtype(compute_dtype(x.dtype)), INDEX_64=needs_int64(x, grad_out, f),
-                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
-    launch = (x.shape[0] * num_pblocks,) if (need_x or flow_in_kernel) and not empty else None
-    return launch, flow_in_kernel, ints, meta
+    plan = pixel_field.fwd_plan(tensor_key(x), tensor_key(flow), tuple(flow.shape[2:]), tuple(flow.stride()), mode,
+                                padding_mode, align_corners, config_key(config))
+    return pixel_field.launch_fwd(_kernels(x)[0], plan, x, flow, padding_mode, fill)
 
 
 @on_tensor_device
@@ -253,17 +205,8 @@ def warp_flow_bwd(grad_out, x, flow, mode, padding_mode, align_corners, need_x, 
                   config=None, fill=None):
     """Backward of :func:`warp_flow_fwd`: (grad_x or None, grad_flow or None) in the inputs' dtypes;
     grad_flow contiguous, written by one program per pixel (deterministic)."""
-    launch, flow_in_kernel, ints, meta = _bwd_plan(
-        tensor_key(grad_out), tensor_key(x), tensor_key(flow), mode, padding_mode, align_corners, need_x, need_flow,
-        deterministic, config_key(config))
-    acc = compute_dtype(x.dtype)
-    grad_x, exponents = grad_x_buffer(x, grad_out, acc, deterministic) if need_x else (None, None)
-    grad_flow = (torch.empty if flow_in_kernel else torch.zeros)(flow.shape, dtype=flow.dtype, device=flow.device) \
-        if need_flow else None
-    if launch is not None:
-        kernel = _warp_flow3d_bwd_kernel if x.dim() == 5 else _warp_flow_bwd_kernel
-        kernel[launch](grad_out, x, flow, grad_x if grad_x is not None else x,
-                       grad_flow if grad_flow is not None else x, exponents if exponents is not None else x,
-                       fill_values(fill, x, padding_mode), *ints, **meta)
-    gx = grad_x_from_buffer(grad_x, exponents, x.dtype, acc) if need_x else None
-    return gx, grad_flow
+    plan = pixel_field.bwd_plan(tensor_key(grad_out), tensor_key(x), tensor_key(flow), tuple(flow.shape[2:]),
+                                tuple(flow.stride()), "NEED_FLOW", mode, padding_mode, align_corners, need_x, need_flow,
+                                deterministic, config_key(config))
+    return pixel_field.launch_bwd(_kernels(x)[1], plan, grad_out, x, flow, padding_mode, need_x, need_flow,
+                                  deterministic, fill)
