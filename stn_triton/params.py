@@ -184,31 +184,26 @@ def from_pixels(m: torch.Tensor, in_size, out_size, align_corners: bool = False)
           Computed in float64; a singular ``m`` is a ValueError.
     """
     _pixel_matrix_args(m, in_size, out_size, align_corners, "m")
-    h = _homogeneous(m)
-    if bool((torch.linalg.det(h).abs() < 1e-12).any()):
-        raise ValueError("m is singular (|det| < 1e-12): no inverse map from destination to source pixels")
     p_in = _pixel_to_norm(in_size, align_corners, torch.float64, m.device)
     p_out_inv = torch.linalg.inv(_pixel_to_norm(out_size, align_corners, torch.float64, m.device))
-    theta = p_in @ torch.linalg.inv(h) @ p_out_inv
-    if m.shape[-2] == 2:
-        theta = theta[:, :2]
-    else:
-        theta = theta / theta[:, 2:, 2:]
-    return theta.to(m.dtype)
+    return _inverse_between(m, p_in, p_out_inv, "m", "no inverse map from destination to source pixels")
 
 
 def to_pixels(theta: torch.Tensor, in_size, out_size, align_corners: bool = False) -> torch.Tensor:
     """The inverse of :func:`from_pixels`: the source-pixel -> destination-pixel matrix of ``theta``
     ((N, 2, 3) -> (N, 2, 3), (N, 3, 3) -> (N, 3, 3) with ``[2, 2] = 1``), ``m = P_out^-1 theta^-1 P_in``."""
     _pixel_matrix_args(theta, in_size, out_size, align_corners, "theta")
-    h = _homogeneous(theta)
-    if bool((torch.linalg.det(h).abs() < 1e-12).any()):
-        raise ValueError("theta is singular (|det| < 1e-12): it has no pixel-space inverse")
     p_in = _pixel_to_norm(in_size, align_corners, torch.float64, theta.device)
     p_out_inv = torch.linalg.inv(_pixel_to_norm(out_size, align_corners, torch.float64, theta.device))
-    m = p_out_inv @ torch.linalg.inv(h) @ p_in
-    if theta.shape[-2] == 2:
-        m = m[:, :2]
-    else:
-        m = m / m[:, 2:, 2:]
-    return m.to(theta.dtype)
+    return _inverse_between(theta, p_out_inv, p_in, "theta", "it has no pixel-space inverse")
+
+
+def _inverse_between(a, left, right, name, meaning):
+    """``left @ a^-1 @ right`` in float64 (a in homogeneous form), back in a's dtype and form:
+    (N, 2, 3) for an affine ``a``, (N, 3, 3) with ``[2, 2] = 1`` for a projective one."""
+    h = _homogeneous(a)
+    if bool((torch.linalg.det(h).abs() < 1e-12).any()):
+        raise ValueError(f"{name} is singular (|det| < 1e-12): {meaning}")
+    r = left @ torch.linalg.inv(h) @ right
+    r = r[:, :2] if a.shape[-2] == 2 else r / r[:, 2:, 2:]
+    return r.to(a.dtype)
