@@ -44,6 +44,7 @@ if not torch.cuda.is_available():  # the Triton path on CPU tensors needs the in
 import stn_triton  # noqa: E402
 from stn_triton import torch_path  # noqa: E402
 from stn_triton.kernels import fixed_point, grid_sample as kg, tps as kt, warp as kw, warp3d as kw3  # noqa: E402
+from stn_triton.kernels import warp_flow as kf  # noqa: E402
 
 from bench.train_step import plain_warp  # noqa: E402  (the projective composition lives there)
 
@@ -52,6 +53,8 @@ KERNELS = [(kw, "_warp_fwd_kernel"), (kw, "_warp_bwd_kernel"), (kt, "_tps_fwd_ke
            (kw3, "_warp3d_fwd_kernel"), (kw3, "_warp3d_bwd_kernel"),
            (kg, "_grid_sample_fwd_kernel"), (kg, "_grid_sample_bwd_kernel"),
            (kg, "_grid_sample3d_fwd_kernel"), (kg, "_grid_sample3d_bwd_kernel"),
+           (kf, "_warp_flow_fwd_kernel"), (kf, "_warp_flow_bwd_kernel"),
+           (kf, "_warp_flow3d_fwd_kernel"), (kf, "_warp_flow3d_bwd_kernel"),
            (fixed_point, "_exponent_kernel"), (fixed_point, "_fixed_to_float_kernel")]
 
 
@@ -141,6 +144,37 @@ def _tps_eager(x, points):
     return F.grid_sample(x, grid, align_corners=False)
 
 
+def _flow_inputs(device, volume=False):
+    x = torch.rand(2, 3, *((4, 4, 4) if volume else (8, 8)), device=device)
+    flow = torch.randn(2, 3 if volume else 2, *x.shape[2:], device=device)
+    return (x, flow), (0, 1)
+
+
+_IDENTITY = {}
+
+
+def _flow_eager(x, flow):
+    """What a user writes for a displacement warp (MONAI's ``Warp``, VoxelMorph): the identity grid
+    built once and kept (outside the timed call), plus the flow scaled to normalised units, then
+    ``F.grid_sample``."""
+    key = (x.shape[2:], x.device)
+    if key not in _IDENTITY:
+        dims = x.dim() - 2
+        theta = torch.eye(dims + 1, device=x.device)[:dims][None]
+        scale = torch.tensor([2.0 / s for s in reversed(x.shape[2:])], device=x.device)
+        _IDENTITY[key] = (F.affine_grid(theta, (1, 1, *x.shape[2:]), align_corners=False), scale)
+    base, scale = _IDENTITY[key]
+    return F.grid_sample(x, base + flow.movedim(1, -1) * scale, align_corners=False)
+
+
+def _bicubic(x, theta):
+    return stn_triton.warp(x, theta, mode="bicubic")
+
+
+def _bicubic_eager(x, theta):
+    return F.grid_sample(x, F.affine_grid(theta, x.shape, align_corners=False), mode="bicubic", align_corners=False)
+
+
 OP_CASES = [
     OpCase("warp affine", _affine_inputs, stn_triton.warp, _affine_eager, "affine_grid + grid_sample"),
     OpCase("warp projective", lambda d: _affine_inputs(d, rows=3), stn_triton.warp, plain_warp,
@@ -150,6 +184,10 @@ OP_CASES = [
     OpCase("grid_sample", _grid_inputs, _grid_sample, _grid_sample_eager, "grid_sample"),
     OpCase("grid_sample 3-D", lambda d: _grid_inputs(d, volume=True), _grid_sample, _grid_sample_eager,
            "grid_sample (5-D)"),
+    OpCase("warp_flow", _flow_inputs, stn_triton.warp_flow, _flow_eager, "identity (kept) + flow * scale, grid_sample"),
+    OpCase("warp_flow 3-D", lambda d: _flow_inputs(d, volume=True), stn_triton.warp_flow, _flow_eager,
+           "identity (kept) + flow * scale, grid_sample (5-D)"),
+    OpCase("warp affine bicubic", _affine_inputs, _bicubic, _bicubic_eager, "affine_grid + grid_sample bicubic"),
 ]
 PASSES = ("infer", "train fwd", "fwd+bwd")
 

@@ -75,6 +75,15 @@ class TransformSpec:
     supports_fill: bool = False   # padding_mode="fill": both kernel callables then take fill= (the (C,) values)
     needs_input_size: bool = False  # grid and param_grad also take in_size= (x's spatial size): a displacement
                                     # field in input pixels needs it to reach normalised coordinates
+    autograd_param_grad: Callable | None = None  # (param) -> True where param_grad computes what autograd
+                                                 # computes through grid (the same ops in the same order: the
+                                                 # same bits), so an eager PyTorch-path call may leave grid and
+                                                 # sampler to autograd (``_eager_path.recorded_by_autograd``)
+
+
+def always(_param) -> bool:
+    """``TransformSpec.autograd_param_grad`` of a spec whose param_grad is autograd's for every parameter."""
+    return True
 
 
 def _grid_of(spec, x, param, aux, size, align_corners):
@@ -263,7 +272,7 @@ def register(spec: TransformSpec) -> RegisteredTransform:
         return tuple(grads)
 
     backward_op.register_autograd(double_backward, setup_context=setup_context_backward)
-    eager = eager_entry(spec, _forward_keeping_grid, backward, fill_input)
+    eager = eager_entry(spec, _forward_keeping_grid, backward, fill_input, _grid_of)
     return RegisteredTransform(spec, forward_op, backward_op, eager)
 
 

@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 
 from . import torch_path
-from ._op_template import TransformSpec, register
+from ._op_template import TransformSpec, always, register
 from stn_triton.kernels import tps as kt
 
 # Above this condition number (2-norm, float64) the (K+3) x (K+3) system is treated as singular: a
@@ -155,7 +155,8 @@ def _grid(coef, aux, size, align_corners, dtype):
 
 
 def _coef_grad(ggrid, grid, coef, aux, size, align_corners):
-    """grad coef = Phi^T @ grad_grid (Phi (P, K+3) in float64)."""
+    """grad coef = Phi^T @ grad_grid (Phi (P, K+3) in float64): the product autograd computes for
+    the grid's ``matmul`` (the same bits: tests/test_eager_path.py)."""
     (control_points,) = aux
     return torch_path.tps_grid_to_coef_grad(features(control_points, size, align_corners), ggrid).to(coef.dtype)
 
@@ -172,6 +173,6 @@ def _kernel_backward(grad_out, x, coef, aux, mode, padding_mode, align_corners, 
 
 
 SPEC = TransformSpec(name="tps_warp", param="coef", aux=("control_points",), grid=_grid, param_grad=_coef_grad,
-                     kernel_forward=_kernel_forward, kernel_backward=_kernel_backward)
+                     kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, autograd_param_grad=always)
 TPS_WARP = register(SPEC)  # the entry the public function calls
 tps_warp_op = TPS_WARP.op  # the custom op itself (torch.compile, opcheck)

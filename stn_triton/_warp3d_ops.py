@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_path
-from ._op_template import TransformSpec, register
+from ._op_template import TransformSpec, always, register
 from stn_triton.kernels import warp3d as kw3
 
 
@@ -19,10 +19,12 @@ def _grid(theta, aux, size, align_corners, dtype):
 
 
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
-    """grad theta = sum over voxels of g (x) [x_t, y_t, z_t, 1]."""
+    """grad theta = sum over voxels of g (x) [x_t, y_t, z_t, 1], as (base^T @ g)^T: exactly autograd's
+    backward of transform_grid_3d's bmm (same bits as recorded)."""
     n = theta.shape[0]
     base = torch_path.base_grid_3d(*size, align_corners, ggrid.dtype, ggrid.device).expand(n, -1, 4)  # (N, P, 4)
-    return ggrid.reshape(n, -1, 3).transpose(1, 2).bmm(base).to(theta.dtype)
+    return base.transpose(1, 2).bmm(ggrid.reshape(n, -1, 3)).transpose(1, 2).to(theta.dtype)
+
 
 
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):
@@ -36,6 +38,7 @@ def _kernel_backward(grad_out, x, theta, aux, mode, padding_mode, align_corners,
 
 
 SPEC = TransformSpec(name="warp3d", param="theta", aux=(), grid=_grid, param_grad=_theta_grad,
-                     kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True)
+                     kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True,
+                     autograd_param_grad=always)
 WARP3D = register(SPEC)  # the entry the public function calls
 warp3d_op = WARP3D.op  # the custom op itself (torch.compile, opcheck)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_path
-from ._op_template import TransformSpec, register
+from ._op_template import TransformSpec, always, register
 from stn_triton.kernels import warp_flow as kf
 
 
@@ -21,19 +21,24 @@ def pixel_scales(in_size, align_corners: bool) -> list[float]:
     return [2.0 / max(s - 1, 1) if align_corners else 2.0 / s for s in reversed(tuple(in_size))]
 
 
+def _build_scale(in_size, align_corners, dtype, device) -> torch.Tensor:
+    return torch.tensor(pixel_scales(in_size, align_corners), dtype=dtype, device=device)
+
+
+def _scale(in_size, align_corners, dtype, device) -> torch.Tensor:
+    """:func:`pixel_scales` as a tensor, remembered per key (a training step needs it every call)."""
+    return torch_path.remembered(_build_scale, tuple(in_size), align_corners, dtype, device)
+
+
 def _grid(flow, aux, size, align_corners, dtype, in_size):
-    dims = flow.shape[1]
-    scale = torch.tensor(pixel_scales(in_size, align_corners), dtype=dtype, device=flow.device)
-    if dims == 2:
-        base = torch_path.base_grid(*size, align_corners, dtype, flow.device)[:, :2].reshape(*size, 2)
-        return base + flow.permute(0, 2, 3, 1).to(dtype) * scale
-    base = torch_path.base_grid_3d(*size, align_corners, dtype, flow.device)[:, :3].reshape(*size, 3)
-    return base + flow.permute(0, 2, 3, 4, 1).to(dtype) * scale
+    base = torch_path.identity_grid(size, align_corners, dtype, flow.device)
+    # base + flow * scale in one op (~1.5 µs less per call at small sizes; where the CPU kernel fuses
+    # the multiply-add it rounds once, not twice: within the tolerance of the two-op form, not its bits)
+    return torch.addcmul(base, flow.movedim(1, -1).to(dtype), _scale(in_size, align_corners, dtype, flow.device))
 
 
 def _flow_grad(ggrid, grid, flow, aux, size, align_corners, in_size):
-    scale = torch.tensor(pixel_scales(in_size, align_corners), dtype=ggrid.dtype, device=ggrid.device)
-    return (ggrid * scale).movedim(-1, 1).to(flow.dtype)
+    return (ggrid * _scale(in_size, align_corners, ggrid.dtype, ggrid.device)).movedim(-1, 1).to(flow.dtype)
 
 
 def _kernel_forward(x, flow, aux, size, mode, padding_mode, align_corners, fill=None):
@@ -49,7 +54,7 @@ def _kernel_backward(grad_out, x, flow, aux, mode, padding_mode, align_corners, 
 def _spec(name):
     return TransformSpec(name=name, param="flow", aux=(), grid=_grid, param_grad=_flow_grad,
                          kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True,
-                         needs_input_size=True)
+                         needs_input_size=True, autograd_param_grad=always)
 
 
 WARP_FLOW = register(_spec("warp_flow"))

@@ -16,16 +16,20 @@ def _grid(theta, aux, size, align_corners, dtype):
     return torch_path.transform_grid(theta.to(dtype), *size, align_corners)
 
 
+def _is_affine(theta) -> bool:
+    return theta.shape[1] == 2
+
+
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
-    """grad theta from the grid's gradient: g^T @ [x_t, y_t, 1] per image (one batched matmul, as
-    affine_grid's backward), chained through the division by w for projective theta
+    """grad theta from the grid's gradient: (base^T @ g)^T per image (one batched matmul, exactly
+    autograd's backward of transform_grid's bmm, as affine_grid's), chained through the division by w for projective theta
     (x_s = u / w, y_s = v / w)."""
     n = theta.shape[0]
     cdt = ggrid.dtype
     base = torch_path.base_grid(*size, align_corners, cdt, ggrid.device).expand(n, -1, 3)  # (N, P, 3)
     g = ggrid.reshape(n, -1, 2)
-    if theta.shape[1] == 2:
-        return g.transpose(1, 2).bmm(base).to(theta.dtype)
+    if theta.shape[1] == 2:  # autograd's bmm backward through transform_grid (same bits as recorded)
+        return base.transpose(1, 2).bmm(g).transpose(1, 2).to(theta.dtype)
     src = grid.reshape(n, -1, 2)
     inv_w = 1.0 / (theta[:, 2].to(cdt) @ base[0].t())[..., None]  # (N, P, 1)
     # the sampler's own rule says which coordinates sampled nothing (non-finite, e.g. w = 0): their
@@ -52,6 +56,7 @@ def _kernel_backward(grad_out, x, theta, aux, mode, padding_mode, align_corners,
 
 
 SPEC = TransformSpec(name="warp", param="theta", aux=(), grid=_grid, param_grad=_theta_grad,
-                     kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True)
+                     kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True,
+                     autograd_param_grad=_is_affine)
 WARP = register(SPEC)  # the entry the public function calls
 warp_op = WARP.op  # the custom op itself (torch.compile, opcheck)

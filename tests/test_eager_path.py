@@ -36,10 +36,14 @@ def _both_paths(entry, op, x, param, aux, size, mode, padding_mode, fill, grad_o
 
 
 def _assert_bit_identical(results):
+    """Outputs and every gradient bit for bit; the layouts of the output and of grad_x too. The
+    parameter's gradient may be a transposed / permuted view where autograd recorded the call
+    (``recorded_by_autograd``: what its own backward of the grid returns, as for ``F.affine_grid``),
+    contiguous from the custom op."""
     (out_e, g_e), (out_o, g_o) = results
     assert torch.equal(out_e, out_o) and out_e.stride() == out_o.stride()
-    for a, b in zip(g_e, g_o):
-        assert torch.equal(a, b) and a.stride() == b.stride()
+    for i, (a, b) in enumerate(zip(g_e, g_o)):
+        assert torch.equal(a, b) and (i == 1 or a.stride() == b.stride())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -136,3 +140,67 @@ def test_launch_plans_are_keyed_by_layout_not_identity():
         out = stn_triton.warp(torch.rand(2, 3, 5, 6).contiguous(memory_format=torch.channels_last), theta)
     assert kw._fwd_plan.cache_info().misses == 2
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def _recorded_cases():
+    """(name, entry, op, x, param, aux, size) per spec whose PyTorch path autograd may record."""
+    from stn_triton._grid_sample_ops import GRID_SAMPLE, GRID_SAMPLE3D, grid_sample3d_op, grid_sample_op
+    from stn_triton._warp_flow_ops import WARP_FLOW, WARP_FLOW3D, warp_flow3d_op, warp_flow_op
+    g = torch.Generator().manual_seed(5)
+    x2, x3 = torch.randn(2, 3, 5, 6, generator=g), torch.randn(2, 2, 3, 4, 5, generator=g)
+    m64, c64 = stn_triton._tps_ops.solved_system(None, 9, torch.device("cpu"))
+    points = torch_path.default_control_points(9)[None] + 0.1 * torch.randn(2, 9, 2, generator=g)
+    return [
+        ("warp", WARP, warp_op, x2, torch.eye(3)[:2] + 0.3 * torch.randn(2, 2, 3, generator=g), (), (4, 7)),
+        ("warp3d", WARP3D, warp3d_op, x3, torch.eye(4)[:3] + 0.2 * torch.randn(2, 3, 4, generator=g), (), (2, 3, 4)),
+        ("tps_warp", TPS_WARP, tps_warp_op, x2, torch_path.tps_coefficients(points, m64), (c64,), (4, 7)),
+        ("grid_sample", GRID_SAMPLE, grid_sample_op, x2, 2.4 * torch.rand(2, 4, 7, 2, generator=g) - 1.2, (),
+         (4, 7)),
+        ("grid_sample3d", GRID_SAMPLE3D, grid_sample3d_op, x3, 2.4 * torch.rand(2, 2, 3, 4, 3, generator=g) - 1.2,
+         (), (2, 3, 4)),
+        ("warp_flow", WARP_FLOW, warp_flow_op, x2, 1.5 * torch.randn(2, 2, 4, 7, generator=g), (), (4, 7)),
+        ("warp_flow3d", WARP_FLOW3D, warp_flow3d_op, x3, torch.randn(2, 3, 2, 3, 4, generator=g), (), (2, 3, 4)),
+    ]
+
+
+@pytest.mark.parametrize("dtype,param_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
+                                               (torch.float32, torch.float64)])
+@pytest.mark.parametrize("mode,padding_mode,align_corners", [
+    ("bilinear", "zeros", False), ("bilinear", "border", True), ("nearest", "reflection", False),
+    ("bicubic", "reflection", True), ("bicubic", "zeros", False)])
+def test_pytorch_path_recorded_by_autograd_equals_op(dtype, param_dtype, mode, padding_mode, align_corners):
+    """Where no library rule applies, an eager PyTorch-path call is aten's own nodes (no Python
+    Function: cheaper than F.affine_grid + F.grid_sample on the host), and its output and
+    gradients are the custom op's bit for bit."""
+    for name, entry, op, x, param, aux, size in _recorded_cases():
+        if mode == "bicubic" and (x.dim() == 5 or name == "tps_warp"):
+            continue
+        x, param = x.to(dtype), (param if name == "tps_warp" else param.to(param_dtype))  # coef: always float64
+        grad_out = torch.randn(x.shape[0], x.shape[1], *size, dtype=dtype)
+        results = []
+        for path in ("eager", "op"):
+            xs, ps = x.clone().requires_grad_(), param.clone().requires_grad_()
+            out = entry._eager(xs, ps, aux, list(size), mode, padding_mode, align_corners, "torch", None) \
+                if path == "eager" else op(xs, ps, *aux, list(size), mode, padding_mode, align_corners, "torch", None)
+            if path == "eager":
+                assert type(out.grad_fn).__name__.startswith("GridSampler"), (name, type(out.grad_fn).__name__)
+            results.append((out, torch.autograd.grad(out, [xs, ps], grad_out)))
+        _assert_bit_identical(results)
+
+
+def test_pytorch_path_keeps_the_function_where_a_rule_applies():
+    """Fill padding, a non-finite coordinate, half data, a channels_last x and projective theta go
+    through the Function (its backward applies the rule)."""
+    x, theta = torch.randn(2, 3, 5, 6), torch.eye(3)[:2].repeat(2, 1, 1) + 0.1
+    fill = torch.randn(3)
+
+    def node(x_, theta_, padding_mode="zeros", fill_=None):
+        out = WARP._eager(x_, theta_.requires_grad_(), (), [4, 5], "bilinear", padding_mode, False, "torch", fill_)
+        return type(out.grad_fn).__name__
+
+    assert node(x, theta.clone()).startswith("GridSampler")
+    assert node(x, theta.clone(), "fill", fill) == "EagerBackward"
+    assert node(x, theta.clone().index_fill_(1, torch.tensor([0]), float("nan"))) == "EagerBackward"
+    assert node(x.to(torch.bfloat16), theta.clone()) == "EagerBackward"
+    assert node(x.contiguous(memory_format=torch.channels_last), theta.clone()) == "EagerBackward"
+    assert node(x, torch.cat([theta, torch.tensor([0.0, 0.0, 1.0]).expand(2, 1, 3)], 1)) == "EagerBackward"
