@@ -152,6 +152,7 @@ def _recorded_cases():
     points = torch_path.default_control_points(9)[None] + 0.1 * torch.randn(2, 9, 2, generator=g)
     return [
         ("warp", WARP, warp_op, x2, torch.eye(3)[:2] + 0.3 * torch.randn(2, 2, 3, generator=g), (), (4, 7)),
+        ("warp projective", WARP, warp_op, x2, torch.eye(3) + 0.1 * torch.randn(2, 3, 3, generator=g), (), (4, 7)),
         ("warp3d", WARP3D, warp3d_op, x3, torch.eye(4)[:3] + 0.2 * torch.randn(2, 3, 4, generator=g), (), (2, 3, 4)),
         ("tps_warp", TPS_WARP, tps_warp_op, x2, torch_path.tps_coefficients(points, m64), (c64,), (4, 7)),
         ("grid_sample", GRID_SAMPLE, grid_sample_op, x2, 2.4 * torch.rand(2, 4, 7, 2, generator=g) - 1.2, (),
@@ -189,8 +190,8 @@ def test_pytorch_path_recorded_by_autograd_equals_op(dtype, param_dtype, mode, p
 
 
 def test_pytorch_path_keeps_the_function_where_a_rule_applies():
-    """Fill padding, a non-finite coordinate, half data, a channels_last x and projective theta go
-    through the Function (its backward applies the rule)."""
+    """Fill padding, a non-finite coordinate (NaN theta; w = 0), half data and a channels_last x
+    go through the Function (its backward applies the rule)."""
     x, theta = torch.randn(2, 3, 5, 6), torch.eye(3)[:2].repeat(2, 1, 1) + 0.1
     fill = torch.randn(3)
 
@@ -201,6 +202,7 @@ def test_pytorch_path_keeps_the_function_where_a_rule_applies():
     assert node(x, theta.clone()).startswith("GridSampler")
     assert node(x, theta.clone(), "fill", fill) == "EagerBackward"
     assert node(x, theta.clone().index_fill_(1, torch.tensor([0]), float("nan"))) == "EagerBackward"
+    singular = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 0]]).expand(2, 3, 3).clone()  # w = x_t: 0 on a column
+    assert node(torch.randn(2, 3, 5, 5), singular) == "EagerBackward"
     assert node(x.to(torch.bfloat16), theta.clone()) == "EagerBackward"
     assert node(x.contiguous(memory_format=torch.channels_last), theta.clone()) == "EagerBackward"
-    assert node(x, torch.cat([theta, torch.tensor([0.0, 0.0, 1.0]).expand(2, 1, 3)], 1)) == "EagerBackward"
