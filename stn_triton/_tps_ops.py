@@ -126,12 +126,22 @@ def clear_cache() -> None:
         _phi.clear()
 
 
+def _default_features(k: int, size: tuple, align_corners: bool, device) -> torch.Tensor:
+    return torch_path.tps_features(solved_system(None, k, device)[1], *size, align_corners)
+
+
 def features(control_points: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
     """Phi (H*W, K+3) float64 of :func:`torch_path.tps_features` for the PyTorch path. On the CPU it
     is remembered by *content* (the control points' bytes, the size, align_corners; an LRU of
-    ``_CACHE_SIZE``): a training step otherwise builds the same Phi three times (forward grid,
+    ``_CACHE_SIZE``; for the default grid's own tensor, by K: the same content, read for free): a training step otherwise builds the same Phi three times (forward grid,
     backward grid, coefficient gradient). Elsewhere it is computed: on a GPU a content key would
     need a host copy of the control points, and a traced tensor has no content. The returned tensor is shared: read it, never write it."""
+    if type(control_points) is torch.Tensor and not torch.compiler.is_compiling():  # not traced: K is an int
+        k = control_points.shape[0]
+        default = _default.get((k, control_points.device))
+        if default is not None and default[1] is control_points:
+            # the default grid's own tensor (solved_system's, never written): its content is its K, no bytes to read
+            return torch_path.remembered(_default_features, k, tuple(size), bool(align_corners), control_points.device)
     c64 = control_points.detach().to(torch.float64)
     if c64.device.type != "cpu" or type(c64) is not torch.Tensor:  # GPU, or traced (fake / functional tensors)
         return torch_path.tps_features(c64, *size, align_corners)
