@@ -446,7 +446,9 @@ def unnormalize(coord, size, ALIGN_CORNERS: tl.constexpr):
     else:
         scale = size.to(coord.dtype) * 0.5
         pix = ((coord + 1.0) * size.to(coord.dtype) - 1.0) * 0.5
-    return pix, tl.where(finite & (tl.abs(coord) < COORD_LIMIT), scale, 0.0), finite
+    # a non-finite coordinate sits at the integer pixel -2 (fraction 0: one-hot cubic weights, so
+    # fill padding reads exactly the fill value; its taps are masked in every mode anyway)
+    return tl.where(finite, pix, -2.0), tl.where(finite & (tl.abs(coord) < COORD_LIMIT), scale, 0.0), finite
 
 
 @triton.jit
@@ -656,6 +658,15 @@ def backprop_bicubic(
 
 
 @triton.jit
+def _all_nan_unless_finite(ok, x_s, y_s):
+    """With fill padding a pixel with any non-finite coordinate reads exactly the fill value: every
+    axis is made non-finite (NaN) where ``ok`` is False, so each sits at the integer pixel -2 with
+    fraction 0 and the interpolation weights are exactly one-hot (a fraction on a finite axis would
+    blend the fill value with weights that sum to 1 only up to rounding)."""
+    return tl.where(ok, x_s, float("nan")), tl.where(ok, y_s, float("nan"))
+
+
+@triton.jit
 def sample_at(
     x_ptr, out_ptr, fill_ptr, n, p, p_mask, x_s, y_s,
     C, H, W, W_OUT,
@@ -665,6 +676,8 @@ def sample_at(
 ):
     """Forward epilogue of every warp kernel: sample image ``n`` at the normalised source
     coordinates (x_s, y_s) of output pixels ``p`` (flat, row-major) and store all channels."""
+    if PADDING == PAD_FILL:  # see _all_nan_unless_finite
+        x_s, y_s = _all_nan_unless_finite((tl.abs(x_s) < float("inf")) & (tl.abs(y_s) < float("inf")), x_s, y_s)
     ho = p // W_OUT  # n and p are int64 with INDEX_64 (program_pixels): so is every offset
     out_off = n * stride_on + ho * stride_oh + (p - ho * W_OUT) * stride_ow
     if MODE == MODE_BICUBIC:
@@ -865,6 +878,10 @@ def sample_at_3d(
     ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """:func:`sample_at` for a volume at normalised source coordinates (x_s, y_s, z_s)."""
+    if PADDING == PAD_FILL:  # see _all_nan_unless_finite
+        ok = (tl.abs(x_s) < float("inf")) & (tl.abs(y_s) < float("inf")) & (tl.abs(z_s) < float("inf"))
+        x_s, y_s = _all_nan_unless_finite(ok, x_s, y_s)
+        z_s = tl.where(ok, z_s, float("nan"))
     ix, _ = source_pixel(x_s, W, PADDING, ALIGN_CORNERS)
     iy, _ = source_pixel(y_s, H, PADDING, ALIGN_CORNERS)
     iz, _ = source_pixel(z_s, D, PADDING, ALIGN_CORNERS)
