@@ -70,9 +70,9 @@ def fill_tensor(x: torch.Tensor, padding_mode: str, fill_value) -> torch.Tensor 
                      f"got {fill_value!r}")
 
 
-def check_same_device(x: torch.Tensor, other: torch.Tensor, name: str) -> None:
+def check_same_device(x: torch.Tensor, other: torch.Tensor, name: str, x_name: str = "x") -> None:
     if other.device != x.device:
-        raise ValueError(f"{name} is on {other.device} but x is on {x.device}; they must be on the same device")
+        raise ValueError(f"{name} is on {other.device} but {x_name} is on {x.device}; they must be on the same device")
 
 
 def check_float(t: torch.Tensor, name: str) -> None:
@@ -115,7 +115,11 @@ def resolve_size_3d(x: torch.Tensor, size, name: str = "size") -> tuple[int, int
 
 
 def check_align_corners(align_corners) -> bool:
-    """``align_corners`` as a bool; anything but a bool is a TypeError (as in PyTorch)."""
+    """``align_corners`` as a bool: None is False (as ``F.grid_sample`` / ``F.affine_grid`` read it,
+    their default since PyTorch 1.3); anything else but a bool is a TypeError."""
     if isinstance(align_corners, bool) or type(align_corners).__name__ == "bool_":
         return bool(align_corners)
-    raise TypeError(f"align_corners must be a bool, got {align_corners!r} ({type(align_corners).__name__})")
+    if align_corners is None:
+        return False
+    raise TypeError(f"align_corners must be a bool or None (False), got {align_corners!r} "
+                    f"({type(align_corners).__name__})")

@@ -69,4 +69,4 @@ def check_grid(x: torch.Tensor, grid) -> None:
         raise ValueError(f"grid's batch size must equal input's: input has N = {x.shape[0]} (shape "
                          f"{tuple(x.shape)}), grid has {grid.shape[0]} (shape {tuple(grid.shape)})")
     _checks.check_float(grid, "grid")
-    _checks.check_same_device(x, grid, "grid")
+    _checks.check_same_device(x, grid, "grid", "input")

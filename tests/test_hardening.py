@@ -145,12 +145,24 @@ def test_default_and_random_layouts_are_well_conditioned(k):
 # ----------------------------------------------------------------------------- small argument checks
 
 
-def test_align_corners_must_be_a_bool():
-    x, theta = torch.rand(1, 1, 4, 4), torch.eye(2, 3)[None]
+def test_align_corners_must_be_a_bool_or_none():
+    """A bool, or None read as False (as F.grid_sample / F.affine_grid read it: a drop-in accepts
+    what they accept); anything else is a TypeError."""
+    x, theta = torch.rand(1, 1, 4, 4), torch.eye(2, 3)[None] + 0.1
     with pytest.raises(TypeError, match="align_corners"):
         stn_triton.warp(x, theta, align_corners="yes")
     with pytest.raises(TypeError, match="align_corners"):
         stn_triton.tps_warp(x, torch_path.default_control_points(4)[None], align_corners=1)
+    grid = torch.rand(1, 3, 3, 2) * 2 - 1
+    assert torch.equal(stn_triton.grid_sample(x, grid, align_corners=None),
+                       torch.nn.functional.grid_sample(x, grid, align_corners=False))
+    assert torch.equal(stn_triton.warp(x, theta, align_corners=None), stn_triton.warp(x, theta, align_corners=False))
+
+
+def test_grid_sample_device_error_names_input():
+    x, grid = torch.rand(1, 1, 4, 4), torch.rand(1, 3, 3, 2, device="meta")
+    with pytest.raises(ValueError, match="grid is on meta but input is on cpu"):
+        stn_triton.grid_sample(x, grid)
 
 
 def test_sizes_accept_numpy_ints_and_reject_floats():
