@@ -41,7 +41,10 @@ sampler (``stn_triton._double_backward``).
 **Eager calls skip the custom ops** (:class:`RegisteredTransform`, ``_eager_path.py``): the
 custom-op dispatch costs the host several times what ``F.affine_grid`` + ``F.grid_sample`` cost
 at small shapes, and only tracers need it. Both paths run :func:`_forward_keeping_grid` and
-:func:`_backward`, so their results are bit-identical. An empty output (``nothing_to_sample``:
+:func:`_backward`, so their results are bit-identical; an eager PyTorch-path call where no library
+rule applies leaves the spec's grid and aten's sampler to autograd itself
+(``_eager_path.recorded_by_autograd``), for specs whose ``param_grad`` is autograd's own formula:
+the same ops, the same bits. An empty output (``nothing_to_sample``:
 N = 0, C = 0 or an output extent 0) is handled here, once for both backends.
 """
 from __future__ import annotations
