@@ -10,15 +10,16 @@ is the template's, shared with the warps (``kernels/grid_sample.py`` for the ker
 from __future__ import annotations
 
 from ._op_template import TransformSpec, always, register
+from .torch_path import in_dtype
 from stn_triton.kernels import grid_sample as kg
 
 
 def _grid(grid, aux, size, align_corners, dtype):
-    return grid.to(dtype)
+    return in_dtype(grid, dtype)
 
 
 def _grid_grad(ggrid, grid, param, aux, size, align_corners):
-    return ggrid.to(param.dtype)
+    return in_dtype(ggrid, param.dtype)
 
 
 def _kernel_forward(x, grid, aux, size, mode, padding_mode, align_corners, fill=None):

@@ -165,10 +165,11 @@ def _grid(coef, aux, size, align_corners, dtype):
 
 
 def _coef_grad(ggrid, grid, coef, aux, size, align_corners):
-    """grad coef = Phi^T @ grad_grid (Phi (P, K+3) in float64): the product autograd computes for
-    the grid's ``matmul`` (the same bits: tests/test_eager_path.py)."""
+    """grad coef = Phi^T @ grad_grid (Phi (P, K+3) in float64): autograd's backward of the
+    grid's batched product (the same bits: tests/test_eager_path.py)."""
     (control_points,) = aux
-    return torch_path.tps_grid_to_coef_grad(features(control_points, size, align_corners), ggrid).to(coef.dtype)
+    grad = torch_path.tps_grid_to_coef_grad(features(control_points, size, align_corners), ggrid)
+    return torch_path.in_dtype(grad, coef.dtype)
 
 
 def _kernel_forward(x, coef, aux, size, mode, padding_mode, align_corners):

@@ -15,7 +15,7 @@ from stn_triton.kernels import warp3d as kw3
 
 
 def _grid(theta, aux, size, align_corners, dtype):
-    return torch_path.transform_grid_3d(theta.to(dtype), *size, align_corners)
+    return torch_path.transform_grid_3d(torch_path.in_dtype(theta, dtype), *size, align_corners)
 
 
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
@@ -23,7 +23,7 @@ def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
     backward of transform_grid_3d's bmm (same bits as recorded)."""
     n = theta.shape[0]
     base = torch_path.base_grid_3d(*size, align_corners, ggrid.dtype, ggrid.device).expand(n, -1, 4)  # (N, P, 4)
-    return base.transpose(1, 2).bmm(ggrid.reshape(n, -1, 3)).transpose(1, 2).to(theta.dtype)
+    return torch_path.in_dtype(base.transpose(1, 2).bmm(ggrid.reshape(n, -1, 3)).transpose(1, 2), theta.dtype)
 
 
 

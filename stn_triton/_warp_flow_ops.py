@@ -34,11 +34,13 @@ def _grid(flow, aux, size, align_corners, dtype, in_size):
     base = torch_path.identity_grid(size, align_corners, dtype, flow.device)
     # base + flow * scale in one op (~1.5 µs less per call at small sizes; where the CPU kernel fuses
     # the multiply-add it rounds once, not twice: within the tolerance of the two-op form, not its bits)
-    return torch.addcmul(base, flow.movedim(1, -1).to(dtype), _scale(in_size, align_corners, dtype, flow.device))
+    scale = _scale(in_size, align_corners, dtype, flow.device)
+    return torch.addcmul(base, torch_path.in_dtype(flow.movedim(1, -1), dtype), scale)
 
 
 def _flow_grad(ggrid, grid, flow, aux, size, align_corners, in_size):
-    return (ggrid * _scale(in_size, align_corners, ggrid.dtype, ggrid.device)).movedim(-1, 1).to(flow.dtype)
+    grad = (ggrid * _scale(in_size, align_corners, ggrid.dtype, ggrid.device)).movedim(-1, 1)
+    return torch_path.in_dtype(grad, flow.dtype)
 
 
 def _kernel_forward(x, flow, aux, size, mode, padding_mode, align_corners, fill=None):

@@ -13,7 +13,7 @@ from stn_triton.kernels import warp as kw
 
 
 def _grid(theta, aux, size, align_corners, dtype):
-    return torch_path.transform_grid(theta.to(dtype), *size, align_corners)
+    return torch_path.transform_grid(torch_path.in_dtype(theta, dtype), *size, align_corners)
 
 
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
@@ -27,7 +27,7 @@ def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
     base = torch_path.base_grid(*size, align_corners, cdt, ggrid.device).expand(n, -1, 3)  # (N, P, 3)
     g = ggrid.reshape(n, -1, 2)
     if theta.shape[1] == 3:
-        uvw = base.bmm(theta.to(cdt).transpose(1, 2))  # the forward's (N, P, 3), same bits
+        uvw = base.bmm(torch_path.in_dtype(theta, cdt).transpose(1, 2))  # the forward's (N, P, 3), same bits
         uv, w = uvw[..., :2], uvw[..., 2:3]
         g_uv = g / w
         g_w = (-g * ((uv / w) / w)).sum(-1, keepdim=True)
@@ -38,7 +38,7 @@ def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
         if finite is not None:
             g_uv, g_w = torch.where(finite, g_uv, 0.0), torch.where(finite, g_w, 0.0)
         g = torch.cat([g_uv, g_w], -1)
-    return base.transpose(1, 2).bmm(g).transpose(1, 2).to(theta.dtype)
+    return torch_path.in_dtype(base.transpose(1, 2).bmm(g).transpose(1, 2), theta.dtype)
 
 
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):

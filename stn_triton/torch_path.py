@@ -25,6 +25,13 @@ COORD_LIMIT = 2.0 ** 20  # the kernels' sampling.COORD_LIMIT
 BASE_GRID_CACHE_SIZE = 64  # distinct (size, align_corners, dtype, device): a training run has a few
 
 
+def in_dtype(t: torch.Tensor, dtype) -> torch.Tensor:
+    """``t.to(dtype)``, but ``t`` itself when it is already in ``dtype`` without the call (which
+    costs ~0.6 µs of host even then: several per PyTorch-path call). The same tensor and autograd
+    graph either way."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _linspace_from_neg_one(steps: int, align_corners: bool, dtype, device) -> torch.Tensor:
     # Exactly what F.affine_grid uses: a single step sits at 0.
     if steps <= 1:
@@ -163,11 +170,11 @@ def sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str, al
     cdt = compute_dtype(x.dtype)
     if nothing_to_sample(x, *grid.shape[1:-1]):  # F.grid_sample rejects an empty batch; we return an empty result
         return empty_output(x, *grid.shape[1:-1])
-    grid, finite = sanitize_grid(grid.to(cdt))
+    grid, finite = sanitize_grid(in_dtype(grid, cdt))
     pad = "zeros" if padding_mode == "fill" else padding_mode
     # the aten op F.grid_sample calls after checking its string arguments (ours are checked once,
     # by the public function): the same op and bits, without ~1 µs of Python per call
-    out = torch.grid_sampler(x.to(cdt), grid, ATEN_MODES[mode], ATEN_PADDINGS[pad], align_corners)
+    out = torch.grid_sampler(in_dtype(x, cdt), grid, ATEN_MODES[mode], ATEN_PADDINGS[pad], align_corners)
     if finite is not None:
         out = out * finite.squeeze(-1).unsqueeze(1).to(out.dtype)
     if padding_mode == "fill":
@@ -187,14 +194,14 @@ def sample_backward(grad_out, x, grid, mode, padding_mode, align_corners, need_x
     Non-finite coordinates contribute nothing and get zero gradient (:func:`sanitize_grid`).
     """
     cdt = compute_dtype(x.dtype)
-    grid, finite = sanitize_grid(grid.to(cdt))
-    grad_out = grad_out.to(cdt)
+    grid, finite = sanitize_grid(in_dtype(grid, cdt))
+    grad_out = in_dtype(grad_out, cdt)
     if finite is not None:
         grad_out = grad_out * finite.squeeze(-1).unsqueeze(1).to(cdt)
     aten_backward = torch.ops.aten.grid_sampler_3d_backward if x.dim() == 5 else torch.ops.aten.grid_sampler_2d_backward
     pad = "zeros" if padding_mode == "fill" else padding_mode
     gx, ggrid = aten_backward(
-        grad_out, x.to(cdt), grid, ATEN_MODES[mode], ATEN_PADDINGS[pad], align_corners,
+        grad_out, in_dtype(x, cdt), grid, ATEN_MODES[mode], ATEN_PADDINGS[pad], align_corners,
         [need_x, need_grid],
     )
     if need_grid and padding_mode == "fill":
@@ -289,8 +296,8 @@ def tps_coefficients(points: torch.Tensor, coef_map: torch.Tensor) -> torch.Tens
     """Spline coefficients (N, K+3, 2) = M @ points in float64 (rows: w_1..w_K, a0, a1, a2), contiguous.
     One batched product over M expanded (a view): ~3 µs less host time per call than ``torch.matmul``'s
     broadcast of a 2-D by 3-D product, forward and backward, the same values."""
-    p64 = points.to(torch.float64)
-    return coef_map.to(torch.float64).expand(p64.shape[0], -1, -1).bmm(p64)
+    p64 = in_dtype(points, torch.float64)
+    return in_dtype(coef_map, torch.float64).expand(p64.shape[0], -1, -1).bmm(p64)
 
 
 def tps_grid_from_coef(coef, control_points, h, w, align_corners=False, out_dtype=torch.float64):
@@ -311,7 +318,8 @@ def tps_grid_from_features(phi, coef, h, w, out_dtype=torch.float64):
     # one (P, K+3) x (K+3, 2N) product instead measured 1.4x slower (the transposing copy back), and
     # torch.matmul's 2-D x 3-D product returns a transposed view that reshape copies (~3 µs of host
     # per call at small sizes; the same bits as this batched product)
-    return phi.expand(coef.shape[0], -1, -1).bmm(coef.to(torch.float64)).reshape(coef.shape[0], h, w, 2).to(out_dtype)
+    grid = phi.expand(coef.shape[0], -1, -1).bmm(in_dtype(coef, torch.float64)).reshape(coef.shape[0], h, w, 2)
+    return in_dtype(grid, out_dtype)
 
 
 def tps_grid_to_coef_grad(phi, grad_grid):
