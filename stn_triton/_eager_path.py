@@ -39,10 +39,9 @@ def recorded_by_autograd(spec, grid_of, x, param, aux, size, mode, padding_mode,
     no Python Function), or None where a library rule needs the Function: fill padding, a
     coordinate that is not finite or outside the limit, half data (its conversions), x not
     contiguous (the gradient's layout), a device other than the CPU (the coordinate test is read on
-    the host), an empty output, a parameter the spec's ``param_grad`` does not follow autograd for."""
-    if (padding_mode == "fill" or spec.autograd_param_grad is None or not x.is_cpu
-            or x.dtype not in _RECORDED_DTYPES or not x.is_contiguous() or nothing_to_sample(x, *size)
-            or not spec.autograd_param_grad(param)):
+    the host), an empty output, a spec whose ``param_grad`` is not autograd's formula."""
+    if (padding_mode == "fill" or not spec.autograd_param_grad or not x.is_cpu
+            or x.dtype not in _RECORDED_DTYPES or not x.is_contiguous() or nothing_to_sample(x, *size)):
         return None
     grid = grid_of(spec, x, param, aux, size, align_corners)
     if not torch_path.coordinates_inside(grid):

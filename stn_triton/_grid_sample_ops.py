@@ -9,7 +9,7 @@ is the template's, shared with the warps (``kernels/grid_sample.py`` for the ker
 """
 from __future__ import annotations
 
-from ._op_template import TransformSpec, always, register
+from ._op_template import TransformSpec, register
 from .torch_path import in_dtype
 from stn_triton.kernels import grid_sample as kg
 
@@ -34,9 +34,9 @@ def _kernel_backward(grad_out, x, grid, aux, mode, padding_mode, align_corners, 
 
 GRID_SAMPLE = register(TransformSpec(name="grid_sample", param="grid", aux=(), grid=_grid, param_grad=_grid_grad,
                                      kernel_forward=_kernel_forward, kernel_backward=_kernel_backward,
-                                     supports_fill=True, autograd_param_grad=always))
+                                     supports_fill=True, autograd_param_grad=True))
 GRID_SAMPLE3D = register(TransformSpec(name="grid_sample3d", param="grid", aux=(), grid=_grid,
                                        param_grad=_grid_grad, kernel_forward=_kernel_forward,
-                                       kernel_backward=_kernel_backward, supports_fill=True, autograd_param_grad=always))
+                                       kernel_backward=_kernel_backward, supports_fill=True, autograd_param_grad=True))
 grid_sample_op = GRID_SAMPLE.op  # the custom ops themselves (torch.compile, opcheck)
 grid_sample3d_op = GRID_SAMPLE3D.op

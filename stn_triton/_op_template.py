@@ -78,15 +78,9 @@ class TransformSpec:
     supports_fill: bool = False   # padding_mode="fill": both kernel callables then take fill= (the (C,) values)
     needs_input_size: bool = False  # grid and param_grad also take in_size= (x's spatial size): a displacement
                                     # field in input pixels needs it to reach normalised coordinates
-    autograd_param_grad: Callable | None = None  # (param) -> True where param_grad computes what autograd
-                                                 # computes through grid (the same ops in the same order: the
-                                                 # same bits), so an eager PyTorch-path call may leave grid and
-                                                 # sampler to autograd (``_eager_path.recorded_by_autograd``)
-
-
-def always(_param) -> bool:
-    """``TransformSpec.autograd_param_grad`` of a spec whose param_grad is autograd's for every parameter."""
-    return True
+    autograd_param_grad: bool = False  # param_grad computes what autograd computes through grid (the same ops
+                                       # in the same order: the same bits), so an eager PyTorch-path call may
+                                       # leave grid and sampler to autograd (``_eager_path.recorded_by_autograd``)
 
 
 def _grid_of(spec, x, param, aux, size, align_corners):

@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 
 from . import torch_path
-from ._op_template import TransformSpec, always, register
+from ._op_template import TransformSpec, register
 from stn_triton.kernels import tps as kt
 
 # Above this condition number (2-norm, float64) the (K+3) x (K+3) system is treated as singular: a
@@ -131,11 +131,18 @@ def _default_features(k: int, size: tuple, align_corners: bool, device) -> torch
 
 
 def features(control_points: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
-    """Phi (H*W, K+3) float64 of :func:`torch_path.tps_features` for the PyTorch path. On the CPU it
-    is remembered by *content* (the control points' bytes, the size, align_corners; an LRU of
-    ``_CACHE_SIZE``; for the default grid's own tensor, by K: the same content, read for free): a training step otherwise builds the same Phi three times (forward grid,
-    backward grid, coefficient gradient). Elsewhere it is computed: on a GPU a content key would
-    need a host copy of the control points, and a traced tensor has no content. The returned tensor is shared: read it, never write it."""
+    """Phi (H*W, K+3) float64 of :func:`torch_path.tps_features` for the PyTorch path, remembered:
+    a training step otherwise builds the same Phi three times (forward grid, backward grid,
+    coefficient gradient).
+
+    * The default grid's own tensor (``solved_system``'s): by K, size and align_corners (its
+      content is determined by K; nothing read), on any device.
+    * Other control points on the CPU: by *content* (their bytes, the size, align_corners; an LRU
+      of ``_CACHE_SIZE``).
+    * Elsewhere computed: on a GPU a content key would need a host copy of the control points, and
+      a traced tensor has no content.
+
+    The returned tensor is shared: read it, never write it."""
     if type(control_points) is torch.Tensor and not torch.compiler.is_compiling():  # not traced: K is an int
         k = control_points.shape[0]
         default = _default.get((k, control_points.device))
@@ -184,6 +191,6 @@ def _kernel_backward(grad_out, x, coef, aux, mode, padding_mode, align_corners, 
 
 
 SPEC = TransformSpec(name="tps_warp", param="coef", aux=("control_points",), grid=_grid, param_grad=_coef_grad,
-                     kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, autograd_param_grad=always)
+                     kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, autograd_param_grad=True)
 TPS_WARP = register(SPEC)  # the entry the public function calls
 tps_warp_op = TPS_WARP.op  # the custom op itself (torch.compile, opcheck)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_path
-from ._op_template import TransformSpec, always, register
+from ._op_template import TransformSpec, register
 from stn_triton.kernels import warp3d as kw3
 
 
@@ -39,6 +39,6 @@ def _kernel_backward(grad_out, x, theta, aux, mode, padding_mode, align_corners,
 
 SPEC = TransformSpec(name="warp3d", param="theta", aux=(), grid=_grid, param_grad=_theta_grad,
                      kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True,
-                     autograd_param_grad=always)
+                     autograd_param_grad=True)
 WARP3D = register(SPEC)  # the entry the public function calls
 warp3d_op = WARP3D.op  # the custom op itself (torch.compile, opcheck)

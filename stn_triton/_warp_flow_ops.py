@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_path
-from ._op_template import TransformSpec, always, register
+from ._op_template import TransformSpec, register
 from stn_triton.kernels import warp_flow as kf
 
 
@@ -56,7 +56,7 @@ def _kernel_backward(grad_out, x, flow, aux, mode, padding_mode, align_corners, 
 def _spec(name):
     return TransformSpec(name=name, param="flow", aux=(), grid=_grid, param_grad=_flow_grad,
                          kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True,
-                         needs_input_size=True, autograd_param_grad=always)
+                         needs_input_size=True, autograd_param_grad=True)
 
 
 WARP_FLOW = register(_spec("warp_flow"))

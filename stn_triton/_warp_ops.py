@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_path
-from ._op_template import TransformSpec, always, register
+from ._op_template import TransformSpec, register
 from stn_triton.kernels import warp as kw
 
 
@@ -53,6 +53,6 @@ def _kernel_backward(grad_out, x, theta, aux, mode, padding_mode, align_corners,
 
 SPEC = TransformSpec(name="warp", param="theta", aux=(), grid=_grid, param_grad=_theta_grad,
                      kernel_forward=_kernel_forward, kernel_backward=_kernel_backward, supports_fill=True,
-                     autograd_param_grad=always)
+                     autograd_param_grad=True)
 WARP = register(SPEC)  # the entry the public function calls
 warp_op = WARP.op  # the custom op itself (torch.compile, opcheck)
