@@ -101,7 +101,7 @@ def _warp_flow_bwd_kernel(
         stride_dn, stride_dc, stride_dh, stride_dw,
         MODE, PADDING, ALIGN_CORNERS, NEED_X, NEED_FLOW, DETERMINISTIC, ACC, INDEX_64, BLOCK_P, BLOCK_C,
     )
-    if NEED_FLOW:  # bilinear only (the launcher zero-fills for nearest); grad_flow contiguous (N, 2, H_OUT, W_OUT)
+    if NEED_FLOW:  # bilinear / bicubic (the launcher zero-fills for nearest); grad_flow contiguous (N, 2, H_OUT, W_OUT)
         hw = out_plane(H_OUT, W_OUT, INDEX_64)
         off = n * (2 * hw) + p  # int64 with INDEX_64: n, p and hw are
         ty = grad_flow_ptr.dtype.element_ty

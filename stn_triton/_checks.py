@@ -39,6 +39,16 @@ def check_modes(mode: str, padding_mode: str, allow_fill: bool = False, bicubic:
         raise ValueError(f"padding_mode must be one of {allowed}, got {padding_mode!r}")
 
 
+def check_sampling_modes(x: torch.Tensor, mode: str, padding_mode: str, name: str = "x") -> None:
+    """The modes of the ops that sample images and volumes alike (``warp``, ``grid_sample``,
+    ``warp_flow``): every padding mode, fill included; bicubic for images only (PyTorch has none
+    for volumes). The volume's shape is formatted only when the error is raised."""
+    if mode == "bicubic" and x.dim() == 5:
+        check_modes(mode, padding_mode, bicubic=f"for volumes ({name} of shape {tuple(x.shape)}): "
+                                                "PyTorch has no 3-D bicubic")
+    check_modes(mode, padding_mode, allow_fill=True, bicubic=True)
+
+
 def fill_tensor(x: torch.Tensor, padding_mode: str, fill_value) -> torch.Tensor | None:
     """The (C,) fill values of ``padding_mode="fill"`` from ``fill_value``: a number (every channel),
     a sequence of C numbers, or a float tensor of shape () or (C,) on x's device (it may require

@@ -26,7 +26,6 @@ def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
     return torch_path.in_dtype(base.transpose(1, 2).bmm(ggrid.reshape(n, -1, 3)).transpose(1, 2), theta.dtype)
 
 
-
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):
     return kw3.warp3d_fwd(x, theta, *size, mode, padding_mode, align_corners, fill=fill)
 

@@ -47,8 +47,7 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
     """
     _checks.check_image(input, "input", volumes=True)
     check_grid(input, grid)
-    _checks.check_modes(mode, padding_mode, allow_fill=True,
-                        bicubic=f"for volumes (input of shape {tuple(input.shape)}): PyTorch has no 3-D bicubic" if input.dim() == 5 else True)
+    _checks.check_sampling_modes(input, mode, padding_mode, "input")
     align_corners = _checks.check_align_corners(align_corners)
     fill = _checks.fill_tensor(input, padding_mode, fill_value)
     size = list(grid.shape[1:-1])

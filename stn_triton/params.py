@@ -184,8 +184,7 @@ def from_pixels(m: torch.Tensor, in_size, out_size, align_corners: bool = False)
           Computed in float64; a singular ``m`` is a ValueError.
     """
     _pixel_matrix_args(m, in_size, out_size, align_corners, "m")
-    p_in = _pixel_to_norm(in_size, align_corners, torch.float64, m.device)
-    p_out_inv = torch.linalg.inv(_pixel_to_norm(out_size, align_corners, torch.float64, m.device))
+    p_in, p_out_inv = _frames(in_size, out_size, align_corners, m.device)
     return _inverse_between(m, p_in, p_out_inv, "m", "no inverse map from destination to source pixels")
 
 
@@ -193,9 +192,15 @@ def to_pixels(theta: torch.Tensor, in_size, out_size, align_corners: bool = Fals
     """The inverse of :func:`from_pixels`: the source-pixel -> destination-pixel matrix of ``theta``
     ((N, 2, 3) -> (N, 2, 3), (N, 3, 3) -> (N, 3, 3) with ``[2, 2] = 1``), ``m = P_out^-1 theta^-1 P_in``."""
     _pixel_matrix_args(theta, in_size, out_size, align_corners, "theta")
-    p_in = _pixel_to_norm(in_size, align_corners, torch.float64, theta.device)
-    p_out_inv = torch.linalg.inv(_pixel_to_norm(out_size, align_corners, torch.float64, theta.device))
+    p_in, p_out_inv = _frames(in_size, out_size, align_corners, theta.device)
     return _inverse_between(theta, p_out_inv, p_in, "theta", "it has no pixel-space inverse")
+
+
+def _frames(in_size, out_size, align_corners, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P_in, P_out^-1) in float64: the source's pixel -> normalised map and the inverse of the
+    destination's, the two factors around ``m^-1`` / ``theta^-1``."""
+    p_in = _pixel_to_norm(in_size, align_corners, torch.float64, device)
+    return p_in, torch.linalg.inv(_pixel_to_norm(out_size, align_corners, torch.float64, device))
 
 
 def _inverse_between(a, left, right, name, meaning):

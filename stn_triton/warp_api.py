@@ -66,8 +66,7 @@ def warp(x: torch.Tensor, theta: torch.Tensor, size=None, *, mode: str = "biline
     """
     _checks.check_image(x, "x", volumes=True)
     check_theta(x, theta)
-    _checks.check_modes(mode, padding_mode, allow_fill=True,
-                        bicubic=f"for volumes (x of shape {tuple(x.shape)}): PyTorch has no 3-D bicubic" if x.dim() == 5 else True)
+    _checks.check_sampling_modes(x, mode, padding_mode)
     align_corners = _checks.check_align_corners(align_corners)
     fill = _checks.fill_tensor(x, padding_mode, fill_value)
     if x.dim() == 5:

@@ -43,8 +43,7 @@ def warp_flow(x: torch.Tensor, flow: torch.Tensor, theta: torch.Tensor | None = 
     """
     _checks.check_image(x, "x", volumes=True)
     check_flow(x, flow)
-    _checks.check_modes(mode, padding_mode, allow_fill=True,
-                        bicubic=f"for volumes (x of shape {tuple(x.shape)}): PyTorch has no 3-D bicubic" if x.dim() == 5 else True)
+    _checks.check_sampling_modes(x, mode, padding_mode)
     align_corners = _checks.check_align_corners(align_corners)
     fill = _checks.fill_tensor(x, padding_mode, fill_value)
     size = list(flow.shape[2:])
