@@ -18,6 +18,12 @@ V2 = {
     "coloc-TC": ['a5f83a97f397be5d', 'e93f8d75e52c422a', 'f4914cac151f7b38', 'b2849ea8f2022e62'],
 }
 V2_OPTIONS = options.VERSION2
+# data version 3's pinned hashes of P and E (version 4 changed their sigma): version 3's sigma, given as an
+# option, must still give exactly those bits
+V3 = {
+    "P": ['6f8c28632b3f2023', 'd59125cddf893dc0', 'c07d1fb01e798d39', '2a8d4f98c8d34a59'],
+    "E": ['67f27c1013c0cf10', '14349ac7986ffb89', '1df0e3a63c7451e7', '7343af8df7973c21'],
+}
 V2_CLUTTER = V2_OPTIONS["TC"]
 
 
@@ -35,10 +41,15 @@ def test_version_2_readings_are_bit_identical(name):
     assert _hashes(name, V2_OPTIONS[name]) == V2[name]
 
 
+@pytest.mark.parametrize("name", sorted(V3))
+def test_version_3_readings_are_bit_identical(name):
+    assert _hashes(name, options.VERSION3[name]) == V3[name]
+
+
 def test_resolve_defaults_types_and_errors():
     assert options.resolve("R") == {}
-    assert options.resolve("P") == {"corners": "source", "min_extent": 0.25, "reject": "none", "sigma": 3.75}
-    assert options.resolve("E") == {"grid": 4, "sigma": 2.0}
+    assert options.resolve("P") == {"corners": "source", "min_extent": 0.25, "reject": "none", "sigma": 4.4}
+    assert options.resolve("E") == {"grid": 4, "sigma": 2.27}
     assert options.resolve("P", ["sigma=3", "corners=source"])["sigma"] == 3.0
     assert options.resolve("E", {"grid": "5"})["grid"] == 5
     assert options.resolve("P", {"reject": "squashed+mirrored"})["reject"] == "mirrored+squashed"  # canonical
@@ -64,6 +75,8 @@ def test_tags_and_cache_names(tmp_path):
     assert sets.cache_path("TC", "test", 0, tmp_path).name == "TC_test_seed0_v3.npz"
     assert sets.cache_path("TC", "test", 0, tmp_path, V2_CLUTTER).name.startswith("TC-")
     assert sets.cache_path("R", "test", 0, tmp_path).name == "R_test_seed0_v2.npz"
+    assert sets.cache_path("P", "test", 0, tmp_path).name == "P_test_seed0_v4.npz"
+    assert sets.cache_path("P", "test", 0, tmp_path, options.VERSION3["P"]).name.startswith("P-")
 
 
 def test_make_keeps_option_variants_apart(tmp_path):
@@ -187,8 +200,8 @@ def test_recipe_records_and_checks_the_data(tmp_path):
     from repro.distorted_mnist.recipe import experiment
 
     exp = experiment("P", data_options=["corners=output"])
-    assert exp.data == {"set": "P", "version": 3, "mode": "online",
-                        "options": {"corners": "output", "min_extent": 0.25, "reject": "none", "sigma": 3.75}}
+    assert exp.data == {"set": "P", "version": 4, "mode": "online",
+                        "options": {"corners": "output", "min_extent": 0.25, "reject": "none", "sigma": 4.4}}
     with pytest.raises(ValueError, match="unknown data option"):
         experiment("P", data_options=["corner=source"])
 
@@ -199,6 +212,6 @@ def test_recipe_table_shows_each_runs_data(tmp_path):
     assert main(["--dataset", "P", "--model", "fcn", "--profile", "smoke", "--no-progress", "--no-figure",
                  "--out", str(tmp_path), "--data-option", "corners=output"]) == 0
     table = (tmp_path / "table.md").read_text()
-    assert "| P | FCN | 0 |" in table and "v3 (corners=output, min_extent=0.25, reject=none, sigma=3.75)" in table
+    assert "| P | FCN | 0 |" in table and "v4 (corners=output, min_extent=0.25, reject=none, sigma=4.4)" in table
     assert main(["--dataset", "P", "--model", "fcn", "--profile", "smoke", "--out", str(tmp_path),
                  "--data-option", "sigma=99"]) == 2  # a bad option stops before anything runs

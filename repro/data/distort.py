@@ -27,14 +27,14 @@ for train, test digits for test, never mixed):
   Translation is continuous (bilinear).
 * ``P`` (1×28×28, 10 classes): scale s ~ U(0.75, 1.0) about the centre, then each of the four
   corners moved by N(0, sigma) per axis (options ``corners``, default ``source``; ``sigma``,
-  default 3.75 px; ``reject``, default none: see :mod:`repro.data.options`). ``corners=output``: the (scaled) digit frame's corners land at
+  default 4.4 px; ``reject``, default none: see :mod:`repro.data.options`). ``corners=output``: the (scaled) digit frame's corners land at
   ``s·c + δ`` in the output, the homography takes them to the source corners c; ``source``: the
   canvas's corners c sample the source at ``c / s + δ``. The homography is solved per image in
   float64. With ``reject``, each image draws ``P_CANDIDATES`` candidates and keeps the first that
   passes (:func:`p_degenerate`); if none does (probability ~ rate^8) it keeps the last.
 * ``E`` (1×28×28, 10 classes): scale s ~ U(0.75, 1.0), then the control points of a g×g TPS
   grid over [-1, 1]² (option ``grid``, 4: the text's 16) moved by N(0, sigma) per axis (option
-  ``sigma``, 2.0 px; the text's 1.5 is an option): ``points = control_points / s + δ`` (``tps_warp`` points are where each
+  ``sigma``, 2.27 px; the text's 1.5 is an option): ``points = control_points / s + δ`` (``tps_warp`` points are where each
   control point lands in the source).
 * ``TC`` (1×60×60, 10 classes): the digit at a uniform random *integer* position with its
   whole 28×28 frame inside the 60×60 canvas (so bilinear sampling copies it exactly), plus six
