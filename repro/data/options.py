@@ -93,6 +93,15 @@ def of_result(name: str, result: dict) -> dict:
     return resolve(name, data["options"] if data else VERSION2.get(name))
 
 
+def readings(name: str, version: int) -> dict:
+    """The full options that give version ``version`` of set ``name`` with today's generator: the readings
+    that version had (version 1 had version 2's readings, rendered with per-machine bits)."""
+    for last, table in ((2, VERSION2), (3, VERSION3)):
+        if version <= last and name in table:
+            return resolve(name, table[name])
+    return resolve(name)
+
+
 def _parse(name: str, key: str, opt: Option, value):
     """``value`` (from Python or a command-line string) as the option's type, checked."""
     kind = type(opt.default)

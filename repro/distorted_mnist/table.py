@@ -181,11 +181,12 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
 
 
 def _data_cell(data: dict | None) -> str:
-    """A result's data record as a table cell: version and options (results before records: 'not recorded')."""
+    """A result's data record as a table cell: version and options; 'inferred' where the record was
+    derived from the run's commit (:mod:`repro.data_records`), 'not recorded' where there is none."""
     if not data:
         return "not recorded"
     opts = ", ".join(f"{k}={v}" for k, v in sorted(data.get("options", {}).items()))
-    return f"v{data.get('version')}" + (f" ({opts})" if opts else "")
+    return f"v{data.get('version')}" + (f" ({opts})" if opts else "") + (", inferred" if data.get("inferred") else "")
 
 
 def _n_test(out: Path, ds: str, m: str):
