@@ -21,6 +21,12 @@ only ever adds). One intra-op thread. Passes: ``infer`` (``no_grad``, inputs wit
 ``train fwd`` (inputs require grad: autograd records the call), ``fwd+bwd`` (forward, then
 ``torch.autograd.grad`` to every input that requires grad). Ratios are ours / eager.
 
+A last table (:func:`measure_floors`) times the building blocks any Python-level op is made of, at
+``grid_sample``'s tiny shape and in the same interleaved way: a bare ``torch.autograd.Function``
+that only allocates its output (and its gradients), aten's sampler without ``F.grid_sample``'s
+Python wrapper, the non-finite rule's test (one ``aminmax``, two host reads), the backend choice
+and the argument checks: the floor under which no op of this library can get, whatever it does.
+
 New public ops slot in as one more :class:`OpCase` in :data:`OP_CASES`.
 Not a test; numbers depend on the machine (run it on a quiet one).
 """
@@ -246,6 +252,69 @@ def measure(device: str, backend: str, stub: bool, rounds: int, inner: int, case
     return rows
 
 
+class _Bare(torch.autograd.Function):
+    """The cheapest Python-level differentiable op: allocates its output, and its gradients, nothing else."""
+
+    @staticmethod
+    def forward(ctx, x, grid):
+        ctx.shapes = (x.shape, grid.shape)
+        return torch.empty(x.shape[0], x.shape[1], *grid.shape[1:-1], dtype=x.dtype, device=x.device)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out.new_empty(ctx.shapes[0]), grad_out.new_empty(ctx.shapes[1])
+
+
+def _bare(x, grid):
+    return _Bare.apply(x, grid)
+
+
+def _rule_test(grid):
+    lo, hi = torch.aminmax(grid)
+    return -torch_path.COORD_LIMIT < lo.item() and hi.item() < torch_path.COORD_LIMIT
+
+
+def measure_floors(device: str, rounds: int, inner: int) -> list[dict]:
+    """µs per call of the building blocks (module docstring), at grid_sample's shape, interleaved."""
+    from stn_triton import _checks, backend as stn_backend
+    from stn_triton.grid_sample_api import check_grid
+
+    (x, grid), _ = _grid_inputs(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    xs, gs = x.detach().requires_grad_(), grid.detach().requires_grad_()
+    go = torch.ones(x.shape[0], x.shape[1], *grid.shape[1:-1], device=device)
+
+    def checks():
+        _checks.check_image(x, "input", volumes=True)
+        check_grid(x, grid)
+        _checks.check_sampling_modes(x, "bilinear", "zeros", "input")
+        _checks.check_align_corners(False)
+        _checks.fill_tensor(x, "zeros", None)
+
+    calls = {
+        ("F.grid_sample", "train fwd"): lambda: F.grid_sample(xs, gs, align_corners=False),
+        ("F.grid_sample", "fwd+bwd"): lambda: torch.autograd.grad(F.grid_sample(xs, gs, align_corners=False),
+                                                                  [xs, gs], go),
+        ("bare autograd.Function (allocates its output)", "train fwd"): lambda: _bare(xs, gs),
+        ("bare autograd.Function (allocates its output)", "fwd+bwd"): lambda: torch.autograd.grad(
+            _bare(xs, gs), [xs, gs], go),
+        ("torch.grid_sampler (aten, no Python wrapper)", "infer"): lambda: torch.grid_sampler(x, grid, 0, 0, False),
+        ("non-finite rule's test: aminmax + 2 host reads", "infer"): lambda: _rule_test(grid),
+        ("backend choice (resolve_backend)", "infer"): lambda: stn_backend.resolve_backend(x.device),
+        ("grid_sample's argument checks", "infer"): checks,
+    }
+    t = time_interleaved(calls, rounds, inner, sync)
+    return [{"block": k[0], "pass": k[1], "us": v} for k, v in t.items()]
+
+
+def print_floors(rows: list[dict]) -> None:
+    print("\nBuilding blocks at grid_sample's shape (the floor of any Python-level op), µs per call\n")
+    print("| block | pass | µs |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['block']} | {r['pass']} | {r['us']:.1f} |")
+
+
 def print_table(title: str, rows: list[dict]) -> None:
     print(f"\n{title}\n")
     print("| op | pass | stn_triton µs | eager µs | ratio | eager composition |")
@@ -273,6 +342,7 @@ def main(argv=None) -> int:
         if "torch" in paths:
             print_table("PyTorch path (CPU), whole call, µs per call",
                         measure("cpu", "torch", False, a.rounds, a.inner))
+        print_floors(measure_floors("cpu", a.rounds, a.inner))
         return 0
     real = measure("cuda", "triton", False, a.rounds, a.inner)
     stubbed = measure("cuda", "triton", True, a.rounds, a.inner)
@@ -286,6 +356,7 @@ def main(argv=None) -> int:
         print(f"| {r['case']} | {r['pass']} | {r['ours']:.1f} | {s['ours']:.1f} | {d:.1f} | {d / r['ours']:.0%} |")
     if "torch" in paths:
         print_table("PyTorch path (CUDA), whole call", measure("cuda", "torch", False, a.rounds, a.inner))
+    print_floors(measure_floors("cuda", a.rounds, a.inner))
     return 0
 
 

@@ -23,3 +23,5 @@ def test_host_overhead_smoke(capsys):
     for case in host_overhead.OP_CASES:
         for pass_ in host_overhead.PASSES:
             assert out.count(f"| {case.name} | {pass_} |") == 2, (case.name, pass_)
+    assert "| bare autograd.Function (allocates its output) | fwd+bwd |" in out  # the floors table
+    assert "| non-finite rule's test: aminmax + 2 host reads | infer |" in out
