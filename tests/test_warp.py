@@ -45,6 +45,11 @@ def test_backend_env_read_at_call_time(monkeypatch):
     monkeypatch.setenv("STN_BACKEND", "bogus")
     with pytest.raises(ValueError, match="STN_BACKEND"):
         stn_triton.requested_backend()
+    for value in (" Torch ", "", "auto"):  # the fast read of the environment sees what os.environ holds
+        monkeypatch.setenv("STN_BACKEND", value)
+        assert stn_triton.requested_backend() == (value.strip().lower() or "auto")
+    monkeypatch.delenv("STN_BACKEND")
+    assert stn_triton.requested_backend() == "auto"
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="CPU tensors: the interpreter is the other backend")
