@@ -24,16 +24,27 @@ def batch_hash(b) -> str:
     return m.hexdigest()[:16]
 
 
-def data_hashes(name: str) -> list[str]:
+# generator options whose rendering takes another path than the defaults', pinned across CPUs too:
+# label -> (set, options)
+OPTION_CASES = {"E[side=output]": ("E", {"side": "output"})}
+
+
+def data_hashes(name: str, options: dict | None = None) -> list[str]:
     from repro.data import sets
 
-    got = [batch_hash(sets.OnlineStream(name, bs, seed=seed, rank=rank, world_size=ws).batch(step))
+    got = [batch_hash(sets.OnlineStream(name, bs, seed=seed, rank=rank, world_size=ws, options=options).batch(step))
            for bs, seed, step, rank, ws in PINNED_CASES]
-    fixed = sets.build(name, "test", seed=0, device="cpu", n=64).images_u8.numpy().tobytes()
+    fixed = sets.build(name, "test", seed=0, device="cpu", n=64, options=options).images_u8.numpy().tobytes()
     return got + [hashlib.sha256(fixed).hexdigest()[:16]]
 
 
-if __name__ == "__main__":
+def all_hashes() -> dict[str, list[str]]:
+    """Every set at its defaults, and :data:`OPTION_CASES`."""
     from repro.data import distort
 
-    print(json.dumps({name: data_hashes(name) for name in distort.NAMES}))
+    return {**{name: data_hashes(name) for name in distort.NAMES},
+            **{label: data_hashes(name, opts) for label, (name, opts) in OPTION_CASES.items()}}
+
+
+if __name__ == "__main__":
+    print(json.dumps(all_hashes()))

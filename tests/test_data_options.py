@@ -49,7 +49,7 @@ def test_version_3_readings_are_bit_identical(name):
 def test_resolve_defaults_types_and_errors():
     assert options.resolve("R") == {}
     assert options.resolve("P") == {"corners": "source", "min_extent": 0.25, "reject": "none", "sigma": 4.4}
-    assert options.resolve("E") == {"grid": 4, "sigma": 2.27}
+    assert options.resolve("E") == {"grid": 4, "side": "source", "sigma": 2.27}
     assert options.resolve("P", ["sigma=3", "corners=source"])["sigma"] == 3.0
     assert options.resolve("E", {"grid": "5"})["grid"] == 5
     assert options.resolve("P", {"reject": "squashed+mirrored"})["reject"] == "mirrored+squashed"  # canonical
@@ -194,6 +194,53 @@ def test_e_sigma_and_grid():
         assert abs(float(noise.std()) - sigma * math.sqrt(1 - 1 / (2 * k))) < 0.05 * sigma
     img = sets.OnlineStream("E", 4, options={"sigma": 3.0, "grid": 5}).batch(0).images
     assert img.shape == (4, 1, 28, 28) and float(img.sum()) > 0
+
+
+def test_e_output_side():
+    """side=output: the digit's control points land at s c + noise in the output (a spline per image).
+    At sigma 0 both sides are the same pure scaling, bit for bit; the per-image spline interpolates
+    its control points; the draws are the same random numbers as side=source."""
+    from repro.data import exact_render
+
+    assert options.resolve("E")["side"] == "source"
+    with pytest.raises(ValueError, match="one of"):
+        options.resolve("E", {"side": "middle"})
+    zero = {"sigma": 0.0}
+    src, out = (sets.OnlineStream("E", 16, options={**zero, "side": side}).batch(3).images for side in ("source", "output"))
+    assert torch.equal(src, out) and float(src.sum()) > 0
+    a, b = _draw("E", 200, side="source"), _draw("E", 200, side="output")
+    c = distort.control_points(16)
+    assert "control" not in a and torch.equal(b["points"], c.expand(200, 16, 2))
+    # the same scale s and noise d on the other side: source points c / s + d, output control points
+    # s c + d, so their difference is (1 / s - s) c, a non-negative multiple of c per image
+    diff = a["points"] - b["control"]
+    k = (diff * c).sum((1, 2)) / (c * c).sum()
+    assert torch.allclose(diff, k[:, None, None] * c, atol=1e-12) and bool((k >= 0).all())
+    m, basis = exact_render._tps_per_image(b["control"][:8], 28, 28)
+    coef = torch.einsum("nij,njc->nic", m, b["points"][:8])
+    ctrl = b["control"][:8]
+    d2 = ((ctrl[:, :, None, :] - ctrl[:, None, :, :]) ** 2).sum(-1)
+    u = torch.where(d2 > 0, d2 * torch.log(d2.clamp_min(1e-300)), torch.zeros_like(d2))
+    at_control = torch.einsum("nkj,njc->nkc", torch.cat([u, torch.ones_like(u[..., :1]), ctrl], 2), coef)
+    assert float((at_control - b["points"][:8]).abs().max()) < 1e-3  # f(s c + d) = c (up to the 2^-16 rounding)
+    img = sets.OnlineStream("E", 32, options={"side": "output"}).batch(0).images
+    assert img.shape == (32, 1, 28, 28) and torch.isfinite(img).all() and float(img.sum()) > 0
+
+
+def test_coefficient_grid_keeps_the_product_exact():
+    """A spline with huge coefficients (nearly coincident control points) gets a coarser grid, so that
+    basis @ coef stays exact (the same bits in any summation order); small ones keep 2^-16."""
+    from repro.data import exact_render
+
+    basis = exact_render._tps_tables(16, 28, 28)[1]
+    coef = torch.randn(3, 19, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    coef[1] *= 1e6
+    got = exact_render._coef_on_grid(coef, basis)
+    assert torch.equal(got[0], (coef[0] / 2 ** -16).round() * 2 ** -16)  # below 2^8: the fine grid
+    assert not torch.equal(got[1], (coef[1] / 2 ** -16).round() * 2 ** -16)  # coarser
+    prod = torch.matmul(basis, got[1])
+    flipped = torch.matmul(basis.flip(1), got[1].flip(0))  # another summation order
+    assert torch.equal(prod, flipped)
 
 
 def test_recipe_records_and_checks_the_data(tmp_path):

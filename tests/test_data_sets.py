@@ -14,7 +14,7 @@ import stn_triton
 import stn_triton.torch_path
 from repro.data import distort, sets
 from repro.data import mnist as M
-from testing.data_hashes import data_hashes
+from testing.data_hashes import OPTION_CASES, data_hashes
 
 SHAPES = {"R": (1, 28, 28), "RTS": (1, 42, 42), "P": (1, 28, 28), "E": (1, 28, 28), "TC": (1, 60, 60),
           "addition": (2, 42, 42), "coloc-T": (1, 84, 84), "coloc-TC": (1, 84, 84)}
@@ -271,6 +271,8 @@ PINNED = {
     "addition": ['0cb80898e96c9f32', '69bf08e9902ec037', 'f03e9613f5379f56', 'a3162103937ba266'],
     "coloc-T": ['f416222a2b6546c0', '27718f223a84a72c', 'e6cdee24c8f9bf9f', '51cc204d220ddd4c'],
     "coloc-TC": ['d560d20d48ce25c5', '322569c75c3c9514', '4dd9539da9d7a23e', 'f547c5a91a768218'],
+    # testing.data_hashes.OPTION_CASES: options that render through another path (a spline per image)
+    "E[side=output]": ['2dd5ff2022bac354', 'bf3ee7e3886dff1d', '787e13a975e12530', '65c33415645d9f89'],
 }
 
 
@@ -278,6 +280,12 @@ PINNED = {
 def test_data_bit_identical_to_pinned(name):
     """Online batches and fixed-set images are bit-identical to the pinned ones."""
     assert data_hashes(name) == PINNED[name]
+
+
+@pytest.mark.parametrize("label", sorted(OPTION_CASES))
+def test_option_data_bit_identical_to_pinned(label):
+    name, opts = OPTION_CASES[label]
+    assert data_hashes(name, opts) == PINNED[label]
 
 
 def _cpu_variants() -> list[dict]:

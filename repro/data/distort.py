@@ -34,8 +34,10 @@ for train, test digits for test, never mixed):
   passes (:func:`p_degenerate`); if none does (probability ~ rate^8) it keeps the last.
 * ``E`` (1×28×28, 10 classes): scale s ~ U(0.75, 1.0), then the control points of a g×g TPS
   grid over [-1, 1]² (option ``grid``, 4: the text's 16) moved by N(0, sigma) per axis (option
-  ``sigma``, 2.27 px; the text's 1.5 is an option): ``points = control_points / s + δ`` (``tps_warp`` points are where each
-  control point lands in the source).
+  ``sigma``, 2.27 px; the text's 1.5 is an option) on one side of the spline (option ``side``):
+  ``source`` (default): ``points = control_points / s + δ`` (``tps_warp`` points are where each
+  output control point lands in the source); ``output``: the digit's control points c land in the
+  output at ``s c + δ`` (``control`` = s c + δ per image, ``points`` = c; a spline solved per image).
 * ``TC`` (1×60×60, 10 classes): the digit at a uniform random *integer* position with its
   whole 28×28 frame inside the 60×60 canvas (so bilinear sampling copies it exactly), plus six
   6×6 patches, each cut from another random digit of the pool (never the same image) at a
@@ -267,7 +269,11 @@ def sample_params(name: str, primary: torch.Tensor, pool: int, g: torch.Generato
         k = o["grid"] ** 2
         cps = control_points(k)
         noise = torch.randn(n, k, 2, generator=g, dtype=torch.float64) * (o["sigma"] * 2 / DIGIT)
-        out["points"] = cps[None] / scale[:, None, None] + noise
+        if o["side"] == "source":
+            out["points"] = cps[None] / scale[:, None, None] + noise
+        else:  # the digit's control points c land at s c + noise in the output: a spline per image
+            out["control"] = cps[None] * scale[:, None, None] + noise
+            out["points"] = cps[None].expand(n, k, 2).clone()
     elif name == "addition":
         second = torch.randint(0, pool, (n,), generator=g)
         out["index2"] = second
@@ -342,7 +348,7 @@ def render_digits(name: str, p: dict[str, torch.Tensor], pool_images: torch.Tens
         both = torch.stack([idx, p["index2"].to(pool_images.device)], 1).reshape(-1)
         return _warp(_digits(pool_images, both), p["theta"].reshape(-1, 2, 3), size).reshape(-1, 2, *size)
     if name == "E":
-        return exact_render.tps(_digits(pool_images, idx), p["points"], size)
+        return exact_render.tps(_digits(pool_images, idx), p["points"], size, control=p.get("control"))
     return _warp(_digits(pool_images, idx), p["theta"], size, p.get("top_left"))
 
 

@@ -25,7 +25,10 @@ How: every rounding that could differ is removed instead of being made to agree.
 * **TPS** (set E): the spline's coefficients are formed by explicit sums and rounded to 2⁻¹⁶, the
   radial basis table (computed once with ``math.log``) too, so that the float64 product
   basis @ coefficients is exact whatever BLAS computes it (products < 2¹³ on a 2⁻³² grid, sums
-  < 2¹⁸: 50 bits < 53).
+  < 2¹⁸: 50 bits < 53). An image whose coefficients are larger (a spline per image, E's
+  ``side=output`` reading, nearly folds where two control points come close) gets a coarser
+  power-of-two grid for its coefficients, chosen so that the same bound holds
+  (:func:`_coef_on_grid`); below 2⁸ the grid is 2⁻¹⁶ as before.
 * Small linear systems (the homography of set P, the TPS system) are solved by Gauss-Jordan
   elimination with partial pivoting written out in elementwise operations (no LAPACK).
 
@@ -52,7 +55,8 @@ OFFSET = SCALE - SUB // 2
 QUANT = SUB * DIGIT // 2
 Q_LO, Q_HI = LO * SUB - OFFSET, HI * SUB - OFFSET
 COEF_GRID = 2.0 ** -16  # TPS coefficients and basis are rounded to this grid (see module docstring)
-COEF_MAX = 2.0 ** 8
+COEF_GRID_EXP = -16
+EXACT_BITS = 50  # bits a product sum may use (of float64's 53): the bound in the module docstring
 
 
 # ----------------------------------------------------------------------------- small exact helpers
@@ -162,22 +166,86 @@ def _tps_tables(k: int, h: int, w: int):
     return _TPS_TABLES[key]
 
 
-def tps(digits_u8: torch.Tensor, points: torch.Tensor, size) -> torch.Tensor:
-    """Thin-plate-spline warp with the default √K×√K control points; ``points`` float64 (N, K, 2)
-    are where the control points land in the source (as ``stn_triton.tps_warp``)."""
+def _on_coef_grid(t: torch.Tensor) -> torch.Tensor:
+    return (t / COEF_GRID).round_() * COEF_GRID
+
+
+def _below_exponent(t: torch.Tensor) -> torch.Tensor:
+    """(N,) int: the smallest e with |t[n]| < 2**e over each image's elements (exact: max and frexp)."""
+    return torch.frexp(t.abs().reshape(t.shape[0], -1).amax(1))[1].to(torch.int64)
+
+
+def _coef_on_grid(coef: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """The (N, K + 3, 2) coefficients rounded per image to 2**-16, or to the finest coarser power-of-two
+    grid 2**g for which basis @ coef stays exact. The basis is on a 2**-16 grid below 2**eb, the
+    coefficients below 2**ec; the products lie on a 2**(g - 16) grid below 2**(eb + ec), and their sum
+    over K + 3 <= 2**t terms fits in t + eb + ec + 16 - g <= EXACT_BITS bits. With the default grid's
+    coefficients (< 2**8, basis < 2**5) g is -16. Non-finite coefficients (a singular system) stay
+    non-finite: those pixels sample 0 (``_quantise``)."""
+    t = (coef.shape[1] - 1).bit_length()
+    eb = _below_exponent(basis if basis.dim() == 3 else basis[None])  # (N,), or (1,) for the shared table
+    ec = _below_exponent(coef)
+    g = torch.clamp(t + eb + ec - COEF_GRID_EXP - EXACT_BITS, min=COEF_GRID_EXP)
+    step = torch.ldexp(torch.ones(coef.shape[0], dtype=torch.float64), g)[:, None, None]
+    return (coef / step).round_() * step
+
+
+def _radial_rounded(d2: torch.Tensor) -> torch.Tensor:
+    """U(d²) = d² log d² (0 at 0) of a float64 tensor, rounded to COEF_GRID. ``torch.log`` may differ
+    in the last bit between instruction sets; after the rounding a value changes only where it lies
+    within that bit of a rounding boundary (~1e-11 per value, as the C library's log of the shared
+    tables; see the module docstring)."""
+    return _on_coef_grid(torch.where(d2 > 0, d2 * torch.log(d2.clamp_min(1e-300)), torch.zeros_like(d2)))
+
+
+def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b|² of broadcast (..., 2) float64 points, in elementwise operations (a fixed order)."""
+    dx, dy = a[..., 0] - b[..., 0], a[..., 1] - b[..., 1]
+    return dx * dx + dy * dy
+
+
+def _tps_per_image(control: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, basis) of :func:`_tps_tables` for a batch of control points (N, K, 2) float64 (the output-side
+    reading of set E: a spline per image): M (N, K + 3, K) by the elimination above, basis (N, H·W, K + 3)
+    rounded to COEF_GRID, the system's radial entries rounded to it too (so both are the same on every ISA
+    but for :func:`_radial_rounded`'s boundary cases)."""
+    n, k, _ = control.shape
+    u = _radial_rounded(_sq_dist(control[:, :, None, :], control[:, None, :, :]))  # (N, K, K)
+    ones = torch.ones(n, k, 1, dtype=torch.float64)
+    top = torch.cat([u, ones, control], 2)  # (N, K, K + 3)
+    bottom = torch.cat([torch.cat([ones, control], 2).transpose(1, 2), torch.zeros(n, 3, 3, dtype=torch.float64)], 2)
+    rhs = torch.cat([torch.eye(k, dtype=torch.float64), torch.zeros(3, k, dtype=torch.float64)])
+    m = solve(torch.cat([top, bottom], 1), rhs.expand(n, k + 3, k))
+    xs = (torch.arange(w, dtype=torch.float64) * 2.0 + 1.0) / w - 1.0
+    ys = (torch.arange(h, dtype=torch.float64) * 2.0 + 1.0) / h - 1.0
+    pix = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], 1)  # (H·W, 2), x fastest
+    basis = torch.cat([_radial_rounded(_sq_dist(pix[None, :, None, :], control[:, None, :, :])),
+                       torch.ones(n, h * w, 1, dtype=torch.float64), _on_coef_grid(pix).expand(n, h * w, 2)], 2)
+    return m, basis
+
+
+def tps(digits_u8: torch.Tensor, points: torch.Tensor, size, control: torch.Tensor | None = None) -> torch.Tensor:
+    """Thin-plate-spline warp; ``points`` float64 (N, K, 2) are where the control points land in the
+    source (as ``stn_triton.tps_warp``). The control points (in the output frame): the default √K×√K
+    grid (tables shared by every image), or ``control`` (N, K, 2) float64, one spline per image."""
     h, w = size
     n, k, _ = points.shape
-    m, basis = _tps_tables(k, h, w)
+    if control is None:
+        m, basis = _tps_tables(k, h, w)
+        m = m[None]
+    else:
+        m, basis = _tps_per_image(control.to(torch.float64).cpu(), h, w)
     pts = points.to(torch.float64).cpu()
     coef = torch.zeros(n, k + 3, 2, dtype=torch.float64)
     for j in range(k):  # coef = M @ points, summed in a fixed order
-        coef = coef + m[None, :, j, None] * pts[:, None, j, :]
-    coef = (coef / COEF_GRID).round_() * COEF_GRID
-    if not bool((coef.abs() < COEF_MAX).all()):
-        raise ValueError(f"TPS coefficients beyond ±{COEF_MAX:g}: the exact-product bound does not hold")
+        coef = coef + m[:, :, j, None] * pts[:, None, j, :]
+    coef = _coef_on_grid(coef, basis)
     dev = digits_u8.device
-    src = torch.matmul(basis.to(dev), coef.to(dev).permute(1, 0, 2).reshape(k + 3, 2 * n))  # exact: see module doc
-    src = src.reshape(h, w, n, 2).permute(2, 0, 1, 3)
+    if control is None:
+        src = torch.matmul(basis.to(dev), coef.to(dev).permute(1, 0, 2).reshape(k + 3, 2 * n))  # exact: see module doc
+        src = src.reshape(h, w, n, 2).permute(2, 0, 1, 3)
+    else:  # the same exact products and sums, one image at a time
+        src = torch.bmm(basis.to(dev), coef.to(dev)).reshape(n, h, w, 2)
     return _sample(digits_u8, _quantise(src[..., 0] * QUANT), _quantise(src[..., 1] * QUANT))
 
 

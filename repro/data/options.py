@@ -25,6 +25,12 @@ P          ``min_extent``   0.25           the ``squashed`` threshold (fraction 
 E          ``sigma``        2.27           control-point noise, pixels per axis (the text: 1.5;
                                            calibrated, see below; version 3: 2.0)
 E          ``grid``         4              control points per side (the text: 16 = 4 x 4)
+E          ``side``         ``source``     which side of the spline the noise moves: ``source``:
+                                           the output's regular control points sample the
+                                           source at ``c / s + noise`` (data versions 2-4);
+                                           ``output``: the digit's control points c land in the
+                                           output at ``s c + noise`` (the spline is solved per
+                                           image)
 TC,        ``patch_from``   ``anywhere``   where a 6x6 clutter patch is cut from its digit:
 coloc-TC                                   ``anywhere`` in the 28x28 image (DeepMind's
                                            ``mnist_cluttered.lua``) or ``centre20`` (the central
@@ -33,9 +39,7 @@ TC,        ``combine``      ``add``        how clutter and digit combine: ``add`
 coloc-TC                                   (``mnist_cluttered.lua``) or ``max`` (version 2)
 =========  ===============  =============  =====================================================
 
-The other sets (R, RTS, addition, coloc-T) have no options: the text fixes them. Not built: E's
-"which side is perturbed" (the output-side reading needs per-image spline tables, which the exact
-renderer does not have); the source side is the only one.
+The other sets (R, RTS, addition, coloc-T) have no options: the text fixes them.
 
 How the defaults were chosen (``repro/results/data_fidelity.md``, every number there): TC's is
 DeepMind's published generator. P and E keep the text's construction; their free knob (sigma) was
@@ -71,7 +75,8 @@ _CLUTTER = {"patch_from": Option("anywhere", ("anywhere", "centre20")), "combine
 OPTIONS: dict[str, dict[str, Option]] = {
     "P": {"corners": Option("source", ("output", "source")), "sigma": Option(4.4, lo=0.0, hi=14.0),
           "reject": Option("none"), "min_extent": Option(0.25, lo=0.0, hi=1.0)},
-    "E": {"sigma": Option(2.27, lo=0.0, hi=6.0), "grid": Option(4, lo=2, hi=8)},
+    "E": {"sigma": Option(2.27, lo=0.0, hi=6.0), "grid": Option(4, lo=2, hi=8),
+          "side": Option("source", ("source", "output"))},
     "TC": dict(_CLUTTER),
     "coloc-TC": dict(_CLUTTER),
 }

@@ -15,9 +15,13 @@ renders from them, before clutter), each beside what it measures:
   w = 0 (the horizon) lies on the canvas, tested at its four corners (w changes sign or is 0);
   both are the generator's own tests (:func:`repro.data.distort.mirrored`, ``horizon_crosses``),
   which its ``reject`` option applies.
-* E only -- ``control_point_noise_px``: the mean distance, in source pixels, of the 16 control
+* E only -- ``control_point_noise_px``: the mean distance, in pixels, of the 16 perturbed control
   points from the scaled regular grid fitted to them by least squares (what the N(0, sigma) noise
-  moved; the text's sigma is 1.5 px per axis, so ~1.88 px expected).
+  moved; the text's sigma is 1.5 px per axis, so ~1.88 px expected): source pixels for
+  ``side=source``, output pixels for ``side=output``.
+* E only -- ``extreme_spline``: the fraction of draws whose spline coefficients reach 2**8 (a
+  nearly folded spline: two control points close together; the exact renderer then rounds that
+  image's coefficients on a coarser grid).
 * clutter sets -- ``clutter_ink``: the ink that clutter adds per image (the clipped image minus the digit).
 
 What these probes do not do yet (issue #29, item 2): the short FCN run per set whose error is
@@ -41,6 +45,20 @@ def _width(img: torch.Tensor) -> torch.Tensor:
     lo = torch.where(cols, ar, img.shape[-1]).amin(1)
     hi = torch.where(cols, ar, -1).amax(1)
     return (hi - lo + 1).clamp_min(0).to(torch.float64)
+
+
+def extreme_spline(p: dict) -> torch.Tensor:
+    """(N,) bool: the E draw's spline coefficients reach 2**8 (see the module docstring)."""
+    from . import exact_render
+
+    control = p.get("control")
+    points = p["points"].to(torch.float64)
+    if control is None:
+        m = exact_render._tps_tables(points.shape[1], distort.DIGIT, distort.DIGIT)[0][None]
+    else:
+        m = exact_render._tps_per_image(control.to(torch.float64), distort.DIGIT, distort.DIGIT)[0]
+    coef = torch.einsum("nij,njc->nic", m.expand(points.shape[0], -1, -1), points)
+    return ~(coef.abs().amax((1, 2)) < 2.0 ** 8)
 
 
 def control_point_noise_px(points: torch.Tensor) -> torch.Tensor:
@@ -81,7 +99,8 @@ def probe(name: str, n: int = 10_000, seed: int = 0, options=None) -> dict:
             add("mirrored", distort.mirrored(p["theta"]))
             add("horizon_crosses", distort.horizon_crosses(p["theta"]))
         if name == "E":
-            add("control_point_noise_px", control_point_noise_px(p["points"]))
+            add("control_point_noise_px", control_point_noise_px(p.get("control", p["points"])))
+            add("extreme_spline", extreme_spline(p))
         if distort.spec(name).clutter:
             full = digits.clone()  # the clutter pasted onto the digits already rendered, as render() does
             distort._paste_clutter(full, pool_x, p, options["combine"])
