@@ -199,9 +199,11 @@ def _radial_rounded(d2: torch.Tensor) -> torch.Tensor:
 
 
 def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """|a - b|² of broadcast (..., 2) float64 points, in elementwise operations (a fixed order)."""
-    dx, dy = a[..., 0] - b[..., 0], a[..., 1] - b[..., 1]
-    return dx * dx + dy * dy
+    """|a - b|² of broadcast (..., 2) float64 points, in elementwise operations (a fixed order). The
+    coordinates are made contiguous first: broadcasting strided (..., 2) slices is ~4x slower."""
+    dx = a[..., 0].contiguous() - b[..., 0].contiguous()
+    dy = a[..., 1].contiguous() - b[..., 1].contiguous()
+    return dx.mul_(dx).add_(dy.mul_(dy))
 
 
 def _tps_per_image(control: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
