@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from repro.data import distort, options, sets
-from testing.data_hashes import PINNED_CASES, batch_hash
+from testing.data_hashes import data_hashes
 
 # data version 2's pinned hashes (tests/test_data_sets.py before version 3) of the sets whose default
 # changed: the old readings, given as options, must still give exactly those bits
@@ -27,23 +27,14 @@ V3 = {
 V2_CLUTTER = V2_OPTIONS["TC"]
 
 
-def _hashes(name, opts):
-    import hashlib
-
-    got = [batch_hash(sets.OnlineStream(name, bs, seed=seed, rank=rank, world_size=ws, options=opts).batch(step))
-           for bs, seed, step, rank, ws in PINNED_CASES]
-    fixed = sets.build(name, "test", seed=0, device="cpu", n=64, options=opts).images_u8.numpy().tobytes()
-    return got + [hashlib.sha256(fixed).hexdigest()[:16]]
-
-
 @pytest.mark.parametrize("name", sorted(V2))
 def test_version_2_readings_are_bit_identical(name):
-    assert _hashes(name, V2_OPTIONS[name]) == V2[name]
+    assert data_hashes(name, V2_OPTIONS[name]) == V2[name]
 
 
 @pytest.mark.parametrize("name", sorted(V3))
 def test_version_3_readings_are_bit_identical(name):
-    assert _hashes(name, options.VERSION3[name]) == V3[name]
+    assert data_hashes(name, options.VERSION3[name]) == V3[name]
 
 
 def test_resolve_defaults_types_and_errors():
@@ -216,7 +207,7 @@ def test_e_output_side():
     diff = a["points"] - b["control"]
     k = (diff * c).sum((1, 2)) / (c * c).sum()
     assert torch.allclose(diff, k[:, None, None] * c, atol=1e-12) and bool((k >= 0).all())
-    m, basis = exact_render._tps_per_image(b["control"][:8], 28, 28)
+    m = exact_render._tps_system_per_image(b["control"][:8])
     coef = torch.einsum("nij,njc->nic", m, b["points"][:8])
     ctrl = b["control"][:8]
     d2 = ((ctrl[:, :, None, :] - ctrl[:, None, :, :]) ** 2).sum(-1)

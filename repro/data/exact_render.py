@@ -162,7 +162,7 @@ def _tps_tables(k: int, h: int, w: int):
         ys = [(2.0 * i + 1.0) / h - 1.0 for i in range(h)]
         basis = torch.tensor([[_radial((x - c[0]) ** 2 + (y - c[1]) ** 2) for c in cps] + [1.0, x, y]
                               for y in ys for x in xs], dtype=torch.float64)
-        _TPS_TABLES[key] = (m, (basis / COEF_GRID).round_() * COEF_GRID)
+        _TPS_TABLES[key] = (m, _on_coef_grid(basis))
     return _TPS_TABLES[key]
 
 
@@ -206,24 +206,26 @@ def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return dx.mul_(dx).add_(dy.mul_(dy))
 
 
-def _tps_per_image(control: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, basis) of :func:`_tps_tables` for a batch of control points (N, K, 2) float64 (the output-side
-    reading of set E: a spline per image): M (N, K + 3, K) by the elimination above, basis (N, H·W, K + 3)
-    rounded to COEF_GRID, the system's radial entries rounded to it too (so both are the same on every ISA
-    but for :func:`_radial_rounded`'s boundary cases)."""
+def _tps_system_per_image(control: torch.Tensor) -> torch.Tensor:
+    """M (N, K + 3, K) of :func:`_tps_tables` for a batch of control points (N, K, 2) float64 (the
+    output-side reading of set E: a spline per image), by the elimination above; the system's radial
+    entries rounded to COEF_GRID (the same on every ISA but for :func:`_radial_rounded`'s boundary cases)."""
     n, k, _ = control.shape
     u = _radial_rounded(_sq_dist(control[:, :, None, :], control[:, None, :, :]))  # (N, K, K)
     ones = torch.ones(n, k, 1, dtype=torch.float64)
     top = torch.cat([u, ones, control], 2)  # (N, K, K + 3)
     bottom = torch.cat([torch.cat([ones, control], 2).transpose(1, 2), torch.zeros(n, 3, 3, dtype=torch.float64)], 2)
     rhs = torch.cat([torch.eye(k, dtype=torch.float64), torch.zeros(3, k, dtype=torch.float64)])
-    m = solve(torch.cat([top, bottom], 1), rhs.expand(n, k + 3, k))
-    xs = (torch.arange(w, dtype=torch.float64) * 2.0 + 1.0) / w - 1.0
-    ys = (torch.arange(h, dtype=torch.float64) * 2.0 + 1.0) / h - 1.0
+    return solve(torch.cat([top, bottom], 1), rhs.expand(n, k + 3, k))
+
+
+def _tps_basis_per_image(control: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """basis (N, H·W, K + 3) of :func:`_tps_tables` for a batch of control points, rounded to COEF_GRID."""
+    n = control.shape[0]
+    xs, ys = _pixel_axis(w, "cpu"), _pixel_axis(h, "cpu")
     pix = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], 1)  # (H·W, 2), x fastest
-    basis = torch.cat([_radial_rounded(_sq_dist(pix[None, :, None, :], control[:, None, :, :])),
-                       torch.ones(n, h * w, 1, dtype=torch.float64), _on_coef_grid(pix).expand(n, h * w, 2)], 2)
-    return m, basis
+    return torch.cat([_radial_rounded(_sq_dist(pix[None, :, None, :], control[:, None, :, :])),
+                      torch.ones(n, h * w, 1, dtype=torch.float64), _on_coef_grid(pix).expand(n, h * w, 2)], 2)
 
 
 def tps(digits_u8: torch.Tensor, points: torch.Tensor, size, control: torch.Tensor | None = None) -> torch.Tensor:
@@ -236,7 +238,8 @@ def tps(digits_u8: torch.Tensor, points: torch.Tensor, size, control: torch.Tens
         m, basis = _tps_tables(k, h, w)
         m = m[None]
     else:
-        m, basis = _tps_per_image(control.to(torch.float64).cpu(), h, w)
+        control = control.to(torch.float64).cpu()
+        m, basis = _tps_system_per_image(control), _tps_basis_per_image(control, h, w)
     pts = points.to(torch.float64).cpu()
     coef = torch.zeros(n, k + 3, 2, dtype=torch.float64)
     for j in range(k):  # coef = M @ points, summed in a fixed order
