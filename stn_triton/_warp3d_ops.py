@@ -1,7 +1,7 @@
 """The 3-D affine transform on the op template: ``stn_triton::warp3d`` and its backward.
 
 theta (N, 3, 4) maps normalised output coordinates (x_t, y_t, z_t) of a volume to source
-coordinates, exactly as ``F.affine_grid`` for 5-D sizes (``torch_path.transform_grid_3d``); the
+coordinates, as ``F.affine_grid`` for 5-D sizes, to rounding (``torch_path.transform_grid_3d``); the
 kernels read it in place (``kernels/warp3d.py``). Everything after the grid (sampling, padding,
 grad_x, the deterministic mode, higher orders) is the template's.
 """
@@ -19,11 +19,12 @@ def _grid(theta, aux, size, align_corners, dtype):
 
 
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
-    """grad theta = sum over voxels of g (x) [x_t, y_t, z_t, 1], as (base^T @ g)^T: exactly autograd's
-    backward of transform_grid_3d's bmm (same bits as recorded)."""
+    """grad theta = sum over voxels of g (x) [x_t, y_t, z_t, 1]: the planar gradient (N·3, P) times
+    the base (P, 4), exactly autograd's backward of transform_grid_3d's GEMM (same bits as recorded)."""
     n = theta.shape[0]
-    base = torch_path.base_grid_3d(*size, align_corners, ggrid.dtype, ggrid.device).expand(n, -1, 4)  # (N, P, 4)
-    return torch_path.in_dtype(base.transpose(1, 2).bmm(ggrid.reshape(n, -1, 3)).transpose(1, 2), theta.dtype)
+    base = torch_path.base_grid_3d(*size, align_corners, ggrid.dtype, ggrid.device)  # (P, 4)
+    g = ggrid.permute(0, 4, 1, 2, 3).reshape(n * 3, -1)
+    return torch_path.in_dtype(g.mm(base).view(n, 3, 4), theta.dtype)
 
 
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):

@@ -18,27 +18,28 @@ def _grid(theta, aux, size, align_corners, dtype):
 
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
     """grad theta from the grid's gradient, written as autograd's backward of transform_grid (the
-    same ops in the same order, so the same bits as a call autograd recorded): (base^T @ g_uvw)^T
-    per image, one batched matmul as affine_grid's backward; for projective theta g_uvw chains
+    same ops in the same order, so the same bits as a call autograd recorded): the planar gradient
+    (N·rows, P) times the base (P, 3), one GEMM as the forward's; for projective theta it chains
     through the division (x_s = u / w, y_s = v / w) as autograd's ``div`` backward does:
     g_uv = g / w, g_w = sum over (x, y) of -g * ((uv / w) / w)."""
-    n = theta.shape[0]
+    n, rows = theta.shape[0], theta.shape[1]
     cdt = ggrid.dtype
-    base = torch_path.base_grid(*size, align_corners, cdt, ggrid.device).expand(n, -1, 3)  # (N, P, 3)
-    g = ggrid.reshape(n, -1, 2)
-    if theta.shape[1] == 3:
-        uvw = base.bmm(torch_path.in_dtype(theta, cdt).transpose(1, 2))  # the forward's (N, P, 3), same bits
-        uv, w = uvw[..., :2], uvw[..., 2:3]
+    base = torch_path.base_grid(*size, align_corners, cdt, ggrid.device)  # (P, 3)
+    g = ggrid.permute(0, 3, 1, 2).reshape(n, 2, -1)  # planar (N, 2, P), as the forward's view
+    if rows == 3:
+        uvw = torch_path.in_dtype(theta, cdt).contiguous().view(n * 3, 3).mm(base.t()).view(n, 3, -1)  # same bits
+        uv, w = uvw[:, :2], uvw[:, 2:3]
         g_uv = g / w
-        g_w = (-g * ((uv / w) / w)).sum(-1, keepdim=True)
+        g_w = (-g * ((uv / w) / w)).sum(1, keepdim=True)
         # the sampler's own rule says which coordinates sampled nothing (non-finite, e.g. w = 0):
         # their gradient is zero (not 0 / 0). In the common all-finite case on CPU no mask is built
         # (one aminmax), elsewhere it always is (no sync).
-        _, finite = torch_path.sanitize_grid(grid.reshape(n, -1, 2))
+        _, finite = torch_path.sanitize_grid(grid)
         if finite is not None:
+            finite = finite.reshape(n, 1, -1)
             g_uv, g_w = torch.where(finite, g_uv, 0.0), torch.where(finite, g_w, 0.0)
-        g = torch.cat([g_uv, g_w], -1)
-    return torch_path.in_dtype(base.transpose(1, 2).bmm(g).transpose(1, 2), theta.dtype)
+        g = torch.cat([g_uv, g_w], 1)
+    return torch_path.in_dtype(g.reshape(n * rows, -1).mm(base).view(n, rows, 3), theta.dtype)
 
 
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):

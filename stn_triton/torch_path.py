@@ -104,21 +104,29 @@ def identity_grid(size: tuple, align_corners: bool, dtype=torch.float32, device=
 
 
 def transform_grid_3d(theta: torch.Tensor, d: int, h: int, w: int, align_corners: bool) -> torch.Tensor:
-    """Sampling grid (N, D, H, W, 3), (x, y, z) order, for affine (N, 3, 4) ``theta``."""
-    base = base_grid_3d(d, h, w, align_corners, theta.dtype, theta.device)
-    # batch-major like transform_grid (an einsum's batch-interleaved grid is slow to sample)
-    return base.expand(theta.shape[0], d * h * w, 4).bmm(theta.transpose(1, 2)).reshape(theta.shape[0], d, h, w, 3)
+    """Sampling grid (N, D, H, W, 3), (x, y, z) order, for affine (N, 3, 4) ``theta``: the view
+    ``planar.permute(0, 2, 3, 4, 1)`` of planar (N, 3, D, H, W) coordinates (see :func:`transform_grid`)."""
+    n = theta.shape[0]
+    base = base_grid_3d(d, h, w, align_corners, theta.dtype, theta.device)  # (P, 4)
+    return theta.contiguous().view(n * 3, 4).mm(base.t()).view(n, 3, d, h, w).permute(0, 2, 3, 4, 1)
 
 
 def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> torch.Tensor:
-    """Sampling grid (N, H, W, 2) for affine (N, 2, 3) or projective (N, 3, 3) ``theta``."""
-    base = base_grid(h, w, align_corners, theta.dtype, theta.device)
-    # base @ theta^T as one batched matmul, exactly as F.affine_grid computes it (same bits), and
-    # batch-major: an einsum here returns a batch-interleaved grid that grid_sample reads ~3x slower
-    uvw = base.expand(theta.shape[0], h * w, 3).bmm(theta.transpose(1, 2))  # (N, H*W, 2 or 3)
-    if theta.shape[1] == 3:
-        uvw = uvw[..., :2] / uvw[..., 2:3]
-    return uvw.reshape(theta.shape[0], h, w, 2)
+    """Sampling grid (N, H, W, 2) for affine (N, 2, 3) or projective (N, 3, 3) ``theta``: the view
+    ``planar.permute(0, 2, 3, 1)`` of planar (N, 2, H, W) coordinates, strides (2·H·W, W, 1, H·W).
+
+    Why planar: it is one GEMM, θ as (N·rows, 3) times the cached base's transpose (3, H·W), where
+    ``F.affine_grid``'s batched (N, H·W, 3) x (N, 3, 2) product runs MKL's small-matrix batch path,
+    ~10x slower on the CPU (addition's 256x2x42x42: 3.6 vs 0.3 ms), and aten's grid sampler reads
+    the planar grid as fast as a contiguous one (``bench/NOTES.md``, 2026-12-06 fourth entry). The
+    values are ``F.affine_grid``'s to rounding (a GEMM's own order of its three products), not
+    always its bits. (A batch-interleaved grid, as an einsum gives, is the slow layout to sample.)"""
+    n, rows = theta.shape[0], theta.shape[1]
+    base = base_grid(h, w, align_corners, theta.dtype, theta.device)  # (P, 3)
+    uvw = theta.contiguous().view(n * rows, 3).mm(base.t()).view(n, rows, h * w)
+    if rows == 3:
+        uvw = uvw[:, :2] / uvw[:, 2:3]
+    return uvw.view(n, 2, h, w).permute(0, 2, 3, 1)
 
 
 def sanitize_grid(grid: torch.Tensor, traceable: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
