@@ -321,22 +321,22 @@ def tps_grid_from_coef(coef, control_points, h, w, align_corners=False, out_dtyp
 
 def tps_grid_from_features(phi, coef, h, w, out_dtype=torch.float64):
     """The grid (N, H, W, 2) = Phi (P, K+3) @ coef (N, K+3, 2), in float64, rounded once to
-    ``out_dtype``; differentiable w.r.t. ``coef``."""
-    # batch-major (N, P, 2), like transform_grid: an einsum here returns a batch-interleaved grid;
-    # one (P, K+3) x (K+3, 2N) product instead measured 1.4x slower (the transposing copy back), and
-    # torch.matmul's 2-D x 3-D product returns a transposed view that reshape copies (~3 µs of host
-    # per call at small sizes; the same bits as this batched product)
-    grid = phi.expand(coef.shape[0], -1, -1).bmm(in_dtype(coef, torch.float64)).reshape(coef.shape[0], h, w, 2)
-    return in_dtype(grid, out_dtype)
+    ``out_dtype``; differentiable w.r.t. ``coef``. Planar like :func:`transform_grid`: one GEMM,
+    coef^T as (2N, K+3) times Phi^T, viewed as (N, H, W, 2) with strides (2·H·W, W, 1, H·W): the
+    same float64 values as the batched (N, P, K+3) x (N, K+3, 2) product it replaced, at a sixth
+    of its time (256 x 28 x 28, K = 16: 0.7 vs 4.3 ms; ``bench/NOTES.md``)."""
+    n = coef.shape[0]
+    grid = in_dtype(coef, torch.float64).transpose(1, 2).reshape(n * 2, -1).mm(phi.t())
+    return in_dtype(grid.view(n, 2, h, w).permute(0, 2, 3, 1), out_dtype)
 
 
 def tps_grid_to_coef_grad(phi, grad_grid):
     """grad coef (N, K+3, 2) = Phi^T @ grad_grid in float64: the adjoint of
     :func:`tps_grid_from_features`, for the PyTorch path's backward, written as autograd's backward
-    of its batched product (the same bits; 0.92x the time of ``torch.matmul(phi.T, g)``, which
-    was 0.84x an einsum's, on one CPU thread at N = 256, 28x28)."""
+    of its GEMM (the planar gradient (2N, P) times Phi: the same bits)."""
     n = grad_grid.shape[0]
-    return phi.expand(n, -1, -1).transpose(1, 2).bmm(grad_grid.reshape(n, -1, 2).to(torch.float64))
+    g = in_dtype(grad_grid, torch.float64).permute(0, 3, 1, 2).reshape(n * 2, -1)
+    return g.mm(phi).view(n, 2, -1).transpose(1, 2)
 
 
 def tps_grid(points, control_points, h, w, align_corners=False, out_dtype=None):

@@ -4,8 +4,6 @@ transforms the tests draw."""
 import torch
 import torch.nn.functional as F
 
-from stn_triton import torch_path
-
 
 def random_theta(n, projective=False, dtype=torch.float32, device="cpu", strength=0.4):
     theta = torch.eye(3, dtype=torch.float64)[None].repeat(n, 1, 1)
@@ -17,14 +15,20 @@ def random_theta(n, projective=False, dtype=torch.float32, device="cpu", strengt
     return theta.to(dtype=dtype, device=device)
 
 
+def homography_grid(theta, size, align_corners):
+    """``F.affine_grid`` for (N, 2, 3) theta; for (N, 3, 3) the homography's grid from two
+    ``F.affine_grid`` calls: (u, v) from rows 0-1 over (w, w) from row 2, stock ops only."""
+    uv = F.affine_grid(theta[:, :2], size, align_corners=align_corners)
+    if theta.shape[1] == 2:
+        return uv
+    return uv / F.affine_grid(theta[:, [2, 2]], size, align_corners=align_corners)
+
+
 def reference(x, theta, size, mode, padding_mode, align_corners):
     """float64 reference built from stock PyTorch ops only."""
     n, c = x.shape[:2]
     x64, t64 = x.detach().double(), theta.detach().double()
-    if theta.shape[1] == 2:
-        grid = F.affine_grid(t64, (n, c, *size), align_corners=align_corners)
-    else:
-        grid = torch_path.transform_grid(t64, *size, align_corners)
+    grid = homography_grid(t64, (n, c, *size), align_corners)
     return F.grid_sample(x64, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
 
 
@@ -32,10 +36,7 @@ def reference_grads(x, theta, size, mode, padding_mode, align_corners, grad_out)
     x64 = x.detach().double().requires_grad_()
     t64 = theta.detach().double().requires_grad_()
     n, c = x.shape[:2]
-    if theta.shape[1] == 2:
-        grid = F.affine_grid(t64, (n, c, *size), align_corners=align_corners)
-    else:
-        grid = torch_path.transform_grid(t64, *size, align_corners)
+    grid = homography_grid(t64, (n, c, *size), align_corners)
     out = F.grid_sample(x64, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
     return torch.autograd.grad(out, [x64, t64], grad_out.double())
 
