@@ -19,7 +19,7 @@ def _grid(theta, aux, size, align_corners, dtype):
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
     """grad theta from the grid's gradient, written as autograd's backward of transform_grid (the
     same ops in the same order, so the same bits as a call autograd recorded): the planar gradient
-    (N·rows, P) times the base (P, 3), one GEMM as the forward's; for projective theta it chains
+    (N, rows, P) times the base (P, 3), batched as the forward's product; for projective theta it chains
     through the division (x_s = u / w, y_s = v / w) as autograd's ``div`` backward does:
     g_uv = g / w, g_w = sum over (x, y) of -g * ((uv / w) / w)."""
     n, rows = theta.shape[0], theta.shape[1]
@@ -27,7 +27,7 @@ def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
     base = torch_path.base_grid(*size, align_corners, cdt, ggrid.device)  # (P, 3)
     g = ggrid.permute(0, 3, 1, 2).reshape(n, 2, -1)  # planar (N, 2, P), as the forward's view
     if rows == 3:
-        uvw = torch_path.in_dtype(theta, cdt).contiguous().view(n * 3, 3).mm(base.t()).view(n, 3, -1)  # same bits
+        uvw = torch_path.in_dtype(theta, cdt).bmm(base.t().expand(n, 3, -1))  # the forward's (N, 3, P), same bits
         uv, w = uvw[:, :2], uvw[:, 2:3]
         g_uv = g / w
         g_w = (-g * ((uv / w) / w)).sum(1, keepdim=True)
@@ -39,7 +39,7 @@ def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
             finite = finite.reshape(n, 1, -1)
             g_uv, g_w = torch.where(finite, g_uv, 0.0), torch.where(finite, g_w, 0.0)
         g = torch.cat([g_uv, g_w], 1)
-    return torch_path.in_dtype(g.reshape(n * rows, -1).mm(base).view(n, rows, 3), theta.dtype)
+    return torch_path.in_dtype(g.bmm(base.t().expand(n, 3, -1).transpose(1, 2)), theta.dtype)
 
 
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):

@@ -108,22 +108,24 @@ def transform_grid_3d(theta: torch.Tensor, d: int, h: int, w: int, align_corners
     ``planar.permute(0, 2, 3, 4, 1)`` of planar (N, 3, D, H, W) coordinates (see :func:`transform_grid`)."""
     n = theta.shape[0]
     base = base_grid_3d(d, h, w, align_corners, theta.dtype, theta.device)  # (P, 4)
-    return theta.contiguous().view(n * 3, 4).mm(base.t()).view(n, 3, d, h, w).permute(0, 2, 3, 4, 1)
+    return theta.bmm(base.t().expand(n, 4, -1)).view(n, 3, d, h, w).permute(0, 2, 3, 4, 1)
 
 
 def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> torch.Tensor:
     """Sampling grid (N, H, W, 2) for affine (N, 2, 3) or projective (N, 3, 3) ``theta``: the view
     ``planar.permute(0, 2, 3, 1)`` of planar (N, 2, H, W) coordinates, strides (2·H·W, W, 1, H·W).
 
-    Why planar: it is one GEMM, θ as (N·rows, 3) times the cached base's transpose (3, H·W), where
-    ``F.affine_grid``'s batched (N, H·W, 3) x (N, 3, 2) product runs MKL's small-matrix batch path,
-    ~10x slower on the CPU (addition's 256x2x42x42: 3.6 vs 0.3 ms), and aten's grid sampler reads
-    the planar grid as fast as a contiguous one (``bench/NOTES.md``, 2026-12-06 fourth entry). The
-    values are ``F.affine_grid``'s to rounding (a GEMM's own order of its three products), not
-    always its bits. (A batch-interleaved grid, as an einsum gives, is the slow layout to sample.)"""
+    Why planar: θ (N, rows, 3) times the cached base's transpose (3, H·W), batched, where
+    ``F.affine_grid`` multiplies (N, H·W, 3) by θᵀ (N, 3, 2): two output columns per image, MKL's
+    slow small-matrix batch path on the CPU (grid + sampling, forward + backward, at addition's
+    256x2x42x42: 2.5 vs 5.6 ms). aten's grid sampler reads the planar grid as fast as a contiguous
+    one, and autograd records three nodes, as for the old layout (host cost at tiny shapes
+    unchanged). The values are ``F.affine_grid``'s to rounding, not always its bits
+    (``bench/NOTES.md``, 2026-12-06 fourth entry). (A batch-interleaved grid, as an einsum gives,
+    is the slow layout to sample.)"""
     n, rows = theta.shape[0], theta.shape[1]
     base = base_grid(h, w, align_corners, theta.dtype, theta.device)  # (P, 3)
-    uvw = theta.contiguous().view(n * rows, 3).mm(base.t()).view(n, rows, h * w)
+    uvw = theta.bmm(base.t().expand(n, 3, -1))  # (N, rows, P)
     if rows == 3:
         uvw = uvw[:, :2] / uvw[:, 2:3]
     return uvw.view(n, 2, h, w).permute(0, 2, 3, 1)
@@ -146,6 +148,14 @@ def sanitize_grid(grid: torch.Tensor, traceable: bool = False) -> tuple[torch.Te
 def coordinates_inside(grid: torch.Tensor) -> bool:
     """Every coordinate of ``grid`` (non-empty) is finite and inside +-COORD_LIMIT: the case where
     the non-finite rule changes nothing. One reduction, read on the host (a sync off the CPU)."""
+    if not grid.is_contiguous():
+        # a planar grid (transform_grid's permuted view): reduce the contiguous tensor it views, in
+        # memory order (~2x cheaper at small sizes than following the view's strides, and cheaper
+        # than a permute back). Every element of a view is in its base, so this never says "inside"
+        # wrongly; equal sizes keep it from reading more than the grid.
+        root = grid._base
+        if root is not None and root.is_contiguous() and root.numel() == grid.numel():
+            grid = root
     lo, hi = torch.aminmax(grid.detach() if grid.requires_grad else grid)  # one pass; NaN fails both tests
     return -COORD_LIMIT < lo.item() and hi.item() < COORD_LIMIT
 
@@ -321,22 +331,22 @@ def tps_grid_from_coef(coef, control_points, h, w, align_corners=False, out_dtyp
 
 def tps_grid_from_features(phi, coef, h, w, out_dtype=torch.float64):
     """The grid (N, H, W, 2) = Phi (P, K+3) @ coef (N, K+3, 2), in float64, rounded once to
-    ``out_dtype``; differentiable w.r.t. ``coef``. Planar like :func:`transform_grid`: one GEMM,
-    coef^T as (2N, K+3) times Phi^T, viewed as (N, H, W, 2) with strides (2·H·W, W, 1, H·W): the
-    same float64 values as the batched (N, P, K+3) x (N, K+3, 2) product it replaced, at a sixth
-    of its time (256 x 28 x 28, K = 16: 0.7 vs 4.3 ms; ``bench/NOTES.md``)."""
+    ``out_dtype``; differentiable w.r.t. ``coef``. Planar like :func:`transform_grid`: coefᵀ
+    (N, 2, K+3) times Phiᵀ, viewed as (N, H, W, 2) with strides (2·H·W, W, 1, H·W): the same
+    float64 values as the (N, P, K+3) x (N, K+3, 2) product it replaced, in a fraction of its time
+    (``bench/NOTES.md``)."""
     n = coef.shape[0]
-    grid = in_dtype(coef, torch.float64).transpose(1, 2).reshape(n * 2, -1).mm(phi.t())
+    grid = in_dtype(coef, torch.float64).transpose(1, 2).bmm(phi.t().expand(n, -1, -1))
     return in_dtype(grid.view(n, 2, h, w).permute(0, 2, 3, 1), out_dtype)
 
 
 def tps_grid_to_coef_grad(phi, grad_grid):
     """grad coef (N, K+3, 2) = Phi^T @ grad_grid in float64: the adjoint of
     :func:`tps_grid_from_features`, for the PyTorch path's backward, written as autograd's backward
-    of its GEMM (the planar gradient (2N, P) times Phi: the same bits)."""
+    of its batched product (the planar gradient (N, 2, P) times Phi: the same bits)."""
     n = grad_grid.shape[0]
-    g = in_dtype(grad_grid, torch.float64).permute(0, 3, 1, 2).reshape(n * 2, -1)
-    return g.mm(phi).view(n, 2, -1).transpose(1, 2)
+    g = in_dtype(grad_grid, torch.float64).permute(0, 3, 1, 2).reshape(n, 2, -1)
+    return g.bmm(phi.t().expand(n, -1, -1).transpose(1, 2)).transpose(1, 2)
 
 
 def tps_grid(points, control_points, h, w, align_corners=False, out_dtype=None):
