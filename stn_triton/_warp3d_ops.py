@@ -19,12 +19,13 @@ def _grid(theta, aux, size, align_corners, dtype):
 
 
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
-    """grad theta = sum over voxels of g (x) [x_t, y_t, z_t, 1]: the planar gradient (N, 3, P) times
-    the base (P, 4), exactly autograd's backward of transform_grid_3d's product (same bits as recorded)."""
-    n = theta.shape[0]
+    """grad theta = sum over voxels of g (x) [x_t, y_t, z_t, 1]: the gradient in the product's
+    layout times the base (P, 4), exactly autograd's backward of transform_grid_3d's product (same
+    bits as recorded)."""
+    axis = torch_path.coordinate_axis(theta.shape[0], size[0] * size[1] * size[2])
     base = torch_path.base_grid_3d(*size, align_corners, ggrid.dtype, ggrid.device)  # (P, 4)
-    g = ggrid.permute(0, 4, 1, 2, 3).reshape(n, 3, -1)
-    return torch_path.in_dtype(g.bmm(base.t().expand(n, 4, -1).transpose(1, 2)), theta.dtype)
+    g = torch_path.product_of_grid(ggrid, axis)
+    return torch_path.in_dtype(torch_path.linear_product_grad(g, base, axis), theta.dtype)
 
 
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):

@@ -18,28 +18,29 @@ def _grid(theta, aux, size, align_corners, dtype):
 
 def _theta_grad(ggrid, grid, theta, aux, size, align_corners):
     """grad theta from the grid's gradient, written as autograd's backward of transform_grid (the
-    same ops in the same order, so the same bits as a call autograd recorded): the planar gradient
-    (N, rows, P) times the base (P, 3), batched as the forward's product; for projective theta it chains
-    through the division (x_s = u / w, y_s = v / w) as autograd's ``div`` backward does:
+    same ops in the same order, so the same bits as a call autograd recorded): the gradient in the
+    product's layout (``torch_path.coordinate_axis``) times the base (P, 3); for projective theta it
+    chains through the division (x_s = u / w, y_s = v / w) as autograd's ``div`` backward does:
     g_uv = g / w, g_w = sum over (x, y) of -g * ((uv / w) / w)."""
-    n, rows = theta.shape[0], theta.shape[1]
+    n = theta.shape[0]
     cdt = ggrid.dtype
+    axis = torch_path.coordinate_axis(n, size[0] * size[1])
     base = torch_path.base_grid(*size, align_corners, cdt, ggrid.device)  # (P, 3)
-    g = ggrid.permute(0, 3, 1, 2).reshape(n, 2, -1)  # planar (N, 2, P), as the forward's view
-    if rows == 3:
-        uvw = torch_path.in_dtype(theta, cdt).bmm(base.t().expand(n, 3, -1))  # the forward's (N, 3, P), same bits
-        uv, w = uvw[:, :2], uvw[:, 2:3]
+    g = torch_path.product_of_grid(ggrid, axis)
+    if theta.shape[1] == 3:
+        uvw = torch_path.linear_product(torch_path.in_dtype(theta, cdt), base, axis)  # the forward's, same bits
+        uv, w = uvw.narrow(axis, 0, 2), uvw.narrow(axis, 2, 1)
         g_uv = g / w
-        g_w = (-g * ((uv / w) / w)).sum(1, keepdim=True)
+        g_w = (-g * ((uv / w) / w)).sum(axis, keepdim=True)
         # the sampler's own rule says which coordinates sampled nothing (non-finite, e.g. w = 0):
         # their gradient is zero (not 0 / 0). In the common all-finite case on CPU no mask is built
         # (one aminmax), elsewhere it always is (no sync).
         _, finite = torch_path.sanitize_grid(grid)
         if finite is not None:
-            finite = finite.reshape(n, 1, -1)
+            finite = finite.reshape(n, 1, -1) if axis == 1 else finite.reshape(n, -1, 1)
             g_uv, g_w = torch.where(finite, g_uv, 0.0), torch.where(finite, g_w, 0.0)
-        g = torch.cat([g_uv, g_w], 1)
-    return torch_path.in_dtype(g.bmm(base.t().expand(n, 3, -1).transpose(1, 2)), theta.dtype)
+        g = torch.cat([g_uv, g_w], axis)
+    return torch_path.in_dtype(torch_path.linear_product_grad(g, base, axis), theta.dtype)
 
 
 def _kernel_forward(x, theta, aux, size, mode, padding_mode, align_corners, fill=None):

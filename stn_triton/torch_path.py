@@ -103,32 +103,83 @@ def identity_grid(size: tuple, align_corners: bool, dtype=torch.float32, device=
     return remembered(_build_identity_grid, tuple(size), align_corners, dtype, device)
 
 
-def transform_grid_3d(theta: torch.Tensor, d: int, h: int, w: int, align_corners: bool) -> torch.Tensor:
-    """Sampling grid (N, D, H, W, 3), (x, y, z) order, for affine (N, 3, 4) ``theta``: the view
-    ``planar.permute(0, 2, 3, 4, 1)`` of planar (N, 3, D, H, W) coordinates (see :func:`transform_grid`)."""
+# From this many coordinates (N x H x W) on, grids are built planar; below, a call is host-bound and
+# the batch-major product costs the host less (2 x 8 x 8: ~3 µs less forward, ~11 µs less forward +
+# backward), while above, batch-major runs MKL's slow small-matrix batch path (bench/NOTES.md,
+# 2026-12-06 fourth session).
+PLANAR_MIN_POINTS = 1024
+
+
+def coordinate_axis(n: int, points: int) -> int:
+    """The axis of a PyTorch-path grid product that holds the coordinates: 1, planar (N, dims, P),
+    from :data:`PLANAR_MIN_POINTS` coordinates on; else -1, batch-major (N, P, dims), which is
+    ``F.affine_grid``'s own product (its bits). A grid and its gradient both ask, so they agree."""
+    return 1 if n * points >= PLANAR_MIN_POINTS else -1
+
+
+def linear_product(theta: torch.Tensor, base: torch.Tensor, axis: int) -> torch.Tensor:
+    """``theta`` (N, rows, k) applied to every row of ``base`` (P, k): (N, rows, P) for ``axis`` 1,
+    (N, P, rows) for -1, one batched product either way."""
     n = theta.shape[0]
+    if axis == 1:
+        return theta.bmm(base.t().expand(n, -1, -1))
+    return base.expand(n, -1, -1).bmm(theta.transpose(1, 2))
+
+
+def linear_product_grad(g: torch.Tensor, base: torch.Tensor, axis: int) -> torch.Tensor:
+    """grad theta (N, rows, k) of :func:`linear_product` from its output's gradient ``g``, written
+    as autograd's backward of that batched product (the same bits as a recorded call)."""
+    n = g.shape[0]
+    if axis == 1:
+        return g.bmm(base.t().expand(n, -1, -1).transpose(1, 2))
+    return base.expand(n, -1, -1).transpose(1, 2).bmm(g).transpose(1, 2)
+
+
+def grid_of_product(product: torch.Tensor, size: tuple, axis: int) -> torch.Tensor:
+    """The sampling grid (N, *size, dims) of a product laid out along ``axis``: a view, planar
+    (strides (dims·P, ..., 1, P)) for ``axis`` 1, contiguous for -1."""
+    n = product.shape[0]
+    if axis == 1:
+        order = (0, 2, 3, 1) if len(size) == 2 else (0, 2, 3, 4, 1)
+        return product.view(n, product.shape[1], *size).permute(order)
+    return product.reshape(n, *size, product.shape[-1])
+
+
+def product_of_grid(grid: torch.Tensor, axis: int) -> torch.Tensor:
+    """A grid-shaped (N, *size, dims) tensor (a grid's gradient) in the layout of the product along
+    ``axis``: the inverse view of :func:`grid_of_product`, as autograd carries it back (same bits)."""
+    n, dims = grid.shape[0], grid.shape[-1]
+    if axis == 1:
+        order = (0, 3, 1, 2) if grid.dim() == 4 else (0, 4, 1, 2, 3)
+        return grid.permute(order).reshape(n, dims, -1)
+    return grid.reshape(n, -1, dims)
+
+
+def transform_grid_3d(theta: torch.Tensor, d: int, h: int, w: int, align_corners: bool) -> torch.Tensor:
+    """Sampling grid (N, D, H, W, 3), (x, y, z) order, for affine (N, 3, 4) ``theta``, in the layout
+    of :func:`coordinate_axis` (see :func:`transform_grid`)."""
+    axis = coordinate_axis(theta.shape[0], d * h * w)
     base = base_grid_3d(d, h, w, align_corners, theta.dtype, theta.device)  # (P, 4)
-    return theta.bmm(base.t().expand(n, 4, -1)).view(n, 3, d, h, w).permute(0, 2, 3, 4, 1)
+    return grid_of_product(linear_product(theta, base, axis), (d, h, w), axis)
 
 
 def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> torch.Tensor:
-    """Sampling grid (N, H, W, 2) for affine (N, 2, 3) or projective (N, 3, 3) ``theta``: the view
-    ``planar.permute(0, 2, 3, 1)`` of planar (N, 2, H, W) coordinates, strides (2·H·W, W, 1, H·W).
+    """Sampling grid (N, H, W, 2) for affine (N, 2, 3) or projective (N, 3, 3) ``theta``.
 
-    Why planar: θ (N, rows, 3) times the cached base's transpose (3, H·W), batched, where
-    ``F.affine_grid`` multiplies (N, H·W, 3) by θᵀ (N, 3, 2): two output columns per image, MKL's
-    slow small-matrix batch path on the CPU (grid + sampling, forward + backward, at addition's
-    256x2x42x42: 2.5 vs 5.6 ms). aten's grid sampler reads the planar grid as fast as a contiguous
-    one, and autograd records three nodes, as for the old layout (host cost at tiny shapes
-    unchanged). The values are ``F.affine_grid``'s to rounding, not always its bits
-    (``bench/NOTES.md``, 2026-12-06 fourth entry). (A batch-interleaved grid, as an einsum gives,
-    is the slow layout to sample.)"""
-    n, rows = theta.shape[0], theta.shape[1]
+    Large grids (:func:`coordinate_axis`) are planar: θ (N, rows, 3) times the cached base's
+    transpose (3, H·W), batched, viewed as (N, H, W, 2) with strides (2·H·W, W, 1, H·W). There
+    ``F.affine_grid``'s (N, H·W, 3) x θᵀ (N, 3, 2), two output columns per image, runs MKL's slow
+    small-matrix batch path on the CPU (the grid alone, forward + backward, at 256 x 42 x 42: 2.5 vs
+    5.6 ms), and aten's grid sampler reads the planar grid as fast as a contiguous one; the values
+    are ``F.affine_grid``'s to rounding, not always its bits. Small grids, where a call is
+    host-bound, keep that batch-major product (its bits). (A batch-interleaved grid, as an einsum
+    gives, is the slow layout to sample.)"""
+    axis = coordinate_axis(theta.shape[0], h * w)
     base = base_grid(h, w, align_corners, theta.dtype, theta.device)  # (P, 3)
-    uvw = theta.bmm(base.t().expand(n, 3, -1))  # (N, rows, P)
-    if rows == 3:
-        uvw = uvw[:, :2] / uvw[:, 2:3]
-    return uvw.view(n, 2, h, w).permute(0, 2, 3, 1)
+    uvw = linear_product(theta, base, axis)
+    if theta.shape[1] == 3:
+        uvw = uvw.narrow(axis, 0, 2) / uvw.narrow(axis, 2, 1)
+    return grid_of_product(uvw, (h, w), axis)
 
 
 def sanitize_grid(grid: torch.Tensor, traceable: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -331,22 +382,24 @@ def tps_grid_from_coef(coef, control_points, h, w, align_corners=False, out_dtyp
 
 def tps_grid_from_features(phi, coef, h, w, out_dtype=torch.float64):
     """The grid (N, H, W, 2) = Phi (P, K+3) @ coef (N, K+3, 2), in float64, rounded once to
-    ``out_dtype``; differentiable w.r.t. ``coef``. Planar like :func:`transform_grid`: coefᵀ
-    (N, 2, K+3) times Phiᵀ, viewed as (N, H, W, 2) with strides (2·H·W, W, 1, H·W): the same
-    float64 values as the (N, P, K+3) x (N, K+3, 2) product it replaced, in a fraction of its time
-    (``bench/NOTES.md``)."""
-    n = coef.shape[0]
-    grid = in_dtype(coef, torch.float64).transpose(1, 2).bmm(phi.t().expand(n, -1, -1))
-    return in_dtype(grid.view(n, 2, h, w).permute(0, 2, 3, 1), out_dtype)
+    ``out_dtype``; differentiable w.r.t. ``coef``. Laid out as :func:`transform_grid`'s (planar for
+    large grids: coefᵀ times Phiᵀ, the same float64 values in a fraction of the time)."""
+    n, axis = coef.shape[0], coordinate_axis(coef.shape[0], h * w)
+    c64 = in_dtype(coef, torch.float64)
+    # linear_product's two layouts, with coef (θᵀ) used as it is: a transpose less to record each way
+    grid = c64.transpose(1, 2).bmm(phi.t().expand(n, -1, -1)) if axis == 1 else phi.expand(n, -1, -1).bmm(c64)
+    return in_dtype(grid_of_product(grid, (h, w), axis), out_dtype)
 
 
 def tps_grid_to_coef_grad(phi, grad_grid):
     """grad coef (N, K+3, 2) = Phi^T @ grad_grid in float64: the adjoint of
     :func:`tps_grid_from_features`, for the PyTorch path's backward, written as autograd's backward
-    of its batched product (the planar gradient (N, 2, P) times Phi: the same bits)."""
-    n = grad_grid.shape[0]
-    g = in_dtype(grad_grid, torch.float64).permute(0, 3, 1, 2).reshape(n, 2, -1)
-    return g.bmm(phi.t().expand(n, -1, -1).transpose(1, 2)).transpose(1, 2)
+    of its batched product (the same bits)."""
+    n, axis = grad_grid.shape[0], coordinate_axis(grad_grid.shape[0], grad_grid.shape[1] * grad_grid.shape[2])
+    g = product_of_grid(in_dtype(grad_grid, torch.float64), axis)
+    if axis == 1:
+        return g.bmm(phi.t().expand(n, -1, -1).transpose(1, 2)).transpose(1, 2)
+    return phi.expand(n, -1, -1).transpose(1, 2).bmm(g)
 
 
 def tps_grid(points, control_points, h, w, align_corners=False, out_dtype=None):
