@@ -226,12 +226,39 @@ def test_coefficient_grid_keeps_the_product_exact():
     basis = exact_render._tps_tables(16, 28, 28)[1]
     coef = torch.randn(3, 19, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     coef[1] *= 1e6
-    got = exact_render._coef_on_grid(coef, basis)
+    got = exact_render._coef_on_grid(coef, exact_render._below_exponent(basis[None]))
     assert torch.equal(got[0], (coef[0] / 2 ** -16).round() * 2 ** -16)  # below 2^8: the fine grid
     assert not torch.equal(got[1], (coef[1] / 2 ** -16).round() * 2 ** -16)  # coarser
     prod = torch.matmul(basis, got[1])
     flipped = torch.matmul(basis.flip(1), got[1].flip(0))  # another summation order
     assert torch.equal(prod, flipped)
+
+
+def test_per_image_spline_matches_the_whole_basis_product():
+    """E side=output's source coordinates (separable distances, chunks of images, the radial part by
+    bmm and the affine part added after) are the bits of the whole basis [U..., 1, x, y] times the
+    coefficients on their grid, for chunks that do and do not divide the batch; and the batched
+    Gauss-Jordan solve (row swaps) agrees with LAPACK and keeps broadcast leading dimensions."""
+    from repro.data import exact_render as er
+
+    g = torch.Generator().manual_seed(1)
+    n, k, h, w = 11, 16, 9, 7
+    control = distort.control_points(k)[None] * 0.9 + 0.05 * torch.randn(n, k, 2, generator=g, dtype=torch.float64)
+    coef = torch.randn(n, k + 3, 2, generator=g, dtype=torch.float64)
+    coef[3] *= 1e7  # a coarser coefficient grid for this image
+    ys, xs = er._pixel_axis(h, "cpu"), er._pixel_axis(w, "cpu")
+    pix = torch.stack([xs.repeat(h), ys.repeat_interleave(w)], 1)
+    d2 = ((pix[None, :, None, :] - control[:, None, :, :]) ** 2).sum(-1)
+    u = er._on_coef_grid(torch.where(d2 > 0, d2 * torch.log(d2.clamp_min(1e-300)), torch.zeros_like(d2)))
+    basis = torch.cat([u, torch.ones(n, h * w, 1, dtype=torch.float64), er._on_coef_grid(pix).expand(n, -1, -1)], 2)
+    want = torch.bmm(basis, er._coef_on_grid(coef, er._below_exponent(basis))).reshape(n, h, w, 2)
+    for chunk in (1, 4, 16):
+        assert torch.equal(er._tps_source_per_image(control, coef, h, w, chunk), want)
+    a = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(4, 6, 2, generator=g, dtype=torch.float64)
+    x = er.solve(a, b)
+    assert x.shape == (3, 4, 6, 2)
+    assert torch.allclose(x, torch.linalg.solve(a, b), rtol=1e-10, atol=1e-10)
 
 
 def test_recipe_records_and_checks_the_data(tmp_path):
