@@ -119,19 +119,23 @@ def coordinate_axis(n: int, points: int) -> int:
 
 def linear_product(theta: torch.Tensor, base: torch.Tensor, axis: int) -> torch.Tensor:
     """``theta`` (N, rows, k) applied to every row of ``base`` (P, k): (N, rows, P) for ``axis`` 1,
-    (N, P, rows) for -1, one batched product either way."""
+    one GEMM of the N·rows rows of θ by baseᵀ (MKL's small-matrix *batch* path, a bmm of N
+    (rows, k) x (k, P), is 5-6x slower at the models' shapes: bench/NOTES.md, seventh session);
+    (N, P, rows) for -1, ``F.affine_grid``'s batched product."""
     n = theta.shape[0]
     if axis == 1:
-        return theta.bmm(base.t().expand(n, -1, -1))
+        return theta.contiguous().view(-1, theta.shape[2]).mm(base.t()).view(n, theta.shape[1], -1)
     return base.expand(n, -1, -1).bmm(theta.transpose(1, 2))
 
 
 def linear_product_grad(g: torch.Tensor, base: torch.Tensor, axis: int) -> torch.Tensor:
     """grad theta (N, rows, k) of :func:`linear_product` from its output's gradient ``g``, written
-    as autograd's backward of that batched product (the same bits as a recorded call)."""
+    as autograd's backward of that product (the same bits as a recorded call: for ``axis`` 1 the
+    gradient made row-major as autograd's view backward makes it, times the base, as ``mm``'s
+    backward for a row-major first factor)."""
     n = g.shape[0]
     if axis == 1:
-        return g.bmm(base.t().expand(n, -1, -1).transpose(1, 2))
+        return g.reshape(-1, g.shape[2]).mm(base).view(n, g.shape[1], -1)
     return base.expand(n, -1, -1).transpose(1, 2).bmm(g).transpose(1, 2)
 
 
@@ -387,7 +391,12 @@ def tps_grid_from_features(phi, coef, h, w, out_dtype=torch.float64):
     n, axis = coef.shape[0], coordinate_axis(coef.shape[0], h * w)
     c64 = in_dtype(coef, torch.float64)
     # linear_product's two layouts, with coef (θᵀ) used as it is: a transpose less to record each way
-    grid = c64.transpose(1, 2).bmm(phi.t().expand(n, -1, -1)) if axis == 1 else phi.expand(n, -1, -1).bmm(c64)
+    if axis == 1:
+        # row-major coefᵀ (N·2, K+3) also at N = 1 (where a reshape would give a column-major view,
+        # whose mm backward autograd writes another way): tps_grid_to_coef_grad's product is then autograd's
+        grid = c64.transpose(1, 2).contiguous().view(-1, c64.shape[1]).mm(phi.t()).view(n, 2, -1)
+    else:
+        grid = phi.expand(n, -1, -1).bmm(c64)
     return in_dtype(grid_of_product(grid, (h, w), axis), out_dtype)
 
 
@@ -398,7 +407,7 @@ def tps_grid_to_coef_grad(phi, grad_grid):
     n, axis = grad_grid.shape[0], coordinate_axis(grad_grid.shape[0], grad_grid.shape[1] * grad_grid.shape[2])
     g = product_of_grid(in_dtype(grad_grid, torch.float64), axis)
     if axis == 1:
-        return g.bmm(phi.t().expand(n, -1, -1).transpose(1, 2)).transpose(1, 2)
+        return g.reshape(-1, g.shape[2]).mm(phi).view(n, 2, -1).transpose(1, 2)
     return phi.expand(n, -1, -1).transpose(1, 2).bmm(g)
 
 
