@@ -120,7 +120,7 @@ def coordinate_axis(n: int, points: int) -> int:
 def linear_product(theta: torch.Tensor, base: torch.Tensor, axis: int) -> torch.Tensor:
     """``theta`` (N, rows, k) applied to every row of ``base`` (P, k): (N, rows, P) for ``axis`` 1,
     one GEMM of the N·rows rows of θ by baseᵀ (MKL's small-matrix *batch* path, a bmm of N
-    (rows, k) x (k, P), is 5-6x slower at the models' shapes: bench/NOTES.md, fifth session);
+    (rows, k) x (k, P), is 5-6x slower at the models' shapes: bench/NOTES.md, 2026-12-06 fifth session);
     (N, P, rows) for -1, ``F.affine_grid``'s batched product."""
     n = theta.shape[0]
     if axis == 1:
