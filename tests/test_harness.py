@@ -132,6 +132,22 @@ def test_prefetch_trains_identically(tmp_path):
     assert a["history"] == b["history"]
 
 
+def test_no_prefetch_flag_draws_inline(tmp_path, monkeypatch):
+    """``--no-prefetch`` reaches the loop: batches are drawn inline (one core), not on a thread."""
+    from repro.harness import loop
+    from repro.harness.cli import main as cli_main
+    from testing import toy_experiment as toy
+
+    monkeypatch.setattr(toy.ToyStream, "thread_prefetch", True, raising=False)  # as the MNIST streams
+    seen = []
+    real = loop.Prefetcher
+    monkeypatch.setattr(loop, "Prefetcher", lambda data, stop, enabled=True: seen.append(enabled) or real(data, stop, enabled))
+    args = ["--profile", "t", "--model", "mlp", "--no-progress"]
+    assert cli_main(toy.toy_experiment(steps=4), str(tmp_path), args + ["--out", str(tmp_path / "a"), "--no-prefetch"]) == 0
+    assert cli_main(toy.toy_experiment(steps=4), str(tmp_path), args + ["--out", str(tmp_path / "b")]) == 0
+    assert seen[0] is False and seen[1] is True
+
+
 def test_prefetcher_returns_the_requested_batch():
     from repro.harness.sources import Prefetcher
 

@@ -101,6 +101,9 @@ def parser(exp: Experiment, default_out: str, default_profile: str = "quick") ->
                    help="torch.set_num_threads (default: 1 on machines with <= 4 cores -- on shared 2-core "
                         "machines two threads ran ~8x slower than one)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="draw each batch inline instead of on a background thread (CPU): the run then uses one "
+                        "core, e.g. beside another run on a 2-core machine, for a slower step where rendering is costly")
     # schedule overrides (pilots; results then say so through the recorded schedule)
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
@@ -170,6 +173,7 @@ def main(exp: Experiment, default_out: str, argv=None, notes: list[str] = ()) ->
     try:
         run(exp, profile=a.profile, models=models, seeds=seeds, out_dir=a.out, device=a.device, resume=a.resume,
             compile=a.compile, overrides=ov, progress=not a.no_progress, notes=list(notes), restart=a.restart,
+            prefetch=False if a.no_prefetch else None,
             estimate=a.profile == "paper")
     except CheckpointInTheWay as e:
         print(f"ERROR: {e}", file=sys.stderr)

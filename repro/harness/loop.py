@@ -377,12 +377,12 @@ def train_one(exp: Experiment, model_name: str, profile: Profile, seed: int, out
 def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | None, out_dir: str | Path,
         device: str = "cpu", resume: bool = False, compile: bool = False, overrides: dict | None = None,
         progress: bool = True, notes: list[str] = (), visualise: bool = True, restart: bool = False,
-        estimate: bool = False) -> dict:
+        estimate: bool = False, prefetch: bool | None = None) -> dict:
     """Train ``models`` for every seed, average, write results.json / results.md (rank 0).
 
     Before anything trains: a run started without ``resume`` / ``restart`` whose checkpoint exists stops
     the whole command (:class:`CheckpointInTheWay`); ``estimate`` prints each model's expected wall time
-    (:func:`print_estimates`, on rank 0)."""
+    (:func:`print_estimates`, on rank 0); ``prefetch``: as :func:`train_one`'s."""
     out_dir = Path(out_dir)
     rank, world, dev = setup_distributed(device)
     results, profs, trained = {}, {}, {}
@@ -404,7 +404,7 @@ def run(exp: Experiment, *, profile: str, models: list[str], seeds: list[int] | 
         per = []
         for s in prof.seeds:
             r = train_one(exp, m, prof, s, out_dir, device=device, resume=resume, compile=compile, progress=progress,
-                          restart=restart)
+                          restart=restart, prefetch=prefetch)
             trained[m] = r.pop("_model", None)
             per.append(r)
         if rank == 0:
