@@ -170,8 +170,8 @@ def transform_grid_3d(theta: torch.Tensor, d: int, h: int, w: int, align_corners
 def transform_grid(theta: torch.Tensor, h: int, w: int, align_corners: bool) -> torch.Tensor:
     """Sampling grid (N, H, W, 2) for affine (N, 2, 3) or projective (N, 3, 3) ``theta``.
 
-    Large grids (:func:`coordinate_axis`) are planar: θ (N, rows, 3) times the cached base's
-    transpose (3, H·W), batched, viewed as (N, H, W, 2) with strides (2·H·W, W, 1, H·W). There
+    Large grids (:func:`coordinate_axis`) are planar: θ's N·rows rows times the cached base's
+    transpose (3, H·W), one GEMM (:func:`linear_product`), viewed as (N, H, W, 2) with strides (2·H·W, W, 1, H·W). There
     ``F.affine_grid``'s (N, H·W, 3) x θᵀ (N, 3, 2), two output columns per image, runs MKL's slow
     small-matrix batch path on the CPU (the grid alone, forward + backward, at 256 x 42 x 42: 2.5 vs
     5.6 ms), and aten's grid sampler reads the planar grid as fast as a contiguous one; the values
@@ -390,13 +390,9 @@ def tps_grid_from_features(phi, coef, h, w, out_dtype=torch.float64):
     large grids: coefᵀ times Phiᵀ, the same float64 values in a fraction of the time)."""
     n, axis = coef.shape[0], coordinate_axis(coef.shape[0], h * w)
     c64 = in_dtype(coef, torch.float64)
-    # linear_product's two layouts, with coef (θᵀ) used as it is: a transpose less to record each way
-    if axis == 1:
-        # row-major coefᵀ (N·2, K+3) also at N = 1 (where a reshape would give a column-major view,
-        # whose mm backward autograd writes another way): tps_grid_to_coef_grad's product is then autograd's
-        grid = c64.transpose(1, 2).contiguous().view(-1, c64.shape[1]).mm(phi.t()).view(n, 2, -1)
-    else:
-        grid = phi.expand(n, -1, -1).bmm(c64)
+    # planar: linear_product of coefᵀ (θ's place); batch-major: coef used as it is (linear_product
+    # would record two transposes that cancel)
+    grid = linear_product(c64.transpose(1, 2), phi, axis) if axis == 1 else phi.expand(n, -1, -1).bmm(c64)
     return in_dtype(grid_of_product(grid, (h, w), axis), out_dtype)
 
 
@@ -407,7 +403,7 @@ def tps_grid_to_coef_grad(phi, grad_grid):
     n, axis = grad_grid.shape[0], coordinate_axis(grad_grid.shape[0], grad_grid.shape[1] * grad_grid.shape[2])
     g = product_of_grid(in_dtype(grad_grid, torch.float64), axis)
     if axis == 1:
-        return g.reshape(-1, g.shape[2]).mm(phi).view(n, 2, -1).transpose(1, 2)
+        return linear_product_grad(g, phi, axis).transpose(1, 2)
     return phi.expand(n, -1, -1).transpose(1, 2).bmm(g)
 
 

@@ -226,17 +226,18 @@ def _tps_system_per_image(control: torch.Tensor) -> torch.Tensor:
     return solve(torch.cat([top, bottom], 1), rhs.expand(n, k + 3, k))
 
 
-def _tps_radial_per_image(control: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _tps_radial_per_image(control: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """The radial part of the basis, (N, H·W, K) float64, of :func:`_tps_tables` for a batch of
-    control points (N, K, 2), rounded to COEF_GRID: U(|p - c_k|²) with |p - c_k|² = dx² + dy² as
+    control points (N, K, 2) and the output pixels' axes ``xs`` (W,), ``ys`` (H,)
+    (:func:`_pixel_axis`), rounded to COEF_GRID: U(|p - c_k|²) with |p - c_k|² = dx² + dy² as
     :func:`_sq_dist` rounds it, dx² (N, W, K) and dy² (N, H, K) squared once per column / row and
     added by broadcasting (one full-size pass instead of five). U is 0 where the distance is 0 (as
     -0.0: the same value in every sum); the control points are finite (``sample_params``)."""
-    dx = _pixel_axis(w, "cpu")[None, :, None] - control[:, None, :, 0]  # (N, W, K)
-    dy = _pixel_axis(h, "cpu")[None, :, None] - control[:, None, :, 1]  # (N, H, K)
+    dx = xs[None, :, None] - control[:, None, :, 0]  # (N, W, K)
+    dy = ys[None, :, None] - control[:, None, :, 1]  # (N, H, K)
     d2 = dx.mul_(dx)[:, None, :, :] + dy.mul_(dy)[:, :, None, :]  # (N, H, W, K)
     u = d2.clamp_min(1e-300).log_().mul_(d2)  # d2 log d2 in place: :func:`_radial_rounded`'s values
-    return _on_coef_grid_(u).reshape(control.shape[0], h * w, -1)
+    return _on_coef_grid_(u).reshape(control.shape[0], ys.shape[0] * xs.shape[0], -1)
 
 
 def _tps_source_per_image(control: torch.Tensor, coef: torch.Tensor, h: int, w: int,
@@ -250,11 +251,12 @@ def _tps_source_per_image(control: torch.Tensor, coef: torch.Tensor, h: int, w: 
     chunking a batch of 256 renders in ~30 ms instead of ~100 ms (one thread, min of 7, beside two
     training runs), bit for bit the same images (pinned hashes)."""
     n, k = control.shape[0], control.shape[1]
-    pix = _on_coef_grid(torch.stack([_pixel_axis(w, "cpu").repeat(h), _pixel_axis(h, "cpu").repeat_interleave(w)], 1))
+    xs, ys = _pixel_axis(w, "cpu"), _pixel_axis(h, "cpu")  # once, not per chunk
+    pix = _on_coef_grid(torch.stack([xs.repeat(h), ys.repeat_interleave(w)], 1))
     src = torch.empty(n, h * w, 2, dtype=torch.float64)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        u = _tps_radial_per_image(control[s:e], h, w)
+        u = _tps_radial_per_image(control[s:e], xs, ys)
         # the basis's largest magnitude: U's maximum, or the column of ones (U >= -1/e, |x|, |y| < 1)
         eb = torch.frexp(u.reshape(e - s, -1).amax(1).clamp_min(1.0))[1].to(torch.int64)
         c = _coef_on_grid(coef[s:e], eb)
