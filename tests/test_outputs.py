@@ -188,3 +188,19 @@ def test_distorted_table_marks_runs_older_than_the_recipe(tmp_path):
     assert "| FCN | 2.1 / **1.00** ‡ |" in table.replace(" (stale: 1 it.)", "")
     assert "| ST-FCN Aff | 1.2 / **1.00** |" in table.replace(" (stale: 1 it.)", "")
     assert f"| {old_commit} ‡ |" in table and "‡ trained at a commit older than" in table
+
+
+def test_published_means_round_half_up_as_recorded(tmp_path):
+    """The mean of 3.15 and 2.90 is recorded as 3.025; the tables print 3.03, as the hand-written findings do,
+    not the 3.02 that ``f"{3.025:.2f}"`` gives (the binary float sits just below the half)."""
+    from repro.harness.provenance import seed_record, summarise_seeds
+    from repro.harness.tables import pct
+
+    assert (pct(3.025), pct(3.175), pct(0.075), pct(16.57), pct(2.0)) == ("3.03", "3.18", "0.08", "16.57", "2.00")
+    v = {"git": "abc1234", "git_clean": True, "threads": 1}
+    rec = [seed_record(s, {"error": e, "wall_time_s": 60.0}, v) for s, e in ((0, 3.15), (1, 2.90))]
+    entry = {**summarise_seeds(rec), "iterations": 150000, "schedule": {"batch_size": 256}, "versions": v}
+    assert entry["error"] == 3.025
+    (tmp_path / "P").mkdir()
+    (tmp_path / "P" / "results.json").write_text(json.dumps({"profile": "paper", "device": "cpu", "models": {"fcn": entry}}))
+    assert "3.1 / **3.03** ± 0.18 (2 seeds)" in distorted_table.write_table(tmp_path).read_text()

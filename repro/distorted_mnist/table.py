@@ -14,6 +14,7 @@ from repro.distorted_mnist.recipe import (DATASETS, GRID_MODELS, LABEL, PAPER, P
                                           build_model, experiment, models_for, test_set)
 from repro.harness.figures import save_figure
 from repro.harness.provenance import seed_records
+from repro.harness.tables import pct
 from repro.paths import REPO_ROOT
 
 
@@ -110,9 +111,9 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
         prof = res[ds].get("profile")
         if prof in PROFILES and r.get("iterations") != experiment(ds).profile(prof, m).steps:
             stale = f" (stale: {r.get('iterations')} it.)"  # trained under an older step count of this profile
-        spread = f" ± {r['error_std']:.2f} ({len(r['seeds'])} seeds)" if len(r.get("seeds", [])) > 1 else ""
+        spread = f" ± {pct(r['error_std'])} ({len(r['seeds'])} seeds)" if len(r.get("seeds", [])) > 1 else ""
         old = " ‡" if older_than_recipe(r) else ""
-        return f"{paper} / **{r['error']:.2f}**{spread}{stale}{old}"
+        return f"{paper} / **{pct(r['error'])}**{spread}{stale}{old}"
 
     def older_than_recipe(r):
         return any(predates_recipe(s.get("versions", {}).get("git")) for s in seed_records(r))
@@ -167,7 +168,7 @@ def write_table(out: str | Path, extra: list[str] = ()) -> Path:
                 steps_s = (s["images_per_s"] / batch) if s.get("images_per_s") and batch else None
                 wall = s.get("wall_time_s")
                 older = " ‡" if predates_recipe(v.get("git")) else ""
-                lines.append(f"| {ds} | {LABEL[m]} | {s['seed']} | {s['error']:.2f} | {_data_cell(r.get('data'))} | "
+                lines.append(f"| {ds} | {LABEL[m]} | {s['seed']} | {pct(s['error'])} | {_data_cell(r.get('data'))} | "
                              f"{v.get('git') or '?'}{older} | {clean} | "
                              f"{res[ds].get('device', '?')} | {v.get('threads', 'not recorded')} | "
                              f"{'–' if steps_s is None else f'{steps_s:.1f}'} | {'–' if wall is None else f'{wall / 60:.1f}'} |")
